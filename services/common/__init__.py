@@ -1,0 +1,1 @@
+"""Code shared by the three services: plain data types, model files, gRPC plumbing."""

@@ -1,0 +1,44 @@
+"""One iteration's plan (scheduler -> worker) and result (worker -> scheduler)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sarathi_serve.common.sampling import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request the worker has not seen, or must recompute from scratch."""
+
+    request_id: str
+    token_ids: tuple[int, ...]  # prompt + tokens generated so far
+    num_output_tokens: int
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledChunk:
+    request_id: str
+    num_tokens: int
+    new_block_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    step_id: int
+    new_requests: tuple[NewRequest, ...] = ()
+    chunks: tuple[ScheduledChunk, ...] = ()  # batch order
+    freed_request_ids: tuple[str, ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step_id: int
+    sampled: dict[str, int] = field(default_factory=dict)  # request id -> token id
+    execution_ms: float = 0.0
+    error: str = ""

@@ -1,0 +1,1 @@
+"""The gateway: public gRPC API, tokenizer, detokenization, validation."""

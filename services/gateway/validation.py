@@ -1,0 +1,91 @@
+"""Public request -> (prompt token ids, sampling params), or InvalidArgument naming the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sarathi_serve.common.errors import InvalidArgument, NotFound
+from sarathi_serve.common.sampling import DEFAULT_MAX_TOKENS, SamplingParams
+from sarathi_serve.protocol import generate_pb2 as gpb
+
+MAX_STOP_TOKEN_IDS = 64
+_CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+
+
+class RequestValidator:
+    def __init__(self, tokenizer: Any, model_name: str, max_model_len: int):
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+
+    def prepare(self, request: gpb.GenerateRequest) -> PreparedRequest:
+        if request.model and request.model != self.model_name:
+            raise NotFound(f"model: {request.model!r} is not served here; this gateway serves {self.model_name!r}")
+        prompt_ids = self._prompt_token_ids(request)
+        sampling = self._sampling(request.sampling if request.HasField("sampling") else gpb.SamplingOptions())
+        if len(prompt_ids) >= self.max_model_len:
+            raise InvalidArgument(
+                f"prompt: {len(prompt_ids)} tokens; the model's context is {self.max_model_len} "
+                "and at least one token must be generated"
+            )
+        return PreparedRequest(prompt_ids, sampling)
+
+    def _prompt_token_ids(self, request: gpb.GenerateRequest) -> list[int]:
+        kind = request.WhichOneof("input")
+        if kind == "prompt":
+            if not request.prompt:
+                raise InvalidArgument("prompt: must not be empty")
+            ids = list(self.tokenizer.encode(request.prompt, add_special_tokens=True))
+        elif kind == "messages":
+            ids = self._chat_token_ids(request.messages)
+        elif kind == "prompt_token_ids":
+            ids = list(request.prompt_token_ids.ids)
+            vocab = len(self.tokenizer)
+            bad = [t for t in ids if t >= vocab]
+            if bad:
+                raise InvalidArgument(f"prompt_token_ids: {bad[0]} is outside the vocabulary (size {vocab})")
+        else:
+            raise InvalidArgument("prompt: one of prompt, messages or prompt_token_ids is required")
+        if not ids:
+            raise InvalidArgument(f"{kind}: must not be empty")
+        return ids
+
+    def _chat_token_ids(self, messages: gpb.ChatMessages) -> list[int]:
+        if not messages.messages:
+            raise InvalidArgument("messages: must not be empty")
+        for i, m in enumerate(messages.messages):
+            if m.role not in _CHAT_ROLES:
+                raise InvalidArgument(f"messages[{i}].role: {m.role!r} is not one of {sorted(_CHAT_ROLES)}")
+        conversation = [{"role": m.role, "content": m.content} for m in messages.messages]
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _sampling(self, opts: gpb.SamplingOptions) -> SamplingParams:
+        max_tokens = opts.max_tokens if opts.HasField("max_tokens") else DEFAULT_MAX_TOKENS
+        temperature = opts.temperature if opts.HasField("temperature") else 1.0
+        top_p = opts.top_p if opts.HasField("top_p") else 1.0
+        if max_tokens < 1:
+            raise InvalidArgument(f"max_tokens: must be >= 1, got {max_tokens}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise InvalidArgument(f"temperature: must be >= 0, got {temperature}")
+        if not math.isfinite(top_p) or not 0 < top_p <= 1:
+            raise InvalidArgument(f"top_p: must be in (0, 1], got {top_p}")
+        if len(opts.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise InvalidArgument(f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(opts.stop_token_ids)}")
+        return SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=opts.top_k,
+            seed=opts.seed if opts.HasField("seed") else None,
+            max_tokens=max_tokens,
+            stop_token_ids=tuple(opts.stop_token_ids),
+            ignore_eos=opts.ignore_eos,
+        )

@@ -1,0 +1,1 @@
+"""The scheduler: request state, policies, KV-block accounting, the iteration loop."""

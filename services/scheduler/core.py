@@ -1,0 +1,182 @@
+"""The scheduler's bookkeeping, free of I/O: requests in, plans out, results in, updates out.
+
+The iteration loop drives it (`loop.py`); tests drive it by feeding fake
+worker results, as vLLM's scheduler tests do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted
+from sarathi_serve.common.step import NewRequest, ScheduledChunk, StepPlan, StepResult
+from sarathi_serve.scheduler.block_manager import BlockManager
+from sarathi_serve.scheduler.policies import Policy
+from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
+from sarathi_serve.scheduler.state import SchedulerState
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerGeometry:
+    """What a worker told us when it attached."""
+
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int
+    eos_token_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestUpdate:
+    """New tokens of one request in one iteration (and its end, if it ended)."""
+
+    request: Request
+    token_ids: tuple[int, ...]
+    stop_reason: StopReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    plan: StepPlan
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    admitted: tuple[Request, ...]  # scheduled for the first time
+
+
+class SchedulerCore:
+    def __init__(self, policy: Policy, *, max_num_waiting: int = 1024, watermark: float = 0.01):
+        self.policy = policy
+        self.max_num_waiting = max_num_waiting
+        self.watermark = watermark
+        self.state = SchedulerState()
+        self.requests: dict[str, Request] = {}
+        self.geometry: WorkerGeometry | None = None
+        self.blocks: BlockManager | None = None
+        self._freed_ids: list[str] = []  # to announce to the worker with the next plan
+
+    # ---- requests --------------------------------------------------------
+
+    def add(self, request: Request) -> None:
+        """Queues a request; raises InvalidArgument or ResourceExhausted."""
+        if request.request_id in self.requests:
+            raise InvalidArgument(f"request_id {request.request_id!r} is already in flight")
+        if not request.prompt_token_ids:
+            raise InvalidArgument("prompt_token_ids must not be empty")
+        if self.geometry and len(request.prompt_token_ids) >= self.geometry.max_model_len:
+            raise InvalidArgument(
+                f"prompt has {len(request.prompt_token_ids)} tokens; the model's context "
+                f"is {self.geometry.max_model_len}"
+            )
+        if len(self.state.waiting) >= self.max_num_waiting:
+            raise ResourceExhausted(f"waiting queue is full ({self.max_num_waiting}); retry later")
+        self.requests[request.request_id] = request
+        self.state.waiting.append(request)
+
+    def abort(self, request_id: str, now: float) -> Request | None:
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        self._finish(request, StopReason.ABORTED, now)
+        return request
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.state.waiting or self.state.running or self._freed_ids)
+
+    # ---- workers ---------------------------------------------------------
+
+    def attach_worker(self, geometry: WorkerGeometry) -> None:
+        self.detach_worker()
+        self.geometry = geometry
+        self.blocks = BlockManager(geometry.num_kv_blocks, geometry.block_size, self.watermark)
+
+    def detach_worker(self) -> None:
+        """The worker is gone: running requests wait to be recomputed on the next one."""
+        if self.blocks is not None:
+            for request in reversed(list(self.state.running)):
+                self.state.preempt(request, self.blocks)
+        for request in self.state.waiting:
+            request.on_worker = False
+        self._freed_ids.clear()
+        self.blocks = None
+
+    # ---- iterations ------------------------------------------------------
+
+    def plan(self, step_id: int, now: float) -> PlannedStep:
+        assert self.blocks is not None, "plan() needs an attached worker"
+        schedule = self.policy.schedule(self.state, self.blocks)
+        for victim in schedule.preempted:
+            self._forget_on_worker(victim)
+        new_requests, chunks, admitted = [], [], []
+        num_prefill = num_decode = 0
+        for request, num_tokens in schedule.chunks:
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = now
+                admitted.append(request)
+            if not request.on_worker:
+                new_requests.append(
+                    NewRequest(
+                        request.request_id,
+                        tuple(request.all_token_ids()),
+                        len(request.output_token_ids),
+                        request.sampling,
+                    )
+                )
+                request.on_worker = True
+            if request.is_prefilling:
+                num_prefill += num_tokens
+            else:
+                num_decode += num_tokens
+            new_blocks = tuple(request.block_ids[request.num_blocks_sent :])
+            request.num_blocks_sent = len(request.block_ids)
+            chunks.append(ScheduledChunk(request.request_id, num_tokens, new_blocks))
+            request.num_computed_tokens += num_tokens
+        plan = StepPlan(step_id, tuple(new_requests), tuple(chunks), tuple(self._freed_ids))
+        self._freed_ids.clear()
+        return PlannedStep(plan, num_prefill, num_decode, tuple(admitted))
+
+    def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
+        """Appends sampled tokens and finishes requests that reached a stop."""
+        updates = []
+        for request_id, token in result.sampled.items():
+            request = self.requests.get(request_id)
+            if request is None or request.status is not RequestStatus.RUNNING:
+                continue  # aborted or preempted while the step ran
+            request.output_token_ids.append(token)
+            if request.first_token_time is None:
+                request.first_token_time = now
+            stop = self._stop_reason(request, token)
+            if stop is not None:
+                self._finish(request, stop, now)
+            updates.append(RequestUpdate(request, (token,), stop))
+        return updates
+
+    def _stop_reason(self, request: Request, token: int) -> StopReason | None:
+        params = request.sampling
+        assert self.geometry is not None
+        if token in params.stop_token_ids:
+            return StopReason.EOS
+        if token == self.geometry.eos_token_id and not params.ignore_eos:
+            return StopReason.EOS
+        if len(request.output_token_ids) >= params.max_tokens:
+            return StopReason.LENGTH
+        if request.num_tokens >= self.geometry.max_model_len:
+            return StopReason.CONTEXT
+        return None
+
+    def _finish(self, request: Request, reason: StopReason, now: float) -> None:
+        if request.is_finished:
+            return
+        self.state.remove(request)
+        if self.blocks is not None:
+            self.blocks.free(request)
+        self._forget_on_worker(request)
+        request.status = RequestStatus.FINISHED
+        request.stop_reason = reason
+        request.finish_time = now
+        del self.requests[request.request_id]
+
+    def _forget_on_worker(self, request: Request) -> None:
+        if request.on_worker:
+            self._freed_ids.append(request.request_id)
+            request.on_worker = False

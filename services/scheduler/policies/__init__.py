@@ -1,0 +1,22 @@
+"""Scheduling policies, chosen by name."""
+
+from __future__ import annotations
+
+from sarathi_serve.scheduler.policies.base import Policy, Schedule
+from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
+
+POLICIES: dict[str, type] = {
+    "sarathi": SarathiPolicy,
+}
+
+
+def make_policy(name: str, *, token_budget: int, max_num_seqs: int) -> Policy:
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
+    policy: Policy = cls(token_budget=token_budget, max_num_seqs=max_num_seqs)
+    return policy
+
+
+__all__ = ["POLICIES", "Policy", "Schedule", "make_policy"]

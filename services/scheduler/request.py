@@ -1,0 +1,69 @@
+"""The scheduler's state of one request."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from sarathi_serve.common.sampling import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"  # never scheduled, or preempted and waiting to be recomputed
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class StopReason(enum.Enum):
+    EOS = "eos"
+    LENGTH = "length"
+    CONTEXT = "context"
+    ABORTED = "aborted"
+    ERROR = "error"
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    session_id: str
+    arrival_time: float
+    output_token_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    num_computed_tokens: int = 0
+    # Tokens to (re)compute before decoding starts: the prompt, or on recompute
+    # the prompt plus the tokens generated before preemption.
+    num_prefill_tokens: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    num_blocks_sent: int = 0  # how many of block_ids the worker has been told
+    on_worker: bool = False  # the worker holds this request's tokens
+    num_preemptions: int = 0
+    stop_reason: StopReason | None = None
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.num_prefill_tokens:
+            self.num_prefill_tokens = len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_pending_tokens(self) -> int:
+        """Tokens known but not yet in the KV cache (1 while decoding)."""
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed_tokens < self.num_prefill_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids

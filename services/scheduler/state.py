@@ -1,0 +1,38 @@
+"""The queues a policy schedules from."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from sarathi_serve.scheduler.block_manager import BlockManager
+from sarathi_serve.scheduler.request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class SchedulerState:
+    waiting: deque[Request] = field(default_factory=deque)  # FCFS; preempted go first
+    running: list[Request] = field(default_factory=list)  # admission order
+
+    def admit(self, request: Request) -> None:
+        """Moves the head of `waiting` to `running`."""
+        assert self.waiting[0] is request
+        self.waiting.popleft()
+        request.status = RequestStatus.RUNNING
+        request.num_prefill_tokens = request.num_tokens
+        self.running.append(request)
+
+    def preempt(self, request: Request, blocks: BlockManager) -> None:
+        """Frees a running request's blocks; it is recomputed when admitted again."""
+        self.running.remove(request)
+        blocks.free(request)
+        request.status = RequestStatus.WAITING
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def remove(self, request: Request) -> None:
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        elif request.status is RequestStatus.WAITING:
+            self.waiting.remove(request)

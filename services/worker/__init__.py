@@ -1,0 +1,1 @@
+"""The worker: model, paged KV cache, one forward pass per step plan, sampling."""

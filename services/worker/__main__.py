@@ -1,0 +1,65 @@
+"""`python -m sarathi_serve.worker`: load the model and attach to the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+import grpc
+import torch
+
+from sarathi_serve.common.grpc_server import add_health_and_reflection, set_serving
+from sarathi_serve.common.logs import setup_logging
+from sarathi_serve.common.models import resolve_model
+from sarathi_serve.protocol import scheduler_pb2 as pb
+from sarathi_serve.worker.attach import attach_forever
+from sarathi_serve.worker.config import WorkerConfig
+from sarathi_serve.worker.engine import WorkerEngine
+from sarathi_serve.worker.model_runner import ModelRunner
+
+log = logging.getLogger("sarathi_serve.worker")
+
+
+async def serve(config: WorkerConfig) -> None:
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    runner = ModelRunner(
+        resolve_model(config.model),
+        kv_cache_bytes=config.kv_cache_bytes,
+        block_size=config.block_size,
+        device=config.device,
+        seed=config.seed,
+    )
+    hello = pb.WorkerHello(
+        worker_id=config.worker_id,
+        model=config.model,
+        num_kv_blocks=runner.kv_cache.num_blocks,
+        block_size=runner.block_size,
+        max_model_len=runner.max_model_len,
+        eos_token_id=runner.eos_token_id,
+    )
+    # The health server answers on its own port; the model runs in a thread.
+    server = grpc.aio.server()
+    health = add_health_and_reflection(server, [])
+    server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    await set_serving(health, [], True)
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %s ready (health on %s:%d); attaching to %s",
+             config.worker_id, config.host, config.port, config.scheduler_addr)
+    await asyncio.to_thread(attach_forever, WorkerEngine(runner), config.scheduler_addr, hello, stop)
+    await server.stop(grace=0.5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging("worker")
+    asyncio.run(serve(WorkerConfig.from_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
