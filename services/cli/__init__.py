@@ -1,0 +1,1 @@
+"""The `sarathi-serve` command line."""

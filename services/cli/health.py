@@ -1,0 +1,42 @@
+"""Probes used by `up` (readiness) and `status` (health column)."""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sarathi_serve.protocol import scheduler_pb2 as pb
+from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
+
+
+def grpc_health(address: str, timeout: float = 1.0) -> str:
+    """`SERVING`, `NOT_SERVING`, or `UNREACHABLE`."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    except grpc.RpcError:
+        return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def redis_health(address: str, timeout: float = 1.0) -> str:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return "SERVING" if sock.recv(16).startswith(b"+PONG") else "NOT_SERVING"
+    except OSError:
+        return "UNREACHABLE"
+
+
+def scheduler_stats(address: str, timeout: float = 2.0, max_iterations: int = 0) -> pb.GetStatsResponse:
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.SchedulerStub(channel).GetStats(
+            pb.GetStatsRequest(max_iterations=max_iterations), timeout=timeout
+        )
+
+
+def probe(role: str, address: str) -> str:
+    return redis_health(address) if role == "redis" else grpc_health(address)

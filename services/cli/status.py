@@ -1,0 +1,60 @@
+"""`sarathi-serve status` and `sarathi-serve down`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+
+from sarathi_serve.cli import health
+from sarathi_serve.cli.system import default_run_dir, pid_alive, read_system
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--run-dir", default=default_run_dir())
+
+
+def run(args: argparse.Namespace) -> int:
+    records = read_system(args.run_dir)
+    rows = []
+    for record in records:
+        alive = pid_alive(record.pid)
+        if record.role == "up":
+            state = "RUNNING" if alive else "EXITED"
+        else:
+            state = health.probe(record.role, record.address) if alive else "EXITED"
+        rows.append({**asdict(record), "health": state})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0 if rows else 1
+    if not rows:
+        print(f"no system is running from {args.run_dir} (start one with `sarathi-serve up`)")
+        return 1
+    header = ("ROLE", "PID", "ADDRESS", "HEALTH", "RESTARTS")
+    table = [header, *((r["role"], str(r["pid"]), r["address"], r["health"], str(r["restarts"])) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def add_down_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default=default_run_dir())
+
+
+def run_down(args: argparse.Namespace) -> int:
+    supervisor = next((r for r in read_system(args.run_dir) if r.role == "up"), None)
+    if supervisor is None or not pid_alive(supervisor.pid):
+        print("no system is running", file=sys.stderr)
+        return 1
+    os.kill(supervisor.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while pid_alive(supervisor.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print("stopped" if not pid_alive(supervisor.pid) else "still stopping; see `sarathi-serve status`")
+    return 0

@@ -1,0 +1,68 @@
+"""The record of a running system (`system.json` in the run folder) and port helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sarathi_serve.common.models import default_cache_dir
+
+SYSTEM_FILE = "system.json"
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("SARATHI_RUN_DIR", default_cache_dir() / "run"))
+
+
+@dataclass(slots=True)
+class ProcessRecord:
+    role: str  # redis, scheduler, worker, gateway
+    pid: int
+    address: str  # host:port it serves on
+    log: str
+    restarts: int = 0
+
+
+def write_system(run_dir: Path, processes: list[ProcessRecord]) -> None:
+    tmp = run_dir / (SYSTEM_FILE + ".tmp")
+    tmp.write_text(json.dumps([asdict(p) for p in processes], indent=2))
+    tmp.replace(run_dir / SYSTEM_FILE)
+
+
+def read_system(run_dir: Path) -> list[ProcessRecord]:
+    path = run_dir / SYSTEM_FILE
+    if not path.exists():
+        return []
+    return [ProcessRecord(**item) for item in json.loads(path.read_text())]
+
+
+def clear_system(run_dir: Path) -> None:
+    (run_dir / SYSTEM_FILE).unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,221 @@
+"""`sarathi-serve up`: start Redis, the scheduler, a worker and the gateway, and supervise them.
+
+Children are started in their own session so that Ctrl-C reaches only this
+supervisor, which then stops them in reverse order (gateway first, Redis last).
+A child that exits unexpectedly is restarted; `status` shows the restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sarathi_serve.cli import health
+from sarathi_serve.cli.system import (
+    ProcessRecord,
+    clear_system,
+    default_run_dir,
+    free_port,
+    pid_alive,
+    port_free,
+    read_system,
+    write_system,
+)
+from sarathi_serve.common.models import DEFAULT_MODEL, resolve_model
+from sarathi_serve.gateway.config import DEFAULT_PORT as GATEWAY_PORT
+from sarathi_serve.scheduler.config import DEFAULT_PORT as SCHEDULER_PORT
+from sarathi_serve.scheduler.policies import POLICIES
+from sarathi_serve.worker.config import DEFAULT_HEALTH_PORT as WORKER_PORT
+
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 10.0
+REDIS_INSTALL_HINT = "redis-server is not installed: run `apt-get install -y redis-server` (Debian/Ubuntu)"
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+@dataclass
+class Child:
+    role: str
+    argv: list[str]
+    address: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (kept open by the child)
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        self.started_at = time.monotonic()
+
+    def record(self) -> ProcessRecord:
+        assert self.process is not None
+        return ProcessRecord(self.role, self.process.pid, self.address, str(self.log_path), self.restarts)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="default model name or a local HF checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
+    p.add_argument("--port", type=int, default=GATEWAY_PORT, help="gateway gRPC port")
+    p.add_argument("--scheduler-port", type=int, default=SCHEDULER_PORT)
+    p.add_argument("--worker-port", type=int, default=WORKER_PORT, help="worker health port")
+    p.add_argument("--policy", default="sarathi", choices=sorted(POLICIES))
+    p.add_argument("--token-budget", type=int, default=512, help="tokens per iteration (the chunk size)")
+    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    p.add_argument("--kv-cache-gb", type=float, default=1.0)
+    p.add_argument("--num-threads", type=int, default=0, help="torch threads of the worker (0: all cores)")
+    p.add_argument("--run-dir", type=Path, default=default_run_dir())
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir: Path = args.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    live = [p for p in read_system(run_dir) if pid_alive(p.pid)]
+    if live:
+        print(f"a system is already running from {run_dir} (see `sarathi-serve status`; "
+              "stop it with `sarathi-serve down`)", file=sys.stderr)
+        return 1
+    try:
+        children = _plan_children(args, run_dir)
+    except StartupError as exc:
+        print(f"sarathi-serve up: {exc}", file=sys.stderr)
+        return 1
+    print(f"preparing model {args.model} ...", flush=True)
+    resolve_model(args.model)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        _start_all(children, stop)
+        write_system(run_dir, _records(children))
+        gateway = next(c for c in children if c.role == "gateway")
+        print(f"sarathi-serve is up: gateway {gateway.address} (gRPC); logs in {run_dir / 'logs'}", flush=True)
+        print("try: sarathi-serve generate \"What is the capital of France?\"  |  stop: Ctrl-C", flush=True)
+        _supervise(children, run_dir, stop)
+        return 0
+    except StartupError as exc:
+        print(f"sarathi-serve up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _stop_all(children)
+        clear_system(run_dir)
+        print("sarathi-serve stopped", flush=True)
+
+
+def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    if not port_free(args.host, args.port):
+        raise StartupError(f"gateway port {args.port} is in use: pass --port")
+    scheduler_port = args.scheduler_port if port_free("127.0.0.1", args.scheduler_port) else free_port()
+    worker_port = args.worker_port if port_free("127.0.0.1", args.worker_port) else free_port()
+    scheduler_addr = f"127.0.0.1:{scheduler_port}"
+    py = [sys.executable, "-m"]
+    children = []
+    redis_url = args.redis_url
+    if redis_url is None:
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise StartupError(REDIS_INSTALL_HINT + ", or pass --redis-url")
+        redis_port = free_port()
+        data = run_dir / "redis"
+        data.mkdir(exist_ok=True)
+        children.append(Child("redis", [
+            redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data),
+        ], f"127.0.0.1:{redis_port}", logs / "redis.log"))
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    children.append(Child("scheduler", [
+        *py, "sarathi_serve.scheduler", "--host", "127.0.0.1", "--port", str(scheduler_port),
+        "--redis-url", redis_url, "--policy", args.policy, "--token-budget", str(args.token_budget),
+        "--max-num-seqs", str(args.max_num_seqs),
+    ], scheduler_addr, logs / "scheduler.log"))
+    children.append(Child("worker", [
+        *py, "sarathi_serve.worker", "--scheduler", scheduler_addr, "--model", args.model,
+        "--port", str(worker_port), "--kv-cache-gb", str(args.kv_cache_gb),
+        "--num-threads", str(args.num_threads),
+    ], f"127.0.0.1:{worker_port}", logs / "worker.log"))
+    children.append(Child("gateway", [
+        *py, "sarathi_serve.gateway", "--scheduler", scheduler_addr, "--model", args.model,
+        "--host", args.host, "--port", str(args.port),
+    ], f"{args.host}:{args.port}", logs / "gateway.log"))
+    return children
+
+
+def _start_all(children: list[Child], stop: threading.Event) -> None:
+    by_role = {c.role: c for c in children}
+    for child in children:
+        child.start()
+        if child.role in ("redis", "scheduler"):  # the others dial it
+            _wait_ready(child, stop)
+    _wait_ready(by_role["gateway"], stop)
+    _wait_ready(by_role["worker"], stop)
+    scheduler = by_role["scheduler"]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while health.scheduler_stats(scheduler.address).num_workers < 1:
+        _check_alive(children, stop, deadline)
+        time.sleep(0.2)
+
+
+def _wait_ready(child: Child, stop: threading.Event) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while health.probe(child.role, child.address) != "SERVING":
+        _check_alive([child], stop, deadline)
+        time.sleep(0.2)
+
+
+def _check_alive(children: list[Child], stop: threading.Event, deadline: float) -> None:
+    if stop.is_set():
+        raise StartupError("interrupted")
+    for child in children:
+        assert child.process is not None
+        if child.process.poll() is not None:
+            tail = child.log_path.read_text(errors="replace").splitlines()[-15:]
+            raise StartupError(f"{child.role} exited with code {child.process.returncode}:\n  " + "\n  ".join(tail))
+    if time.monotonic() > deadline:
+        raise StartupError(f"not ready after {READY_TIMEOUT_S:.0f}s; see the logs")
+
+
+def _supervise(children: list[Child], run_dir: Path, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        for child in children:
+            assert child.process is not None
+            if child.process.poll() is None:
+                continue
+            print(f"{child.role} exited with code {child.process.returncode}; restarting", file=sys.stderr, flush=True)
+            if time.monotonic() - child.started_at < 2.0:
+                time.sleep(2.0)  # crash loop: do not spin
+            child.restarts += 1
+            child.start()
+            write_system(run_dir, _records(children))
+
+
+def _records(children: list[Child]) -> list[ProcessRecord]:
+    supervisor = ProcessRecord("up", os.getpid(), "-", "-")
+    return [supervisor, *(c.record() for c in children if c.process is not None)]
+
+
+def _stop_all(children: list[Child]) -> None:
+    for child in reversed(children):
+        if child.process is not None and child.process.poll() is None:
+            child.process.terminate()
+            try:
+                child.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
