@@ -1,0 +1,42 @@
+"""The generated protobuf code is fresh, and every conversion pair round-trips."""
+
+from sarathi_serve.common.convert import (
+    plan_from_pb,
+    plan_to_pb,
+    result_from_pb,
+    result_to_pb,
+    sampling_from_pb,
+    sampling_to_pb,
+)
+from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.step import NewRequest, ScheduledChunk, StepPlan, StepResult
+from sarathi_serve.protocol import codegen
+
+
+def test_generated_code_is_fresh():
+    assert codegen.stale_files() == [], "run `make protos`"
+
+
+def test_sampling_round_trip():
+    for params in (
+        SamplingParams(),
+        SamplingParams(temperature=0.0, top_p=0.5, top_k=7, seed=0, max_tokens=3, stop_token_ids=(5, 9), ignore_eos=True),
+        SamplingParams(temperature=0.75, seed=2**40),
+    ):
+        assert sampling_from_pb(sampling_to_pb(params)) == params
+
+
+def test_plan_round_trip():
+    plan = StepPlan(
+        step_id=42,
+        new_requests=(NewRequest("a", (1, 2, 3), 1, SamplingParams(temperature=0.0)),),
+        chunks=(ScheduledChunk("a", 3, (7, 8)), ScheduledChunk("b", 1, ())),
+        freed_request_ids=("c", "d"),
+    )
+    assert plan_from_pb(plan_to_pb(plan)) == plan
+    assert plan.num_tokens == 4
+
+
+def test_result_round_trip():
+    result = StepResult(step_id=3, sampled={"a": 11, "b": 0}, execution_ms=12.5, error="")
+    assert result_from_pb(result_to_pb(result)) == result

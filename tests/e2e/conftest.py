@@ -1,0 +1,26 @@
+import shutil
+
+import pytest
+
+from tests.e2e.system import RunningSystem
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _needs_redis():
+    if shutil.which("redis-server") is None:
+        pytest.fail("end-to-end tests need redis-server: apt-get install -y redis-server")
+
+
+@pytest.fixture(scope="module")
+def system_factory(tmp_path_factory, default_model_dir):
+    """Starts systems for a test module and stops them all at its end."""
+    started = []
+
+    def start(*args):
+        system = RunningSystem(tmp_path_factory.mktemp("run"), *args)
+        started.append(system)
+        return system
+
+    yield start
+    for system in started:
+        system.stop()

@@ -1,0 +1,73 @@
+"""Starts the real system (`sarathi-serve up`) in a temporary run folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sarathi_serve.cli import health
+from sarathi_serve.cli.system import ProcessRecord, free_port, read_system
+
+
+class RunningSystem:
+    def __init__(self, run_dir: Path, *extra_args: str, startup_timeout: float = 240.0):
+        self.run_dir = run_dir
+        self.gateway_addr = f"127.0.0.1:{free_port()}"
+        argv = [
+            sys.executable, "-m", "sarathi_serve.cli.main", "up",
+            "--run-dir", str(run_dir),
+            "--port", self.gateway_addr.rsplit(":", 1)[1],
+            "--scheduler-port", str(free_port()),
+            "--worker-port", str(free_port()),
+            "--kv-cache-gb", "0.25",
+            *extra_args,
+        ]
+        self.output: list[str] = []
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        up = threading.Event()
+        threading.Thread(target=self._read_output, args=(up,), daemon=True).start()
+        deadline = time.monotonic() + startup_timeout
+        while not up.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("sarathi-serve up failed:\n" + "".join(self.output) + self._logs())
+        self.processes = {r.role: r for r in read_system(run_dir)}
+
+    def _read_output(self, up: threading.Event) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if "sarathi-serve is up" in line:
+                up.set()
+
+    def _logs(self) -> str:
+        logs = self.run_dir / "logs"
+        if not logs.exists():
+            return ""
+        return "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+
+    def record(self, role: str) -> ProcessRecord:
+        return self.processes[role]
+
+    @property
+    def scheduler_addr(self) -> str:
+        return self.record("scheduler").address
+
+    def stats(self, max_iterations: int = 0):
+        return health.scheduler_stats(self.scheduler_addr, max_iterations=max_iterations)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
