@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import grpc
 
@@ -20,17 +21,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--min-tokens", type=int, default=1,
+        help="tokens before end-of-sequence may stop the output (default 1: an instruct model "
+        "may end a raw prompt at once; --chat gives it its chat format)",
+    )
     p.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
     p.add_argument("--addr", default=None, help="gateway host:port (default: the running system's)")
+    p.add_argument("--run-dir", type=Path, default=default_run_dir(), help="where `up` recorded the system")
 
 
-def default_addr() -> str:
-    gateway = next((r for r in read_system(default_run_dir()) if r.role == "gateway"), None)
+def default_addr(run_dir: Path) -> str:
+    gateway = next((r for r in read_system(run_dir) if r.role == "gateway"), None)
     return gateway.address if gateway else f"127.0.0.1:{DEFAULT_PORT}"
 
 
 def build_request(args: argparse.Namespace) -> gpb.GenerateRequest:
-    sampling = gpb.SamplingOptions(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k)
+    sampling = gpb.SamplingOptions(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        min_tokens=min(args.min_tokens, args.max_tokens),
+    )
     if args.top_p is not None:
         sampling.top_p = args.top_p
     if args.seed is not None:
@@ -42,7 +54,7 @@ def build_request(args: argparse.Namespace) -> gpb.GenerateRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    addr = args.addr or default_addr()
+    addr = args.addr or default_addr(args.run_dir)
     try:
         with grpc.insecure_channel(addr) as channel:
             for response in gpb_grpc.GenerationStub(channel).Generate(build_request(args)):

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from dataclasses import asdict
 
 from sarathi_serve.cli import health
@@ -16,7 +17,7 @@ from sarathi_serve.cli.system import default_run_dir, pid_alive, read_system
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--run-dir", default=default_run_dir())
+    p.add_argument("--run-dir", type=Path, default=default_run_dir())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_down_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", default=default_run_dir())
+    p.add_argument("--run-dir", type=Path, default=default_run_dir())
 
 
 def run_down(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         max_tokens=params.max_tokens,
         stop_token_ids=params.stop_token_ids,
         ignore_eos=params.ignore_eos,
+        min_tokens=params.min_tokens,
     )
     if params.seed is not None:
         msg.seed = params.seed
@@ -31,6 +32,7 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
         max_tokens=msg.max_tokens,
         stop_token_ids=tuple(msg.stop_token_ids),
         ignore_eos=msg.ignore_eos,
+        min_tokens=msg.min_tokens,
     )
 
 

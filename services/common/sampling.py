@@ -18,6 +18,7 @@ class SamplingParams:
     max_tokens: int = DEFAULT_MAX_TOKENS
     stop_token_ids: tuple[int, ...] = field(default=())
     ignore_eos: bool = False
+    min_tokens: int = 0  # EOS and stop tokens are masked before this many outputs
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -28,6 +29,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}")
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 

@@ -80,6 +80,8 @@ class RequestValidator:
             raise InvalidArgument(f"top_p: must be in (0, 1], got {top_p}")
         if len(opts.stop_token_ids) > MAX_STOP_TOKEN_IDS:
             raise InvalidArgument(f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(opts.stop_token_ids)}")
+        if opts.min_tokens > max_tokens:
+            raise InvalidArgument(f"min_tokens: must be <= max_tokens ({max_tokens}), got {opts.min_tokens}")
         return SamplingParams(
             temperature=temperature,
             top_p=top_p,
@@ -88,4 +90,5 @@ class RequestValidator:
             max_tokens=max_tokens,
             stop_token_ids=tuple(opts.stop_token_ids),
             ignore_eos=opts.ignore_eos,
+            min_tokens=opts.min_tokens,
         )

@@ -154,9 +154,10 @@ class SchedulerCore:
     def _stop_reason(self, request: Request, token: int) -> StopReason | None:
         params = request.sampling
         assert self.geometry is not None
-        if token in params.stop_token_ids:
+        may_stop = len(request.output_token_ids) >= params.min_tokens
+        if may_stop and token in params.stop_token_ids:
             return StopReason.EOS
-        if token == self.geometry.eos_token_id and not params.ignore_eos:
+        if may_stop and token == self.geometry.eos_token_id and not params.ignore_eos:
             return StopReason.EOS
         if len(request.output_token_ids) >= params.max_tokens:
             return StopReason.LENGTH

@@ -72,7 +72,7 @@ class ModelRunner:
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id
         self.eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
-        self.sampler = Sampler(seed)
+        self.sampler = Sampler(self.eos_token_id, seed)
         log.info(
             "model %s: %d layers, KV cache %d blocks x %d tokens",
             model_path, spec.num_layers, self.kv_cache.num_blocks, block_size,

@@ -19,7 +19,8 @@ _SEED_STRIDE = 1_000_003  # mixes (seed, step) into one generator seed
 
 
 class Sampler:
-    def __init__(self, seed: int | None = None):
+    def __init__(self, eos_token_id: int, seed: int | None = None):
+        self.eos_token_id = eos_token_id
         self._unseeded = torch.Generator()
         if seed is None:
             self._unseeded.seed()
@@ -32,6 +33,7 @@ class Sampler:
         params: Sequence[SamplingParams],
         output_index: Sequence[int],  # [S] index of the token each row generates
     ) -> list[int]:
+        logits = self._mask_early_stops(logits, params, output_index)
         tokens = logits.argmax(dim=-1)  # [S]
         rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if rows:
@@ -39,6 +41,22 @@ class Sampler:
             noise = torch.stack([self._noise(params[i], output_index[i], probs.shape[1]) for i in rows])
             tokens[rows] = (probs / noise).argmax(dim=-1)
         return tokens.tolist()
+
+    def _mask_early_stops(
+        self, logits: torch.Tensor, params: Sequence[SamplingParams], output_index: Sequence[int]
+    ) -> torch.Tensor:
+        """Forbids EOS and stop tokens to rows that have not reached min_tokens."""
+        rows, cols = [], []
+        for i, p in enumerate(params):
+            if output_index[i] < p.min_tokens:
+                stops = [*p.stop_token_ids, *(() if p.ignore_eos else (self.eos_token_id,))]
+                rows += [i] * len(stops)
+                cols += stops
+        if not rows:
+            return logits
+        logits = logits.clone()
+        logits[rows, cols] = float("-inf")
+        return logits
 
     def _noise(self, params: SamplingParams, index: int, vocab: int) -> torch.Tensor:
         if params.seed is None:

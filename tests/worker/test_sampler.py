@@ -10,20 +10,20 @@ def random_logits(rows, vocab=50, seed=0):
 
 def test_greedy_is_argmax():
     logits = random_logits(4)
-    tokens = Sampler(0).sample(logits, [SamplingParams(temperature=0.0)] * 4, [0] * 4)
+    tokens = Sampler(2, 0).sample(logits, [SamplingParams(temperature=0.0)] * 4, [0] * 4)
     assert tokens == logits.argmax(-1).tolist()
 
 
 def test_seeded_rows_are_batch_invariant():
     logits = random_logits(1, seed=5)
     seeded = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, seed=1234)
-    alone = [Sampler(1).sample(logits, [seeded], [i])[0] for i in range(20)]
+    alone = [Sampler(2, 1).sample(logits, [seeded], [i])[0] for i in range(20)]
     others = random_logits(6, seed=9)
     for position in (0, 3, 6):
         batch = torch.cat([others[:position], logits, others[position:]])
         params = [SamplingParams(temperature=1.0)] * 6
         params.insert(position, seeded)
-        got = [Sampler(position + 7).sample(batch, params, [i] * 7)[position] for i in range(20)]
+        got = [Sampler(2, position + 7).sample(batch, params, [i] * 7)[position] for i in range(20)]
         assert got == alone
     assert len(set(alone)) > 1  # really sampling, not argmax
 
@@ -31,7 +31,7 @@ def test_seeded_rows_are_batch_invariant():
 def test_top_k_and_top_p_restrict_the_support():
     logits = random_logits(1, seed=2)[0]
     order = logits.argsort(descending=True).tolist()
-    sampler = Sampler(0)
+    sampler = Sampler(2, 0)
     top3 = {sampler.sample(logits[None], [SamplingParams(top_k=3)], [0])[0] for _ in range(200)}
     assert top3 <= set(order[:3]) and len(top3) > 1
     probs = logits.softmax(-1)
@@ -42,8 +42,22 @@ def test_top_k_and_top_p_restrict_the_support():
 
 def test_temperature_sampling_follows_the_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    sampler = Sampler(0)
+    sampler = Sampler(2, 0)
     counts = torch.zeros(4)
     for _ in range(4000):
         counts[sampler.sample(logits, [SamplingParams(temperature=1.0)], [0])[0]] += 1
     assert torch.allclose(counts / 4000, logits.softmax(-1)[0], atol=0.03)
+
+
+def test_min_tokens_masks_eos_and_stop_tokens_until_reached():
+    logits = torch.zeros(1, 10)
+    logits[0, 2] = 10.0  # EOS
+    logits[0, 5] = 9.0  # a stop token
+    logits[0, 7] = 8.0
+    params = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=(5,))
+    sampler = Sampler(2, 0)
+    assert sampler.sample(logits, [params], [0]) == [7]
+    assert sampler.sample(logits, [params], [1]) == [7]
+    assert sampler.sample(logits, [params], [2]) == [2]
+    ignoring = SamplingParams(temperature=0.0, min_tokens=2, ignore_eos=True)
+    assert sampler.sample(logits, [ignoring], [0]) == [2]  # EOS is an ordinary token then

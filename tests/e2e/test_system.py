@@ -1,0 +1,95 @@
+"""The CLI and the system's behaviour as a user meets it: up, status, generate, cancel, errors, down."""
+
+import json
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from sarathi_serve.cli.system import pid_alive
+from sarathi_serve.protocol import generate_pb2 as gpb
+from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
+
+
+@pytest.fixture(scope="module")
+def system(system_factory):
+    return system_factory("--token-budget", "64")
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sarathi_serve.cli.main", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_generate_streams_a_sensible_answer(system):
+    out = cli("generate", "What is the capital of France?", "--addr", system.gateway_addr, "--max-tokens", "32")
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+    chat = cli("generate", "--chat", "What is the capital of France?", "--addr", system.gateway_addr)
+    assert chat.returncode == 0 and "Paris" in chat.stdout
+
+
+def test_generate_reports_bad_input_clearly(system):
+    out = cli("generate", "hello", "--addr", system.gateway_addr, "--max-tokens", "0")
+    assert out.returncode == 1
+    assert "INVALID_ARGUMENT" in out.stderr and "max_tokens" in out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_status_lists_every_process(system):
+    out = cli("status", "--json", "--run-dir", str(system.run_dir))
+    rows = {row["role"]: row for row in json.loads(out.stdout)}
+    assert set(rows) == {"up", "redis", "scheduler", "worker", "gateway"}
+    assert all(rows[r]["health"] == "SERVING" for r in ("redis", "scheduler", "worker", "gateway"))
+    assert rows["gateway"]["address"] == system.gateway_addr
+    table = cli("status", "--run-dir", str(system.run_dir)).stdout
+    assert table.splitlines()[0].split()[:4] == ["ROLE", "PID", "ADDRESS", "HEALTH"]
+
+
+def test_usage_and_finish_reasons(system):
+    with grpc.insecure_channel(system.gateway_addr) as channel:
+        stub = gpb_grpc.GenerationStub(channel)
+        req = gpb.GenerateRequest(prompt="Count: one, two,", sampling=gpb.SamplingOptions(max_tokens=5, temperature=0))
+        responses = list(stub.Generate(req, timeout=60))
+        assert responses[-1].finish_reason == gpb.FINISH_REASON_LENGTH
+        assert responses[-1].usage.completion_tokens == 5 == sum(len(r.token_ids) for r in responses)
+        assert all(r.finish_reason == gpb.FINISH_REASON_UNSPECIFIED for r in responses[:-1])
+        eos = gpb.GenerateRequest(
+            prompt="Count: one, two,", sampling=gpb.SamplingOptions(max_tokens=50, temperature=0, stop_token_ids=[responses[1].token_ids[0]])
+        )
+        stopped = list(stub.Generate(eos, timeout=60))
+        assert stopped[-1].finish_reason == gpb.FINISH_REASON_STOP and stopped[-1].usage.completion_tokens == 2
+
+
+def test_cancelled_request_frees_its_kv_blocks(system):
+    with grpc.insecure_channel(system.gateway_addr) as channel:
+        stub = gpb_grpc.GenerationStub(channel)
+        req = gpb.GenerateRequest(
+            prompt="Tell me a very long story.", sampling=gpb.SamplingOptions(max_tokens=2000, ignore_eos=True)
+        )
+        call = stub.Generate(req, timeout=120)
+        for _ in range(3):
+            next(call)
+        busy = system.stats()
+        assert busy.num_running == 1 and busy.num_free_kv_blocks < busy.num_total_kv_blocks
+        call.cancel()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = system.stats()
+        if stats.num_running == 0 and stats.num_free_kv_blocks == stats.num_total_kv_blocks:
+            break
+        time.sleep(0.05)
+    assert stats.num_running == 0 and stats.num_waiting == 0
+    assert stats.num_free_kv_blocks == stats.num_total_kv_blocks
+
+
+def test_sigterm_stops_every_process(system_factory):
+    system = system_factory("--token-budget", "32")
+    pids = [r.pid for r in system.processes.values()]
+    assert system.stop() == 0
+    time.sleep(0.5)
+    assert not any(pid_alive(pid) for pid in pids)
+    assert cli("status", "--run-dir", str(system.run_dir)).returncode == 1
