@@ -22,13 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
-        "--min-tokens", type=int, default=1,
+        "--min-tokens",
+        type=int,
+        default=1,
         help="tokens before end-of-sequence may stop the output (default 1: an instruct model "
         "may end a raw prompt at once; --chat gives it its chat format)",
     )
-    p.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
+    p.add_argument(
+        "--chat", action="store_true", help="apply the model's chat template to the prompt"
+    )
     p.add_argument("--addr", default=None, help="gateway host:port (default: the running system's)")
-    p.add_argument("--run-dir", type=Path, default=default_run_dir(), help="where `up` recorded the system")
+    p.add_argument(
+        "--run-dir", type=Path, default=default_run_dir(), help="where `up` recorded the system"
+    )
 
 
 def default_addr(run_dir: Path) -> str:

@@ -15,7 +15,9 @@ def grpc_health(address: str, timeout: float = 1.0) -> str:
     """`SERVING`, `NOT_SERVING`, or `UNREACHABLE`."""
     try:
         with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
     except grpc.RpcError:
         return "UNREACHABLE"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
@@ -31,7 +33,9 @@ def redis_health(address: str, timeout: float = 1.0) -> str:
         return "UNREACHABLE"
 
 
-def scheduler_stats(address: str, timeout: float = 2.0, max_iterations: int = 0) -> pb.GetStatsResponse:
+def scheduler_stats(
+    address: str, timeout: float = 2.0, max_iterations: int = 0
+) -> pb.GetStatsResponse:
     with grpc.insecure_channel(address) as channel:
         return pb_grpc.SchedulerStub(channel).GetStats(
             pb.GetStatsRequest(max_iterations=max_iterations), timeout=timeout

@@ -13,10 +13,17 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     up.add_arguments(commands.add_parser("up", help="start Redis, scheduler, worker and gateway"))
     status.add_down_arguments(commands.add_parser("down", help="stop the running system"))
-    status.add_arguments(commands.add_parser("status", help="list the processes of the running system"))
+    status.add_arguments(
+        commands.add_parser("status", help="list the processes of the running system")
+    )
     generate.add_arguments(commands.add_parser("generate", help="stream a completion to stdout"))
     args = parser.parse_args(argv)
-    handlers = {"up": up.run, "down": status.run_down, "status": status.run, "generate": generate.run}
+    handlers = {
+        "up": up.run,
+        "down": status.run_down,
+        "status": status.run,
+        "generate": generate.run,
+    }
     sys.exit(handlers[args.command](args))
 
 

@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 
 from sarathi_serve.cli import health
 from sarathi_serve.cli.system import default_run_dir, pid_alive, read_system
@@ -37,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"no system is running from {args.run_dir} (start one with `sarathi-serve up`)")
         return 1
     header = ("ROLE", "PID", "ADDRESS", "HEALTH", "RESTARTS")
-    table = [header, *((r["role"], str(r["pid"]), r["address"], r["health"], str(r["restarts"])) for r in rows)]
+    table = [
+        header,
+        *((r["role"], str(r["pid"]), r["address"], r["health"], str(r["restarts"])) for r in rows),
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -57,5 +60,7 @@ def run_down(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 30
     while pid_alive(supervisor.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    print("stopped" if not pid_alive(supervisor.pid) else "still stopping; see `sarathi-serve status`")
+    print(
+        "stopped" if not pid_alive(supervisor.pid) else "still stopping; see `sarathi-serve status`"
+    )
     return 0

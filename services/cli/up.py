@@ -37,7 +37,9 @@ from sarathi_serve.worker.config import DEFAULT_HEALTH_PORT as WORKER_PORT
 
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
-REDIS_INSTALL_HINT = "redis-server is not installed: run `apt-get install -y redis-server` (Debian/Ubuntu)"
+REDIS_INSTALL_HINT = (
+    "redis-server is not installed: run `apt-get install -y redis-server` (Debian/Ubuntu)"
+)
 
 
 class StartupError(RuntimeError):
@@ -57,28 +59,40 @@ class Child:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open by the child)
         self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         self.started_at = time.monotonic()
 
     def record(self) -> ProcessRecord:
         assert self.process is not None
-        return ProcessRecord(self.role, self.process.pid, self.address, str(self.log_path), self.restarts)
+        return ProcessRecord(
+            self.role, self.process.pid, self.address, str(self.log_path), self.restarts
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="default model name or a local HF checkpoint folder")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="default model name or a local HF checkpoint folder"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
     p.add_argument("--port", type=int, default=GATEWAY_PORT, help="gateway gRPC port")
     p.add_argument("--scheduler-port", type=int, default=SCHEDULER_PORT)
     p.add_argument("--worker-port", type=int, default=WORKER_PORT, help="worker health port")
     p.add_argument("--policy", default="sarathi", choices=sorted(POLICIES))
-    p.add_argument("--token-budget", type=int, default=512, help="tokens per iteration (the chunk size)")
+    p.add_argument(
+        "--token-budget", type=int, default=512, help="tokens per iteration (the chunk size)"
+    )
     p.add_argument("--max-num-seqs", type=int, default=128)
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     p.add_argument("--kv-cache-gb", type=float, default=1.0)
-    p.add_argument("--num-threads", type=int, default=0, help="torch threads of the worker (0: all cores)")
+    p.add_argument(
+        "--num-threads", type=int, default=0, help="torch threads of the worker (0: all cores)"
+    )
     p.add_argument("--run-dir", type=Path, default=default_run_dir())
 
 
@@ -87,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     live = [p for p in read_system(run_dir) if pid_alive(p.pid)]
     if live:
-        print(f"a system is already running from {run_dir} (see `sarathi-serve status`; "
-              "stop it with `sarathi-serve down`)", file=sys.stderr)
+        print(
+            f"a system is already running from {run_dir} (see `sarathi-serve status`; "
+            "stop it with `sarathi-serve down`)",
+            file=sys.stderr,
+        )
         return 1
     try:
         children = _plan_children(args, run_dir)
@@ -104,8 +121,14 @@ def run(args: argparse.Namespace) -> int:
         _start_all(children, stop)
         write_system(run_dir, _records(children))
         gateway = next(c for c in children if c.role == "gateway")
-        print(f"sarathi-serve is up: gateway {gateway.address} (gRPC); logs in {run_dir / 'logs'}", flush=True)
-        print("try: sarathi-serve generate \"What is the capital of France?\"  |  stop: Ctrl-C", flush=True)
+        print(
+            f"sarathi-serve is up: gateway {gateway.address} (gRPC); logs in {run_dir / 'logs'}",
+            flush=True,
+        )
+        print(
+            'try: sarathi-serve generate "What is the capital of France?"  |  stop: Ctrl-C',
+            flush=True,
+        )
         _supervise(children, run_dir, stop)
         return 0
     except StartupError as exc:
@@ -122,7 +145,9 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
     logs.mkdir(exist_ok=True)
     if not port_free(args.host, args.port):
         raise StartupError(f"gateway port {args.port} is in use: pass --port")
-    scheduler_port = args.scheduler_port if port_free("127.0.0.1", args.scheduler_port) else free_port()
+    scheduler_port = (
+        args.scheduler_port if port_free("127.0.0.1", args.scheduler_port) else free_port()
+    )
     worker_port = args.worker_port if port_free("127.0.0.1", args.worker_port) else free_port()
     scheduler_addr = f"127.0.0.1:{scheduler_port}"
     py = [sys.executable, "-m"]
@@ -135,25 +160,92 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
         redis_port = free_port()
         data = run_dir / "redis"
         data.mkdir(exist_ok=True)
-        children.append(Child("redis", [
-            redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data),
-        ], f"127.0.0.1:{redis_port}", logs / "redis.log"))
+        children.append(
+            Child(
+                "redis",
+                [
+                    redis_server,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--dir",
+                    str(data),
+                ],
+                f"127.0.0.1:{redis_port}",
+                logs / "redis.log",
+            )
+        )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    children.append(Child("scheduler", [
-        *py, "sarathi_serve.scheduler", "--host", "127.0.0.1", "--port", str(scheduler_port),
-        "--redis-url", redis_url, "--policy", args.policy, "--token-budget", str(args.token_budget),
-        "--max-num-seqs", str(args.max_num_seqs),
-    ], scheduler_addr, logs / "scheduler.log"))
-    children.append(Child("worker", [
-        *py, "sarathi_serve.worker", "--scheduler", scheduler_addr, "--model", args.model,
-        "--port", str(worker_port), "--kv-cache-gb", str(args.kv_cache_gb),
-        "--num-threads", str(args.num_threads),
-    ], f"127.0.0.1:{worker_port}", logs / "worker.log"))
-    children.append(Child("gateway", [
-        *py, "sarathi_serve.gateway", "--scheduler", scheduler_addr, "--model", args.model,
-        "--host", args.host, "--port", str(args.port),
-    ], f"{args.host}:{args.port}", logs / "gateway.log"))
+    children.append(
+        Child(
+            "scheduler",
+            [
+                *py,
+                "sarathi_serve.scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(scheduler_port),
+                "--redis-url",
+                redis_url,
+                "--policy",
+                args.policy,
+                "--token-budget",
+                str(args.token_budget),
+                "--max-num-seqs",
+                str(args.max_num_seqs),
+            ],
+            scheduler_addr,
+            logs / "scheduler.log",
+        )
+    )
+    children.append(
+        Child(
+            "worker",
+            [
+                *py,
+                "sarathi_serve.worker",
+                "--scheduler",
+                scheduler_addr,
+                "--model",
+                args.model,
+                "--port",
+                str(worker_port),
+                "--kv-cache-gb",
+                str(args.kv_cache_gb),
+                "--num-threads",
+                str(args.num_threads),
+            ],
+            f"127.0.0.1:{worker_port}",
+            logs / "worker.log",
+        )
+    )
+    children.append(
+        Child(
+            "gateway",
+            [
+                *py,
+                "sarathi_serve.gateway",
+                "--scheduler",
+                scheduler_addr,
+                "--model",
+                args.model,
+                "--host",
+                args.host,
+                "--port",
+                str(args.port),
+            ],
+            f"{args.host}:{args.port}",
+            logs / "gateway.log",
+        )
+    )
     return children
 
 
@@ -186,7 +278,9 @@ def _check_alive(children: list[Child], stop: threading.Event, deadline: float) 
         assert child.process is not None
         if child.process.poll() is not None:
             tail = child.log_path.read_text(errors="replace").splitlines()[-15:]
-            raise StartupError(f"{child.role} exited with code {child.process.returncode}:\n  " + "\n  ".join(tail))
+            raise StartupError(
+                f"{child.role} exited with code {child.process.returncode}:\n  " + "\n  ".join(tail)
+            )
     if time.monotonic() > deadline:
         raise StartupError(f"not ready after {READY_TIMEOUT_S:.0f}s; see the logs")
 
@@ -197,7 +291,11 @@ def _supervise(children: list[Child], run_dir: Path, stop: threading.Event) -> N
             assert child.process is not None
             if child.process.poll() is None:
                 continue
-            print(f"{child.role} exited with code {child.process.returncode}; restarting", file=sys.stderr, flush=True)
+            print(
+                f"{child.role} exited with code {child.process.returncode}; restarting",
+                file=sys.stderr,
+                flush=True,
+            )
             if time.monotonic() - child.started_at < 2.0:
                 time.sleep(2.0)  # crash loop: do not spin
             child.restarts += 1

@@ -27,7 +27,9 @@ class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-_BY_CODE_NAME = {cls.code.name: cls for cls in (InvalidArgument, ResourceExhausted, Unavailable, NotFound)}
+_BY_CODE_NAME = {
+    cls.code.name: cls for cls in (InvalidArgument, ResourceExhausted, Unavailable, NotFound)
+}
 
 
 def error_from_code(code_name: str, message: str) -> ServiceError:

@@ -31,13 +31,20 @@ async def serve(config: GatewayConfig) -> None:
     client = SchedulerClient(config.scheduler_addr, config.gateway_id)
     client.start()
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    generate_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(validator, client), server)
+    generate_pb2_grpc.add_GenerationServicer_to_server(
+        GenerationServicer(validator, client), server
+    )
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"
     server.add_insecure_port(address)
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
-    log.info("gateway serving %s on %s (scheduler %s)", validator.model_name, address, config.scheduler_addr)
+    log.info(
+        "gateway serving %s on %s (scheduler %s)",
+        validator.model_name,
+        address,
+        config.scheduler_addr,
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -16,7 +16,9 @@ _NUM_CONTEXT_TOKENS = 5  # prompt tokens decoded with the first outputs, for spa
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Any, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True):
+    def __init__(
+        self, tokenizer: Any, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True
+    ):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         context = list(prompt_token_ids[-_NUM_CONTEXT_TOKENS:])

@@ -43,7 +43,11 @@ class SchedulerClient:
         return self._connected.is_set()
 
     async def submit(
-        self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams, timeout: float = 10.0
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams,
+        timeout: float = 10.0,
     ) -> asyncio.Queue[pb.RequestEvent]:
         """Sends a request; returns the queue its events arrive on."""
         try:
@@ -54,7 +58,11 @@ class SchedulerClient:
             raise Unavailable(f"request_id {request_id!r} is already in flight on this gateway")
         events: asyncio.Queue[pb.RequestEvent] = asyncio.Queue()
         self._streams[request_id] = events
-        submit = pb.Submit(request_id=request_id, prompt_token_ids=prompt_token_ids, sampling=sampling_to_pb(sampling))
+        submit = pb.Submit(
+            request_id=request_id,
+            prompt_token_ids=prompt_token_ids,
+            sampling=sampling_to_pb(sampling),
+        )
         assert self._outbox is not None
         self._outbox.put_nowait(pb.SessionRequest(submit=submit))
         return events
@@ -71,7 +79,9 @@ class SchedulerClient:
         backoff = 0.1
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.scheduler_addr, options=CHANNEL_OPTIONS) as channel:
+                async with grpc.aio.insecure_channel(
+                    self.scheduler_addr, options=CHANNEL_OPTIONS
+                ) as channel:
                     await self._session(pb_grpc.SchedulerStub(channel))
                     backoff = 0.1
             except grpc.aio.AioRpcError as exc:

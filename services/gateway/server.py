@@ -37,7 +37,9 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
         request_id = request.request_id or f"req-{uuid.uuid4().hex}"
         try:
             prepared = self.validator.prepare(request)
-            events = await self.client.submit(request_id, prepared.prompt_token_ids, prepared.sampling)
+            events = await self.client.submit(
+                request_id, prepared.prompt_token_ids, prepared.sampling
+            )
         except ServiceError as exc:
             await context.abort(*status_of(exc))
         detokenizer = IncrementalDetokenizer(self.validator.tokenizer, prepared.prompt_token_ids)
@@ -48,7 +50,9 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 event = await events.get()
                 if event.stop_reason == pb.STOP_REASON_ERROR:
                     finished = True
-                    await context.abort(*status_of(error_from_code(event.error_code, event.error_message)))
+                    await context.abort(
+                        *status_of(error_from_code(event.error_code, event.error_message))
+                    )
                 num_generated += len(event.token_ids)
                 text = detokenizer.add(event.token_ids)
                 finished = event.stop_reason != pb.STOP_REASON_UNSPECIFIED

@@ -28,9 +28,14 @@ class RequestValidator:
 
     def prepare(self, request: gpb.GenerateRequest) -> PreparedRequest:
         if request.model and request.model != self.model_name:
-            raise NotFound(f"model: {request.model!r} is not served here; this gateway serves {self.model_name!r}")
+            raise NotFound(
+                f"model: {request.model!r} is not served here; "
+                f"this gateway serves {self.model_name!r}"
+            )
         prompt_ids = self._prompt_token_ids(request)
-        sampling = self._sampling(request.sampling if request.HasField("sampling") else gpb.SamplingOptions())
+        sampling = self._sampling(
+            request.sampling if request.HasField("sampling") else gpb.SamplingOptions()
+        )
         if len(prompt_ids) >= self.max_model_len:
             raise InvalidArgument(
                 f"prompt: {len(prompt_ids)} tokens; the model's context is {self.max_model_len} "
@@ -51,7 +56,9 @@ class RequestValidator:
             vocab = len(self.tokenizer)
             bad = [t for t in ids if t >= vocab]
             if bad:
-                raise InvalidArgument(f"prompt_token_ids: {bad[0]} is outside the vocabulary (size {vocab})")
+                raise InvalidArgument(
+                    f"prompt_token_ids: {bad[0]} is outside the vocabulary (size {vocab})"
+                )
         else:
             raise InvalidArgument("prompt: one of prompt, messages or prompt_token_ids is required")
         if not ids:
@@ -63,9 +70,13 @@ class RequestValidator:
             raise InvalidArgument("messages: must not be empty")
         for i, m in enumerate(messages.messages):
             if m.role not in _CHAT_ROLES:
-                raise InvalidArgument(f"messages[{i}].role: {m.role!r} is not one of {sorted(_CHAT_ROLES)}")
+                raise InvalidArgument(
+                    f"messages[{i}].role: {m.role!r} is not one of {sorted(_CHAT_ROLES)}"
+                )
         conversation = [{"role": m.role, "content": m.content} for m in messages.messages]
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _sampling(self, opts: gpb.SamplingOptions) -> SamplingParams:
@@ -79,9 +90,13 @@ class RequestValidator:
         if not math.isfinite(top_p) or not 0 < top_p <= 1:
             raise InvalidArgument(f"top_p: must be in (0, 1], got {top_p}")
         if len(opts.stop_token_ids) > MAX_STOP_TOKEN_IDS:
-            raise InvalidArgument(f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(opts.stop_token_ids)}")
+            raise InvalidArgument(
+                f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(opts.stop_token_ids)}"
+            )
         if opts.min_tokens > max_tokens:
-            raise InvalidArgument(f"min_tokens: must be <= max_tokens ({max_tokens}), got {opts.min_tokens}")
+            raise InvalidArgument(
+                f"min_tokens: must be <= max_tokens ({max_tokens}), got {opts.min_tokens}"
+            )
         return SamplingParams(
             temperature=temperature,
             top_p=top_p,

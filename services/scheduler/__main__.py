@@ -26,7 +26,9 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 
 async def serve(config: SchedulerConfig) -> None:
-    policy = make_policy(config.policy, token_budget=config.token_budget, max_num_seqs=config.max_num_seqs)
+    policy = make_policy(
+        config.policy, token_budget=config.token_budget, max_num_seqs=config.max_num_seqs
+    )
     core = SchedulerCore(policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark)
     store = None
     if config.redis_url:
@@ -42,12 +44,19 @@ async def serve(config: SchedulerConfig) -> None:
     await server.start()
     runner = asyncio.create_task(loop.run())
     await set_serving(health, [SERVICE_NAME], True)
-    log.info("scheduler serving on %s (policy %s, token budget %d, redis %s)",
-             address, policy.name, policy.token_budget, config.redis_url or "off")
+    log.info(
+        "scheduler serving on %s (policy %s, token budget %d, redis %s)",
+        address,
+        policy.name,
+        policy.token_budget,
+        config.redis_url or "off",
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    done, _ = await asyncio.wait({runner, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {runner, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
     if runner in done:
         runner.result()  # re-raise a crash of the loop
     runner.cancel()

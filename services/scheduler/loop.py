@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -71,10 +72,11 @@ class IterationLoop:
 
     def detach(self, link: WorkerLink, reason: str) -> None:
         link.close(reason)
+        worker_id = link.worker_id
         if self.worker is link:
             self.worker = None
             self.core.detach_worker()
-            log.warning("worker %s detached (%s); its requests wait for recompute", link.worker_id, reason)
+            log.warning("worker %s detached (%s); requests wait for recompute", worker_id, reason)
 
     # ---- the loop ----------------------------------------------------------
 
@@ -161,7 +163,5 @@ class IterationLoop:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass

@@ -44,7 +44,10 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             log.info("session %s closed", session_id)
 
     async def _read_session(
-        self, session_id: str, outbox: asyncio.Queue[pb.SessionEvents | None], context: grpc.aio.ServicerContext
+        self,
+        session_id: str,
+        outbox: asyncio.Queue[pb.SessionEvents | None],
+        context: grpc.aio.ServicerContext,
     ) -> None:
         try:
             while (msg := await context.read()) is not grpc.aio.EOF:
@@ -106,12 +109,17 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         finally:
             self.loop.detach(link, "worker closed its stream")
 
-    async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatsResponse:
         core = self.loop.core
         blocks = core.blocks
         policy = core.policy
         return pb.GetStatsResponse(
-            iterations=[pb.IterationStats(**vars_of(s)) for s in self.loop.stats.recent(request.max_iterations)],
+            iterations=[
+                pb.IterationStats(**vars_of(s))
+                for s in self.loop.stats.recent(request.max_iterations)
+            ],
             num_waiting=len(core.state.waiting),
             num_running=len(core.state.running),
             num_free_kv_blocks=blocks.num_free_blocks if blocks else 0,

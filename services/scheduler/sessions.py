@@ -48,7 +48,9 @@ class SessionHub:
         for request in ended:
             assert request.stop_reason is not None
             by_session[request.session_id].append(
-                pb.RequestEvent(request_id=request.request_id, stop_reason=_STOP_TO_PB[request.stop_reason])
+                pb.RequestEvent(
+                    request_id=request.request_id, stop_reason=_STOP_TO_PB[request.stop_reason]
+                )
             )
         for session_id, events in by_session.items():
             queue = self._queues.get(session_id)

@@ -91,4 +91,5 @@ class RedisStore:
         pipe.expire(self.output_key(request_id), self.finished_ttl_s)
 
     async def load_output(self, request_id: str) -> list[int]:
-        return unpack_tokens(await self.client.get(self.output_key(request_id)) or b"")
+        data = await self.client.get(self.output_key(request_id))
+        return unpack_tokens(data.encode() if isinstance(data, str) else data or b"")

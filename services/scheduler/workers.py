@@ -37,7 +37,9 @@ class WorkerLink:
         if future is None or future.done():
             return
         if msg.error:
-            future.set_exception(WorkerLost(f"worker {self.worker_id} failed step {msg.step_id}: {msg.error}"))
+            future.set_exception(
+                WorkerLost(f"worker {self.worker_id} failed step {msg.step_id}: {msg.error}")
+            )
         else:
             future.set_result(result_from_pb(msg))
 

@@ -50,9 +50,16 @@ async def serve(config: WorkerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker %s ready (health on %s:%d); attaching to %s",
-             config.worker_id, config.host, config.port, config.scheduler_addr)
-    await asyncio.to_thread(attach_forever, WorkerEngine(runner), config.scheduler_addr, hello, stop)
+    log.info(
+        "worker %s ready (health on %s:%d); attaching to %s",
+        config.worker_id,
+        config.host,
+        config.port,
+        config.scheduler_addr,
+    )
+    await asyncio.to_thread(
+        attach_forever, WorkerEngine(runner), config.scheduler_addr, hello, stop
+    )
     await server.stop(grace=0.5)
 
 

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 2.0
 
 
-def attach_forever(engine: WorkerEngine, scheduler_addr: str, hello: pb.WorkerHello, stop: threading.Event) -> None:
+def attach_forever(
+    engine: WorkerEngine, scheduler_addr: str, hello: pb.WorkerHello, stop: threading.Event
+) -> None:
     """Serves plans until `stop` is set; reconnects (with a clean cache) when the stream breaks."""
     backoff = 0.1
     while not stop.is_set():
@@ -29,13 +31,17 @@ def attach_forever(engine: WorkerEngine, scheduler_addr: str, hello: pb.WorkerHe
                 _serve_stream(engine, pb_grpc.SchedulerStub(channel), hello, stop)
                 backoff = 0.1
         except grpc.RpcError as exc:
-            log.warning("attach to %s failed: %s; retrying in %.1fs", scheduler_addr, exc.code(), backoff)
+            log.warning(
+                "attach to %s failed: %s; retrying in %.1fs", scheduler_addr, exc.code(), backoff
+            )
         engine.reset()
         stop.wait(backoff)
         backoff = min(2 * backoff, _MAX_BACKOFF_S)
 
 
-def _serve_stream(engine: WorkerEngine, stub: pb_grpc.SchedulerStub, hello: pb.WorkerHello, stop: threading.Event) -> None:
+def _serve_stream(
+    engine: WorkerEngine, stub: pb_grpc.SchedulerStub, hello: pb.WorkerHello, stop: threading.Event
+) -> None:
     outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
     outbox.put(pb.WorkerMessage(hello=hello))
     call = stub.Attach(iter(outbox.get, None), wait_for_ready=True)

@@ -44,12 +44,20 @@ class WorkerConfig:
         p = argparse.ArgumentParser(prog="sarathi-serve-worker", description="sarathi-serve worker")
         p.add_argument("--scheduler", default=env("SARATHI_SCHEDULER_ADDR", d.scheduler_addr))
         p.add_argument("--model", default=env("SARATHI_MODEL", d.model))
-        p.add_argument("--worker-id", default=env("SARATHI_WORKER_ID", f"{socket.gethostname()}-{os.getpid()}"))
+        p.add_argument(
+            "--worker-id", default=env("SARATHI_WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
+        )
         p.add_argument("--host", default=env("SARATHI_WORKER_HOST", d.host))
         p.add_argument("--port", type=int, default=int(env("SARATHI_WORKER_PORT", d.port)))
-        p.add_argument("--block-size", type=int, default=int(env("SARATHI_BLOCK_SIZE", d.block_size)))
-        p.add_argument("--kv-cache-gb", type=float, default=float(env("SARATHI_KV_CACHE_GB", d.kv_cache_gb)))
-        p.add_argument("--num-threads", type=int, default=int(env("SARATHI_NUM_THREADS", d.num_threads)))
+        p.add_argument(
+            "--block-size", type=int, default=int(env("SARATHI_BLOCK_SIZE", d.block_size))
+        )
+        p.add_argument(
+            "--kv-cache-gb", type=float, default=float(env("SARATHI_KV_CACHE_GB", d.kv_cache_gb))
+        )
+        p.add_argument(
+            "--num-threads", type=int, default=int(env("SARATHI_NUM_THREADS", d.num_threads))
+        )
         p.add_argument("--device", default=env("SARATHI_DEVICE", d.device))
         p.add_argument("--seed", type=int, default=None)
         a = p.parse_args(argv)

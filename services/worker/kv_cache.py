@@ -43,5 +43,9 @@ class KVCache:
         self.num_blocks = num_blocks
         num_slots = num_blocks * spec.block_size
         shape = (num_slots, spec.num_kv_heads, spec.head_dim)  # [slots, KVH, D]
-        self.keys = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
-        self.values = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
+        self.keys = [
+            torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)
+        ]
+        self.values = [
+            torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)
+        ]

@@ -54,9 +54,10 @@ class ModelRunner:
         from transformers import AutoModelForCausalLM
 
         name = attention.register()
-        self.model = AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             model_path, attn_implementation=name, dtype=dtype
-        ).to(device)
+        )
+        self.model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` narrowly
         self.model.eval()
         cfg = self.model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -75,7 +76,10 @@ class ModelRunner:
         self.sampler = Sampler(self.eos_token_id, seed)
         log.info(
             "model %s: %d layers, KV cache %d blocks x %d tokens",
-            model_path, spec.num_layers, self.kv_cache.num_blocks, block_size,
+            model_path,
+            spec.num_layers,
+            self.kv_cache.num_blocks,
+            block_size,
         )
 
     @property

@@ -38,7 +38,9 @@ class Sampler:
         rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if rows:
             probs = _filtered_probs(logits[rows], [params[i] for i in rows])  # [R, V]
-            noise = torch.stack([self._noise(params[i], output_index[i], probs.shape[1]) for i in rows])
+            noise = torch.stack(
+                [self._noise(params[i], output_index[i], probs.shape[1]) for i in rows]
+            )
             tokens[rows] = (probs / noise).argmax(dim=-1)
         return tokens.tolist()
 

@@ -20,7 +20,15 @@ def test_generated_code_is_fresh():
 def test_sampling_round_trip():
     for params in (
         SamplingParams(),
-        SamplingParams(temperature=0.0, top_p=0.5, top_k=7, seed=0, max_tokens=3, stop_token_ids=(5, 9), ignore_eos=True),
+        SamplingParams(
+            temperature=0.0,
+            top_p=0.5,
+            top_k=7,
+            seed=0,
+            max_tokens=3,
+            stop_token_ids=(5, 9),
+            ignore_eos=True,
+        ),
         SamplingParams(temperature=0.75, seed=2**40),
     ):
         assert sampling_from_pb(sampling_to_pb(params)) == params

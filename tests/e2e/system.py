@@ -19,17 +19,29 @@ class RunningSystem:
         self.run_dir = run_dir
         self.gateway_addr = f"127.0.0.1:{free_port()}"
         argv = [
-            sys.executable, "-m", "sarathi_serve.cli.main", "up",
-            "--run-dir", str(run_dir),
-            "--port", self.gateway_addr.rsplit(":", 1)[1],
-            "--scheduler-port", str(free_port()),
-            "--worker-port", str(free_port()),
-            "--kv-cache-gb", "0.25",
+            sys.executable,
+            "-m",
+            "sarathi_serve.cli.main",
+            "up",
+            "--run-dir",
+            str(run_dir),
+            "--port",
+            self.gateway_addr.rsplit(":", 1)[1],
+            "--scheduler-port",
+            str(free_port()),
+            "--worker-port",
+            str(free_port()),
+            "--kv-cache-gb",
+            "0.25",
             *extra_args,
         ]
         self.output: list[str] = []
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         up = threading.Event()
         threading.Thread(target=self._read_output, args=(up,), daemon=True).start()
@@ -37,7 +49,9 @@ class RunningSystem:
         while not up.wait(0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("sarathi-serve up failed:\n" + "".join(self.output) + self._logs())
+                raise RuntimeError(
+                    "sarathi-serve up failed:\n" + "".join(self.output) + self._logs()
+                )
         self.processes = {r.role: r for r in read_system(run_dir)}
 
     def _read_output(self, up: threading.Event) -> None:
@@ -51,7 +65,9 @@ class RunningSystem:
         logs = self.run_dir / "logs"
         if not logs.exists():
             return ""
-        return "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+        return "".join(
+            f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log"))
+        )
 
     def record(self, role: str) -> ProcessRecord:
         return self.processes[role]

@@ -25,7 +25,7 @@ PROMPTS = [
     "What is the capital of France?",
     "Hi",
     "List three colors:",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "Once upon a time, in a small village by the sea, there lived an old fisherman who",
     PARAGRAPH * 2 + "In summary,",
     PARAGRAPH * 5 + "The most important consequence was",
@@ -41,7 +41,7 @@ def expected(default_model_dir, tokenizer):
         ids = tokenizer.encode(prompt)
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False)
-        outputs.append(out[0, len(ids):].tolist())
+        outputs.append(out[0, len(ids) :].tolist())
     return outputs
 
 
@@ -75,7 +75,9 @@ def generate_concurrently(addr: str, stagger_s: float = 0.15) -> list[list[int]]
 
 @pytest.mark.parametrize("token_budget", [16, 64, 512])
 def test_greedy_outputs_equal_hf_generate(system_factory, tokenizer, expected, token_budget):
-    assert max(len(tokenizer.encode(p)) for p in PROMPTS) > 64, "some prompts must exceed the budgets"
+    assert max(len(tokenizer.encode(p)) for p in PROMPTS) > 64, (
+        "some prompts must exceed the budgets"
+    )
     system = system_factory("--token-budget", str(token_budget))
     outputs = generate_concurrently(system.gateway_addr)
     for i, (got, want) in enumerate(zip(outputs, expected, strict=True)):
@@ -88,4 +90,6 @@ def test_greedy_outputs_equal_hf_generate(system_factory, tokenizer, expected, t
     mixed = [it for it in iterations if it.num_prefill_tokens and it.num_decode_tokens]
     assert mixed, "no iteration mixed prefill and decode tokens"
     if token_budget <= 64:  # the long prompts were cut into budget-sized chunks
-        assert any(it.num_prefill_tokens + it.num_decode_tokens == token_budget for it in iterations)
+        assert any(
+            it.num_prefill_tokens + it.num_decode_tokens == token_budget for it in iterations
+        )

@@ -1,4 +1,6 @@
-"""The CLI and the system's behaviour as a user meets it: up, status, generate, cancel, errors, down."""
+"""The CLI and the system as a user meets it.
+
+up, status, generate, cancellation, errors, down."""
 
 import json
 import subprocess
@@ -20,15 +22,27 @@ def system(system_factory):
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sarathi_serve.cli.main", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sarathi_serve.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_generate_streams_a_sensible_answer(system):
-    out = cli("generate", "What is the capital of France?", "--addr", system.gateway_addr, "--max-tokens", "32")
+    out = cli(
+        "generate",
+        "What is the capital of France?",
+        "--addr",
+        system.gateway_addr,
+        "--max-tokens",
+        "32",
+    )
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
-    chat = cli("generate", "--chat", "What is the capital of France?", "--addr", system.gateway_addr)
+    chat = cli(
+        "generate", "--chat", "What is the capital of France?", "--addr", system.gateway_addr
+    )
     assert chat.returncode == 0 and "Paris" in chat.stdout
 
 
@@ -52,23 +66,34 @@ def test_status_lists_every_process(system):
 def test_usage_and_finish_reasons(system):
     with grpc.insecure_channel(system.gateway_addr) as channel:
         stub = gpb_grpc.GenerationStub(channel)
-        req = gpb.GenerateRequest(prompt="Count: one, two,", sampling=gpb.SamplingOptions(max_tokens=5, temperature=0))
+        req = gpb.GenerateRequest(
+            prompt="Count: one, two,", sampling=gpb.SamplingOptions(max_tokens=5, temperature=0)
+        )
         responses = list(stub.Generate(req, timeout=60))
         assert responses[-1].finish_reason == gpb.FINISH_REASON_LENGTH
-        assert responses[-1].usage.completion_tokens == 5 == sum(len(r.token_ids) for r in responses)
+        assert (
+            responses[-1].usage.completion_tokens == 5 == sum(len(r.token_ids) for r in responses)
+        )
         assert all(r.finish_reason == gpb.FINISH_REASON_UNSPECIFIED for r in responses[:-1])
         eos = gpb.GenerateRequest(
-            prompt="Count: one, two,", sampling=gpb.SamplingOptions(max_tokens=50, temperature=0, stop_token_ids=[responses[1].token_ids[0]])
+            prompt="Count: one, two,",
+            sampling=gpb.SamplingOptions(
+                max_tokens=50, temperature=0, stop_token_ids=[responses[1].token_ids[0]]
+            ),
         )
         stopped = list(stub.Generate(eos, timeout=60))
-        assert stopped[-1].finish_reason == gpb.FINISH_REASON_STOP and stopped[-1].usage.completion_tokens == 2
+        assert (
+            stopped[-1].finish_reason == gpb.FINISH_REASON_STOP
+            and stopped[-1].usage.completion_tokens == 2
+        )
 
 
 def test_cancelled_request_frees_its_kv_blocks(system):
     with grpc.insecure_channel(system.gateway_addr) as channel:
         stub = gpb_grpc.GenerationStub(channel)
         req = gpb.GenerateRequest(
-            prompt="Tell me a very long story.", sampling=gpb.SamplingOptions(max_tokens=2000, ignore_eos=True)
+            prompt="Tell me a very long story.",
+            sampling=gpb.SamplingOptions(max_tokens=2000, ignore_eos=True),
         )
         call = stub.Generate(req, timeout=120)
         for _ in range(3):

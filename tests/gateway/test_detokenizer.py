@@ -32,5 +32,5 @@ def test_multibyte_character_split_across_tokens_comes_out_whole(tokenizer):
 
 def test_special_tokens_are_skipped(tokenizer):
     detok = IncrementalDetokenizer(tokenizer, [])
-    ids = tokenizer.encode("Hi", add_special_tokens=False) + [tokenizer.eos_token_id]
+    ids = [*tokenizer.encode("Hi", add_special_tokens=False), tokenizer.eos_token_id]
     assert detok.add(ids) + detok.flush() == "Hi"

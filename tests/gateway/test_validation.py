@@ -33,8 +33,12 @@ def test_defaults(validator):
         (request(top_p=1.5), "top_p"),
         (request(stop_token_ids=list(range(65))), "stop_token_ids"),
         (gpb.GenerateRequest(messages=gpb.ChatMessages()), "messages"),
-        (gpb.GenerateRequest(messages=gpb.ChatMessages(messages=[gpb.ChatMessage(role="robot", content="x")])),
-         "messages[0].role"),
+        (
+            gpb.GenerateRequest(
+                messages=gpb.ChatMessages(messages=[gpb.ChatMessage(role="robot", content="x")])
+            ),
+            "messages[0].role",
+        ),
         (gpb.GenerateRequest(prompt_token_ids=gpb.TokenIds(ids=[10**6])), "prompt_token_ids"),
         (gpb.GenerateRequest(prompt_token_ids=gpb.TokenIds()), "prompt_token_ids"),
     ],

@@ -41,8 +41,14 @@ def test_over_allocation_raises():
         blocks.allocate(make_request("a", 5), 5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_blocks=0, block_size=4), dict(num_blocks=4, block_size=0),
-                                    dict(num_blocks=4, block_size=4, watermark=1.0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_blocks=0, block_size=4),
+        dict(num_blocks=4, block_size=0),
+        dict(num_blocks=4, block_size=4, watermark=1.0),
+    ],
+)
 def test_rejects_bad_geometry(kwargs):
     with pytest.raises(ValueError):
         BlockManager(**kwargs)

@@ -62,8 +62,14 @@ def test_stops_at_max_tokens_and_frees_on_the_worker():
 def test_stops_at_eos_unless_ignored_and_at_stop_tokens():
     core = make_core()
     core.add(make_request("eos", 3))
-    core.add(Request("ign", [1, 2, 3], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True), "s", 0.0))
-    core.add(Request("stop", [1, 2], SamplingParams(temperature=0, stop_token_ids=(EOS,)), "s", 0.0))
+    core.add(
+        Request(
+            "ign", [1, 2, 3], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True), "s", 0.0
+        )
+    )
+    core.add(
+        Request("stop", [1, 2], SamplingParams(temperature=0, stop_token_ids=(EOS,)), "s", 0.0)
+    )
     _, updates = fake_step(core, 0, token=EOS)
     reasons = {u.request.request_id: u.stop_reason for u in updates}
     assert reasons == {"eos": StopReason.EOS, "ign": None, "stop": StopReason.EOS}

@@ -71,7 +71,11 @@ def test_new_requests_fill_the_remaining_budget_fcfs():
 
 
 def test_budget_never_exceeded_and_decodes_never_stall():
-    policy, state, blocks = SarathiPolicy(token_budget=8, max_num_seqs=4), SchedulerState(), BlockManager(1000, 4)
+    policy, state, blocks = (
+        SarathiPolicy(token_budget=8, max_num_seqs=4),
+        SchedulerState(),
+        BlockManager(1000, 4),
+    )
     for i in range(6):
         state.waiting.append(make_request(f"r{i}", 5 + 7 * i))
     decoders: set[str] = set()
@@ -89,21 +93,33 @@ def test_budget_never_exceeded_and_decodes_never_stall():
 
 def test_running_is_capped_by_max_num_seqs_and_budget():
     assert SarathiPolicy(token_budget=4, max_num_seqs=128).max_running == 4
-    policy, state, blocks = SarathiPolicy(token_budget=64, max_num_seqs=2), SchedulerState(), BlockManager(100, 4)
+    policy, state, blocks = (
+        SarathiPolicy(token_budget=64, max_num_seqs=2),
+        SchedulerState(),
+        BlockManager(100, 4),
+    )
     for rid in "abc":
         state.waiting.append(make_request(rid, 2))
     assert ids(run_step(policy, state, blocks)) == [("a", 2), ("b", 2)]
 
 
 def test_admission_waits_for_kv_blocks():
-    policy, state, blocks = SarathiPolicy(token_budget=64), SchedulerState(), BlockManager(4, 4, watermark=0.0)
+    policy, state, blocks = (
+        SarathiPolicy(token_budget=64),
+        SchedulerState(),
+        BlockManager(4, 4, watermark=0.0),
+    )
     state.waiting.append(make_request("big", 20))
     assert ids(run_step(policy, state, blocks)) == []
     assert len(state.waiting) == 1
 
 
 def test_decode_without_room_preempts_the_newest():
-    policy, state, blocks = SarathiPolicy(token_budget=16), SchedulerState(), BlockManager(2, 4, watermark=0.0)
+    policy, state, blocks = (
+        SarathiPolicy(token_budget=16),
+        SchedulerState(),
+        BlockManager(2, 4, watermark=0.0),
+    )
     old = decoding("old", 4, state, blocks)  # block 0 full: its next token needs a block
     new = decoding("new", 4, state, blocks)  # takes the last block
     schedule = run_step(policy, state, blocks)

@@ -35,7 +35,8 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_llama):
 
     runner.model.forward = capture
     # step 1: a chunk that stops mid-block, a whole prompt, a first chunk
-    # step 2: a decode, a chunk that starts mid-block and ends a prompt, a second chunk, a new prompt
+    # step 2: a decode, a chunk that starts mid-block and ends a prompt,
+    #         a second chunk, a new prompt
     # step 3..: all decode, then a mix again
     plans = [
         [(0, 6), (1, 5), (2, 11)],
@@ -47,7 +48,11 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_llama):
     for plan in plans:
         batch = [BatchEntry(seqs[i], n) for i, n in plan]
         sampled = runner.execute(batch)
-        rows = [e for e in batch if e.sequence.num_computed_tokens + e.num_tokens == len(e.sequence.token_ids)]
+        rows = [
+            e
+            for e in batch
+            if e.sequence.num_computed_tokens + e.num_tokens == len(e.sequence.token_ids)
+        ]
         for entry, logits in zip(rows, captured["logits"], strict=True):
             seq = entry.sequence
             context = seq.token_ids[: seq.num_computed_tokens + entry.num_tokens]
@@ -78,6 +83,10 @@ def test_greedy_decode_matches_hf_generate(tiny_llama):
             s.token_ids.append(sampled[s.request_id])
     for prompt, seq in zip(prompts, seqs, strict=True):
         expected = ref.generate(
-            torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
-        )[0, len(prompt):].tolist()
-        assert seq.token_ids[len(prompt):] == expected
+            torch.tensor([prompt]),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
+        assert seq.token_ids[len(prompt) :] == expected

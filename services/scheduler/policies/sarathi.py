@@ -83,7 +83,9 @@ class SarathiPolicy:
 def _make_room(
     request: Request, num_tokens: int, state: SchedulerState, blocks: BlockManager, out: Schedule
 ) -> bool:
-    """Preempts the newest running requests until `request` fits; False if it was preempted itself."""
+    """Preempts the newest running requests until `request` fits.
+
+    Returns False when `request` itself had to be preempted."""
     while not blocks.can_allocate(request, num_tokens):
         victim = state.running[-1]
         state.preempt(victim, blocks)
