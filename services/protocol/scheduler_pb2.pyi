@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -17,7 +15,6 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_CONTEXT: _ClassVar[StopReason]
     STOP_REASON_ABORTED: _ClassVar[StopReason]
     STOP_REASON_ERROR: _ClassVar[StopReason]
-
 STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_EOS: StopReason
 STOP_REASON_LENGTH: StopReason
@@ -26,16 +23,7 @@ STOP_REASON_ABORTED: StopReason
 STOP_REASON_ERROR: StopReason
 
 class SamplingParams(_message.Message):
-    __slots__ = (
-        "ignore_eos",
-        "max_tokens",
-        "min_tokens",
-        "seed",
-        "stop_token_ids",
-        "temperature",
-        "top_k",
-        "top_p",
-    )
+    __slots__ = ("temperature", "top_p", "top_k", "seed", "max_tokens", "stop_token_ids", "ignore_eos", "min_tokens")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -52,68 +40,48 @@ class SamplingParams(_message.Message):
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
     ignore_eos: bool
     min_tokens: int
-    def __init__(
-        self,
-        temperature: float | None = ...,
-        top_p: float | None = ...,
-        top_k: int | None = ...,
-        seed: int | None = ...,
-        max_tokens: int | None = ...,
-        stop_token_ids: _Iterable[int] | None = ...,
-        ignore_eos: bool | None = ...,
-        min_tokens: int | None = ...,
-    ) -> None: ...
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., min_tokens: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("abort", "hello", "submit")
+    __slots__ = ("hello", "submit", "abort")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     hello: SessionHello
     submit: Submit
     abort: Abort
-    def __init__(
-        self,
-        hello: SessionHello | _Mapping | None = ...,
-        submit: Submit | _Mapping | None = ...,
-        abort: Abort | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, hello: _Optional[_Union[SessionHello, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
 
 class SessionHello(_message.Message):
     __slots__ = ("gateway_id",)
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
-    def __init__(self, gateway_id: str | None = ...) -> None: ...
+    def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
 
 class Submit(_message.Message):
-    __slots__ = ("prompt_token_ids", "request_id", "sampling")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
-    def __init__(
-        self,
-        request_id: str | None = ...,
-        prompt_token_ids: _Iterable[int] | None = ...,
-        sampling: SamplingParams | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class Abort(_message.Message):
     __slots__ = ("request_id",)
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: str | None = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class SessionEvents(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[RequestEvent]
-    def __init__(self, events: _Iterable[RequestEvent | _Mapping] | None = ...) -> None: ...
+    def __init__(self, events: _Optional[_Iterable[_Union[RequestEvent, _Mapping]]] = ...) -> None: ...
 
 class RequestEvent(_message.Message):
-    __slots__ = ("error_code", "error_message", "request_id", "stop_reason", "token_ids")
+    __slots__ = ("request_id", "token_ids", "stop_reason", "error_code", "error_message")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -124,14 +92,7 @@ class RequestEvent(_message.Message):
     stop_reason: StopReason
     error_code: str
     error_message: str
-    def __init__(
-        self,
-        request_id: str | None = ...,
-        token_ids: _Iterable[int] | None = ...,
-        stop_reason: StopReason | str | None = ...,
-        error_code: str | None = ...,
-        error_message: str | None = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
     __slots__ = ("hello", "result")
@@ -139,21 +100,10 @@ class WorkerMessage(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     result: StepResult
-    def __init__(
-        self,
-        hello: WorkerHello | _Mapping | None = ...,
-        result: StepResult | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
-    __slots__ = (
-        "block_size",
-        "eos_token_id",
-        "max_model_len",
-        "model",
-        "num_kv_blocks",
-        "worker_id",
-    )
+    __slots__ = ("worker_id", "model", "num_kv_blocks", "block_size", "max_model_len", "eos_token_id")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -166,18 +116,10 @@ class WorkerHello(_message.Message):
     block_size: int
     max_model_len: int
     eos_token_id: int
-    def __init__(
-        self,
-        worker_id: str | None = ...,
-        model: str | None = ...,
-        num_kv_blocks: int | None = ...,
-        block_size: int | None = ...,
-        max_model_len: int | None = ...,
-        eos_token_id: int | None = ...,
-    ) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., model: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_id: _Optional[int] = ...) -> None: ...
 
 class NewRequest(_message.Message):
-    __slots__ = ("num_output_tokens", "request_id", "sampling", "token_ids")
+    __slots__ = ("request_id", "token_ids", "num_output_tokens", "sampling")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NUM_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -186,31 +128,20 @@ class NewRequest(_message.Message):
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     num_output_tokens: int
     sampling: SamplingParams
-    def __init__(
-        self,
-        request_id: str | None = ...,
-        token_ids: _Iterable[int] | None = ...,
-        num_output_tokens: int | None = ...,
-        sampling: SamplingParams | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_output_tokens: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class ScheduledChunk(_message.Message):
-    __slots__ = ("new_block_ids", "num_tokens", "request_id")
+    __slots__ = ("request_id", "num_tokens", "new_block_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NEW_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     num_tokens: int
     new_block_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(
-        self,
-        request_id: str | None = ...,
-        num_tokens: int | None = ...,
-        new_block_ids: _Iterable[int] | None = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., new_block_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepPlan(_message.Message):
-    __slots__ = ("chunks", "freed_request_ids", "new_requests", "step_id")
+    __slots__ = ("step_id", "new_requests", "chunks", "freed_request_ids")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -219,16 +150,10 @@ class StepPlan(_message.Message):
     new_requests: _containers.RepeatedCompositeFieldContainer[NewRequest]
     chunks: _containers.RepeatedCompositeFieldContainer[ScheduledChunk]
     freed_request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        step_id: int | None = ...,
-        new_requests: _Iterable[NewRequest | _Mapping] | None = ...,
-        chunks: _Iterable[ScheduledChunk | _Mapping] | None = ...,
-        freed_request_ids: _Iterable[str] | None = ...,
-    ) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., new_requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[ScheduledChunk, _Mapping]]] = ..., freed_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("error", "execution_ms", "request_ids", "step_id", "token_ids")
+    __slots__ = ("step_id", "request_ids", "token_ids", "execution_ms", "error")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -239,35 +164,16 @@ class StepResult(_message.Message):
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     execution_ms: float
     error: str
-    def __init__(
-        self,
-        step_id: int | None = ...,
-        request_ids: _Iterable[str] | None = ...,
-        token_ids: _Iterable[int] | None = ...,
-        execution_ms: float | None = ...,
-        error: str | None = ...,
-    ) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., request_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., execution_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ("max_iterations",)
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     max_iterations: int
-    def __init__(self, max_iterations: int | None = ...) -> None: ...
+    def __init__(self, max_iterations: _Optional[int] = ...) -> None: ...
 
 class IterationStats(_message.Message):
-    __slots__ = (
-        "batch_size",
-        "execution_ms",
-        "inter_batch_delay_ms",
-        "num_decode_tokens",
-        "num_prefill_tokens",
-        "persist_ms",
-        "policy",
-        "scheduling_ms",
-        "start_time",
-        "step_id",
-        "token_budget",
-    )
+    __slots__ = ("step_id", "batch_size", "num_prefill_tokens", "num_decode_tokens", "execution_ms", "scheduling_ms", "persist_ms", "inter_batch_delay_ms", "policy", "token_budget", "start_time")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -290,33 +196,10 @@ class IterationStats(_message.Message):
     policy: str
     token_budget: int
     start_time: float
-    def __init__(
-        self,
-        step_id: int | None = ...,
-        batch_size: int | None = ...,
-        num_prefill_tokens: int | None = ...,
-        num_decode_tokens: int | None = ...,
-        execution_ms: float | None = ...,
-        scheduling_ms: float | None = ...,
-        persist_ms: float | None = ...,
-        inter_batch_delay_ms: float | None = ...,
-        policy: str | None = ...,
-        token_budget: int | None = ...,
-        start_time: float | None = ...,
-    ) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., inter_batch_delay_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = (
-        "iterations",
-        "num_finished",
-        "num_free_kv_blocks",
-        "num_running",
-        "num_total_kv_blocks",
-        "num_waiting",
-        "num_workers",
-        "policy",
-        "token_budget",
-    )
+    __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished")
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -335,15 +218,4 @@ class GetStatsResponse(_message.Message):
     policy: str
     token_budget: int
     num_finished: int
-    def __init__(
-        self,
-        iterations: _Iterable[IterationStats | _Mapping] | None = ...,
-        num_waiting: int | None = ...,
-        num_running: int | None = ...,
-        num_free_kv_blocks: int | None = ...,
-        num_total_kv_blocks: int | None = ...,
-        num_workers: int | None = ...,
-        policy: str | None = ...,
-        token_budget: int | None = ...,
-        num_finished: int | None = ...,
-    ) -> None: ...
+    def __init__(self, iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., num_workers: _Optional[int] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., num_finished: _Optional[int] = ...) -> None: ...
