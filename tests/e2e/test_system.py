@@ -118,3 +118,27 @@ def test_sigterm_stops_every_process(system_factory):
     time.sleep(0.5)
     assert not any(pid_alive(pid) for pid in pids)
     assert cli("status", "--run-dir", str(system.run_dir)).returncode == 1
+
+
+def test_request_and_tokens_are_in_redis(system):
+    import redis
+
+    from sarathi_serve.scheduler.store import unpack_tokens
+
+    with grpc.insecure_channel(system.gateway_addr) as channel:
+        req = gpb.GenerateRequest(
+            request_id="persist-check",
+            prompt="The three primary colors are",
+            sampling=gpb.SamplingOptions(max_tokens=6, temperature=0),
+        )
+        streamed = [
+            t
+            for r in gpb_grpc.GenerationStub(channel).Generate(req, timeout=60)
+            for t in r.token_ids
+        ]
+    host, port = system.record("redis").address.rsplit(":", 1)
+    client = redis.Redis(host=host, port=int(port))
+    assert unpack_tokens(client.get("sarathi:out:persist-check")) == streamed
+    stored = client.hgetall("sarathi:req:persist-check")
+    assert stored[b"status"] == b"finished" and stored[b"stop_reason"] == b"length"
+    assert not client.sismember("sarathi:inflight", "persist-check")

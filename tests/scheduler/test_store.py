@@ -1,0 +1,69 @@
+"""RedisStore against a real redis-server: schema and one round trip per iteration."""
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from sarathi_serve.scheduler.core import RequestUpdate
+from sarathi_serve.scheduler.request import StopReason
+from sarathi_serve.scheduler.store import RedisStore, pack_tokens, unpack_tokens
+from tests.redis_server import RedisServer
+from tests.scheduler.helpers import make_request
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def test_pack_round_trip():
+    assert unpack_tokens(pack_tokens([0, 1, 49151, 2**32 - 1])) == [0, 1, 49151, 2**32 - 1]
+
+
+def test_requests_and_tokens_persist_in_one_round_trip(redis_server):
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = RedisStore(client, prefix="t1", finished_ttl_s=60)
+        a, b = make_request("a", 3), make_request("b", 2)
+        calls = []
+        original = client.pipeline
+
+        def counting_pipeline(*args, **kwargs):
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        client.pipeline = counting_pipeline
+        await store.persist_iteration([a, b], [])
+        await store.persist_iteration(
+            [], [RequestUpdate(a, (5,), None), RequestUpdate(b, (6,), None)]
+        )
+        await store.persist_iteration([], [RequestUpdate(a, (7,), StopReason.LENGTH)], ended=[b])
+        assert len(calls) == 3  # one pipeline per iteration, whatever the number of requests
+
+        req = await client.hgetall("t1:req:a")
+        assert unpack_tokens(req[b"prompt"]) == a.prompt_token_ids
+        assert json.loads(req[b"sampling"])["max_tokens"] == 8
+        assert req[b"status"] == b"finished" and req[b"stop_reason"] == b"length"
+        assert await store.load_output("a") == [5, 7]
+        assert await store.load_output("b") == [6]
+        assert (await client.hget("t1:req:b", "stop_reason")) == b"aborted"
+        assert await client.smembers("t1:inflight") == set()
+        assert 0 < await client.ttl("t1:out:a") <= 60
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_inflight_set_tracks_unfinished(redis_server):
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = RedisStore(client, prefix="t2")
+        await store.persist_iteration([make_request("x", 1), make_request("y", 1)], [])
+        assert await client.smembers("t2:inflight") == {b"x", b"y"}
+        await client.aclose()
+
+    asyncio.run(scenario())
