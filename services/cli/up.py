@@ -212,7 +212,7 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
             [
                 *py,
                 "sarathi_serve.worker",
-                "--scheduler",
+                "--scheduler-addr",
                 scheduler_addr,
                 "--model",
                 args.model,
@@ -233,7 +233,7 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
             [
                 *py,
                 "sarathi_serve.gateway",
-                "--scheduler",
+                "--scheduler-addr",
                 scheduler_addr,
                 "--model",
                 args.model,

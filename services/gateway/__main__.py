@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -28,7 +30,8 @@ async def serve(config: GatewayConfig) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     max_model_len = int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
     validator = RequestValidator(tokenizer, _served_name(config.model, model_dir), max_model_len)
-    client = SchedulerClient(config.scheduler_addr, config.gateway_id)
+    gateway_id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
+    client = SchedulerClient(config.scheduler_addr, gateway_id)
     client.start()
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     generate_pb2_grpc.add_GenerationServicer_to_server(

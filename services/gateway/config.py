@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import os
-import socket
 from dataclasses import dataclass
 
+from sarathi_serve.common.config import parse_config
 from sarathi_serve.common.models import DEFAULT_MODEL
 
 DEFAULT_PORT = 50051
@@ -22,24 +20,11 @@ class GatewayConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> GatewayConfig:
-        env = os.environ.get
-        d = cls()
-        p = argparse.ArgumentParser(
-            prog="sarathi-serve-gateway", description="sarathi-serve gateway"
-        )
-        p.add_argument("--scheduler", default=env("SARATHI_SCHEDULER_ADDR", d.scheduler_addr))
-        p.add_argument("--model", default=env("SARATHI_MODEL", d.model))
-        p.add_argument("--host", default=env("SARATHI_GATEWAY_HOST", d.host))
-        p.add_argument("--port", type=int, default=int(env("SARATHI_GATEWAY_PORT", d.port)))
-        p.add_argument(
-            "--gateway-id",
-            default=env("SARATHI_GATEWAY_ID", f"{socket.gethostname()}-{os.getpid()}"),
-        )
-        a = p.parse_args(argv)
-        return cls(
-            scheduler_addr=a.scheduler,
-            model=a.model,
-            host=a.host,
-            port=a.port,
-            gateway_id=a.gateway_id,
-        )
+        return parse_config(cls, argv, role="gateway", helps=_HELPS)
+
+
+_HELPS = {
+    "scheduler_addr": "host:port of the scheduler",
+    "model": "the default model's name or a local Hugging Face checkpoint folder",
+    "gateway_id": "name of this gateway's session; empty: hostname-pid",
+}

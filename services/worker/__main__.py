@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import threading
 
 import grpc
@@ -32,8 +34,9 @@ async def serve(config: WorkerConfig) -> None:
         device=config.device,
         seed=config.seed,
     )
+    worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     hello = pb.WorkerHello(
-        worker_id=config.worker_id,
+        worker_id=worker_id,
         model=config.model,
         num_kv_blocks=runner.kv_cache.num_blocks,
         block_size=runner.block_size,
@@ -52,7 +55,7 @@ async def serve(config: WorkerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info(
         "worker %s ready (health on %s:%d); attaching to %s",
-        config.worker_id,
+        worker_id,
         config.host,
         config.port,
         config.scheduler_addr,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import os
-import socket
 from dataclasses import dataclass
 
+from sarathi_serve.common.config import parse_config
 from sarathi_serve.common.models import DEFAULT_MODEL
 
 DEFAULT_HEALTH_PORT = 50053
@@ -39,37 +37,14 @@ class WorkerConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> WorkerConfig:
-        env = os.environ.get
-        d = cls()
-        p = argparse.ArgumentParser(prog="sarathi-serve-worker", description="sarathi-serve worker")
-        p.add_argument("--scheduler", default=env("SARATHI_SCHEDULER_ADDR", d.scheduler_addr))
-        p.add_argument("--model", default=env("SARATHI_MODEL", d.model))
-        p.add_argument(
-            "--worker-id", default=env("SARATHI_WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
-        )
-        p.add_argument("--host", default=env("SARATHI_WORKER_HOST", d.host))
-        p.add_argument("--port", type=int, default=int(env("SARATHI_WORKER_PORT", d.port)))
-        p.add_argument(
-            "--block-size", type=int, default=int(env("SARATHI_BLOCK_SIZE", d.block_size))
-        )
-        p.add_argument(
-            "--kv-cache-gb", type=float, default=float(env("SARATHI_KV_CACHE_GB", d.kv_cache_gb))
-        )
-        p.add_argument(
-            "--num-threads", type=int, default=int(env("SARATHI_NUM_THREADS", d.num_threads))
-        )
-        p.add_argument("--device", default=env("SARATHI_DEVICE", d.device))
-        p.add_argument("--seed", type=int, default=None)
-        a = p.parse_args(argv)
-        return cls(
-            scheduler_addr=a.scheduler,
-            model=a.model,
-            worker_id=a.worker_id,
-            host=a.host,
-            port=a.port,
-            block_size=a.block_size,
-            kv_cache_gb=a.kv_cache_gb,
-            num_threads=a.num_threads,
-            device=a.device,
-            seed=a.seed,
-        )
+        return parse_config(cls, argv, role="worker", helps=_HELPS)
+
+
+_HELPS = {
+    "scheduler_addr": "host:port of the scheduler this worker dials",
+    "model": "the default model's name or a local Hugging Face checkpoint folder",
+    "worker_id": "name shown in logs and stats; empty: hostname-pid",
+    "port": "port of the grpc.health.v1 server",
+    "kv_cache_gb": "memory for the paged KV cache",
+    "num_threads": "torch threads; 0: torch's default",
+}
