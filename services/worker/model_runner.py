@@ -15,7 +15,8 @@ import torch
 
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.worker import attention
-from sarathi_serve.worker.attention import AttentionMetadata, PrefillChunk
+from sarathi_serve.worker.attention import AttentionMetadata
+from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 from sarathi_serve.worker.sampler import Sampler
 
@@ -50,6 +51,7 @@ class ModelRunner:
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
         seed: int | None = None,
+        attention_backend: str = "auto",
     ):
         from transformers import AutoModelForCausalLM
 
@@ -70,16 +72,18 @@ class ModelRunner:
         )
         self.kv_cache = KVCache(spec, spec.num_blocks_for(kv_cache_bytes), device=device)
         self.device = torch.device(device)
+        self.backend = attention.select_backend(attention_backend, self.device)
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id
         self.eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
         self.sampler = Sampler(self.eos_token_id, seed)
         log.info(
-            "model %s: %d layers, KV cache %d blocks x %d tokens",
+            "model %s: %d layers, KV cache %d blocks x %d tokens, %s attention",
             model_path,
             spec.num_layers,
             self.kv_cache.num_blocks,
             block_size,
+            self.backend.name,
         )
 
     @property
@@ -115,58 +119,33 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[tuple[int, Sequence]]]:
         bs = self.block_size
         ids: list[int] = []
-        pos_chunks: list[torch.Tensor] = []
-        slot_chunks: list[torch.Tensor] = []
-        decode_idx: list[int] = []
-        decode_tables: list[torch.Tensor] = []
-        decode_lens: list[int] = []
-        prefills: list[PrefillChunk] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start, num_query, context_len = [], [], []
         sample_rows: list[tuple[int, Sequence]] = []
         for entry in batch:
             seq, n = entry.sequence, entry.num_tokens
-            start, ctx = seq.num_computed_tokens, seq.num_computed_tokens + entry.num_tokens
-            if ctx > len(seq.token_ids) or ctx > len(seq.block_ids) * bs:
+            start, ctx = seq.num_computed_tokens, seq.num_computed_tokens + n
+            if n < 1 or ctx > len(seq.token_ids) or ctx > len(seq.block_ids) * bs:
                 raise ValueError(f"request {seq.request_id}: plan exceeds its tokens or blocks")
-            row = len(ids)
+            query_start.append(len(ids))
+            num_query.append(n)
+            context_len.append(ctx)
             ids.extend(seq.token_ids[start:ctx])
-            table = torch.tensor(seq.block_ids, dtype=torch.long)
-            pos = torch.arange(start, ctx)
-            pos_chunks.append(pos)
-            slot_chunks.append(table[pos // bs] * bs + pos % bs)
-            if n == 1 and start > 0:
-                decode_idx.append(row)
-                decode_tables.append(table)
-                decode_lens.append(ctx)
-            else:
-                key_pos = torch.arange(ctx)
-                key_slots = table[key_pos // bs] * bs + key_pos % bs
-                mask = None if start == 0 else key_pos[None, :] <= pos[:, None]
-                prefills.append(PrefillChunk(row, row + n, key_slots, mask))
+            positions.extend(range(start, ctx))
+            table = seq.block_ids
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, ctx))
             if ctx == len(seq.token_ids):
-                sample_rows.append((row + n - 1, seq))
+                sample_rows.append((len(ids) - 1, seq))
         dev = self.device
-        for chunk in prefills:
-            chunk.key_slots = chunk.key_slots.to(dev)
-            chunk.mask = None if chunk.mask is None else chunk.mask.to(dev)
-        meta = AttentionMetadata(
-            kv_cache=self.kv_cache,
-            slot_mapping=torch.cat(slot_chunks).to(dev),
-            decode_token_idx=torch.tensor(decode_idx, dtype=torch.long, device=dev),
-            prefills=prefills,
-            **{k: v.to(dev) for k, v in _decode_keys(decode_tables, decode_lens, bs).items()},
+        layout = BatchLayout(
+            query_start=query_start,
+            num_query=num_query,
+            context_len=context_len,
+            block_tables=[e.sequence.block_ids for e in batch],
+            block_size=bs,
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            device=dev,
         )
-        return torch.tensor(ids, device=dev), torch.cat(pos_chunks).to(dev), meta, sample_rows
-
-
-def _decode_keys(tables: list[torch.Tensor], lens: list[int], bs: int) -> dict[str, torch.Tensor]:
-    """Padded context slots [Sd, L] and their validity mask [Sd, 1, 1, L]."""
-    if not tables:
-        return {
-            "decode_key_slots": torch.zeros((0, 0), dtype=torch.long),
-            "decode_key_mask": torch.zeros((0, 1, 1, 0), dtype=torch.bool),
-        }
-    padded = torch.nn.utils.rnn.pad_sequence(tables, batch_first=True)  # [Sd, B]
-    max_len = max(lens)
-    slots = (padded[:, :, None] * bs + torch.arange(bs)).reshape(len(tables), -1)[:, :max_len]
-    mask = torch.arange(max_len)[None, :] < torch.tensor(lens)[:, None]
-    return {"decode_key_slots": slots, "decode_key_mask": mask[:, None, None, :]}
+        meta = AttentionMetadata(self.kv_cache, layout, self.backend, self.backend.prepare(layout))
+        return torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta, sample_rows

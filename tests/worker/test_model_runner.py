@@ -1,5 +1,6 @@
 """The paged, ragged forward pass matches the dense Hugging Face model."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -20,9 +21,11 @@ def make_sequences(runner, lengths, seed=0):
     return seqs
 
 
-def test_mixed_chunked_batch_logits_match_hf(tiny_llama):
-    runner = ModelRunner(tiny_llama, kv_cache_bytes=4 << 20, block_size=4)
-    ref = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="eager").eval()
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch):
+    path = tiny_checkpoint(arch)
+    runner = ModelRunner(path, kv_cache_bytes=4 << 20, block_size=4)
+    ref = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     seqs = make_sequences(runner, [13, 5, 30, 9])
     captured = {}
 
@@ -65,7 +68,7 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_llama):
         for seq in seqs:
             if seq.request_id in sampled:
                 seq.token_ids.append(sampled[seq.request_id])
-    print(f"max relative logit error: {max_err:.2e}")
+    print(f"{arch}: max relative logit error {max_err:.2e}")
     assert max_err < 1e-4
     assert all(len(s.token_ids) > s.num_prompt_tokens for s in seqs)
 
