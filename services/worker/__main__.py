@@ -33,6 +33,7 @@ async def serve(config: WorkerConfig) -> None:
         block_size=config.block_size,
         device=config.device,
         seed=config.seed,
+        attention_backend=config.attention_backend,
     )
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     hello = pb.WorkerHello(

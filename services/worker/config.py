@@ -21,6 +21,7 @@ class WorkerConfig:
     kv_cache_gb: float = 1.0
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"
+    attention_backend: str = "auto"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -47,4 +48,5 @@ _HELPS = {
     "port": "port of the grpc.health.v1 server",
     "kv_cache_gb": "memory for the paged KV cache",
     "num_threads": "torch threads; 0: torch's default",
+    "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",
 }

@@ -72,7 +72,7 @@ class ModelRunner:
         )
         self.kv_cache = KVCache(spec, spec.num_blocks_for(kv_cache_bytes), device=device)
         self.device = torch.device(device)
-        self.backend = attention.select_backend(attention_backend, self.device)
+        self.backend = attention.select_backend(attention_backend, self.device, block_size)
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id
         self.eos_token_id = int(eos[0] if isinstance(eos, list) else eos)

@@ -109,3 +109,12 @@ def test_flex_backend_cuda():
 def test_flash_backend_cuda():
     pytest.importorskip("flash_attn")
     check_backend("flash", "cuda", dtype=torch.bfloat16, tol=6e-2)
+
+
+def test_flex_backend_cpu_unfused():
+    """The GPU path's masking logic, checked here with the unfused CPU kernel."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_backend("flex", "cpu", tol=1e-4)

@@ -21,10 +21,21 @@ def make_sequences(runner, lengths, seed=0):
     return seqs
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
-def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch):
+@pytest.mark.parametrize(
+    ("arch", "backend"),
+    [
+        ("llama", "torch"),
+        ("mistral", "torch"),
+        ("qwen2", "torch"),
+        ("qwen3", "torch"),
+        ("llama", "flex"),
+        ("mistral", "flex"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend):
     path = tiny_checkpoint(arch)
-    runner = ModelRunner(path, kv_cache_bytes=4 << 20, block_size=4)
+    runner = ModelRunner(path, kv_cache_bytes=4 << 20, block_size=4, attention_backend=backend)
     ref = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     seqs = make_sequences(runner, [13, 5, 30, 9])
     captured = {}
@@ -68,7 +79,7 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch):
         for seq in seqs:
             if seq.request_id in sampled:
                 seq.token_ids.append(sampled[seq.request_id])
-    print(f"{arch}: max relative logit error {max_err:.2e}")
+    print(f"{arch}/{backend}: max relative logit error {max_err:.2e}")
     assert max_err < 1e-4
     assert all(len(s.token_ids) > s.num_prompt_tokens for s in seqs)
 

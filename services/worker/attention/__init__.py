@@ -25,6 +25,7 @@ from sarathi_serve.worker.attention.torch_backend import TorchBackend, write_kv
 from sarathi_serve.worker.kv_cache import KVCache
 
 ATTENTION_NAME = "sarathi_paged"
+FLASH_BLOCK_MULTIPLE = 256  # flash-attn's paged KV needs blocks of a multiple of this
 
 
 class AttentionBackend(Protocol):
@@ -98,13 +99,16 @@ def register() -> str:
 BACKENDS = ("torch", "flex", "flash")
 
 
-def select_backend(name: str, device: torch.device) -> AttentionBackend:
-    """`auto`: flash-attn on CUDA when installed, else FlexAttention on CUDA, else torch."""
+def select_backend(name: str, device: torch.device, block_size: int = 16) -> AttentionBackend:
+    """`auto`: flash-attn on CUDA when installed (and the block size suits it),
+    else FlexAttention on CUDA, else torch."""
     if name == "auto":
-        if device.type == "cuda":
-            name = "flash" if importlib.util.find_spec("flash_attn") else "flex"
-        else:
+        if device.type != "cuda":
             name = "torch"
+        elif importlib.util.find_spec("flash_attn") and block_size % FLASH_BLOCK_MULTIPLE == 0:
+            name = "flash"
+        else:
+            name = "flex"
     if name == "torch":
         return TorchBackend()
     if name == "flex":
