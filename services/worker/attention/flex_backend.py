@@ -51,7 +51,7 @@ class FlexBackend:
     name = "flex"
 
     def __init__(self) -> None:
-        self._attend = flex_attention
+        self._attend: Any = flex_attention
         self._compiled = False
 
     def prepare(self, layout: BatchLayout) -> FlexMetadata:
@@ -62,7 +62,8 @@ class FlexBackend:
         num_blocks = 1 + max(max(t) for t in layout.block_tables)
         owner = torch.full((num_blocks,), -1, dtype=torch.long)
         rank = torch.zeros((num_blocks,), dtype=torch.long)
-        q_seq, q_pos = [], []
+        q_seq: list[int] = []
+        q_pos: list[int] = []
         for i, table in enumerate(layout.block_tables):
             ids = torch.tensor(table, dtype=torch.long)
             owner[ids] = i

@@ -41,9 +41,9 @@ class TorchMetadata:
             if window is not None:
                 mask &= pos > (self.decode_lens[:, None] - 1 - window)
             self._masks[key] = mask[:, None, None, :]
-        mask = self._masks[key]
-        assert mask is not None
-        return mask
+        cached = self._masks[key]
+        assert cached is not None
+        return cached
 
     def chunk_mask(self, i: int, window: int | None) -> torch.Tensor | None:
         """[n, ctx] causal (and windowed) mask; None when plain causal SDPA does."""
@@ -116,9 +116,15 @@ class TorchBackend:
             qp = q[c.start : c.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
             kp = k_cache[c.key_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, ctx, D]
             vp = v_cache[c.key_slots].transpose(0, 1).unsqueeze(0)
-            mask = meta.chunk_mask(i, window)
+            chunk_mask = meta.chunk_mask(i, window)
             op = F.scaled_dot_product_attention(
-                qp, kp, vp, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+                qp,
+                kp,
+                vp,
+                attn_mask=chunk_mask,
+                is_causal=chunk_mask is None,
+                scale=scale,
+                enable_gqa=True,
             )
             out[c.start : c.end] = op[0].transpose(0, 1)
         return out
