@@ -1,0 +1,1 @@
+"""Benchmarks: `sarathi-serve bench ...` (they print tables and write JSON; never timed tests)."""

@@ -1,10 +1,11 @@
-"""`sarathi-serve`: up, down, status, generate."""
+"""`sarathi-serve`: up, down, status, generate, bench."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from sarathi_serve.bench import worker as bench_worker
 from sarathi_serve.cli import generate, status, up
 
 
@@ -17,14 +18,22 @@ def main(argv: list[str] | None = None) -> None:
         commands.add_parser("status", help="list the processes of the running system")
     )
     generate.add_arguments(commands.add_parser("generate", help="stream a completion to stdout"))
+    benches = commands.add_parser("bench", help="benchmarks (print a table, write JSON)")
+    bench_kinds = benches.add_subparsers(dest="bench", required=True)
+    bench_worker.add_arguments(
+        bench_kinds.add_parser("worker", help="worker step time vs a bare HF forward")
+    )
     args = parser.parse_args(argv)
-    handlers = {
-        "up": up.run,
-        "down": status.run_down,
-        "status": status.run,
-        "generate": generate.run,
-    }
-    sys.exit(handlers[args.command](args))
+    if args.command == "bench":
+        handler = {"worker": bench_worker.run}[args.bench]
+    else:
+        handler = {
+            "up": up.run,
+            "down": status.run_down,
+            "status": status.run,
+            "generate": generate.run,
+        }[args.command]
+    sys.exit(handler(args))
 
 
 if __name__ == "__main__":

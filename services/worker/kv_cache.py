@@ -49,3 +49,8 @@ class KVCache:
         self.values = [
             torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)
         ]
+
+    def fill_(self, value: float) -> None:
+        """Writes every slot (commits the memory pages up front)."""
+        for pool in (*self.keys, *self.values):
+            pool.fill_(value)

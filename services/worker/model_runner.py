@@ -71,6 +71,7 @@ class ModelRunner:
             dtype=dtype,
         )
         self.kv_cache = KVCache(spec, spec.num_blocks_for(kv_cache_bytes), device=device)
+        self.kv_cache.fill_(0.0)  # commit the pages now rather than inside the first steps
         self.device = torch.device(device)
         self.backend = attention.select_backend(attention_backend, self.device, block_size)
         self.max_model_len = int(cfg.max_position_embeddings)
