@@ -130,7 +130,7 @@ class Bench:
         start = time.perf_counter()
         for _ in range(steps):
             batch = [BatchEntry(s, len(s.token_ids) - s.num_computed_tokens) for s in seqs]
-            sampled = self.runner.execute(batch)
+            sampled = self.runner.execute(batch).sampled
             for s in seqs:
                 s.num_computed_tokens = len(s.token_ids)
                 s.token_ids.append(sampled[s.request_id])

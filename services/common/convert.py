@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from sarathi_serve.common.sampling import SamplingParams
-from sarathi_serve.common.step import NewRequest, ScheduledChunk, StepPlan, StepResult
+from sarathi_serve.common.step import (
+    NewRequest,
+    ScheduledChunk,
+    StepPlan,
+    StepResult,
+    TokenLogprobs,
+)
 from sarathi_serve.protocol import scheduler_pb2 as pb
 
 
@@ -16,7 +22,13 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         stop_token_ids=params.stop_token_ids,
         ignore_eos=params.ignore_eos,
         min_tokens=params.min_tokens,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
     )
+    if params.logprobs is not None:
+        msg.logprobs = params.logprobs
     if params.seed is not None:
         msg.seed = params.seed
     return msg
@@ -33,6 +45,11 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
         stop_token_ids=tuple(msg.stop_token_ids),
         ignore_eos=msg.ignore_eos,
         min_tokens=msg.min_tokens,
+        min_p=msg.min_p,
+        repetition_penalty=msg.repetition_penalty or 1.0,
+        presence_penalty=msg.presence_penalty,
+        frequency_penalty=msg.frequency_penalty,
+        logprobs=msg.logprobs if msg.HasField("logprobs") else None,
     )
 
 
@@ -77,13 +94,29 @@ def plan_from_pb(msg: pb.StepPlan) -> StepPlan:
     )
 
 
+def logprobs_to_pb(lp: TokenLogprobs) -> pb.TokenLogprobs:
+    return pb.TokenLogprobs(
+        logprob=lp.logprob,
+        top_token_ids=[t for t, _ in lp.top],
+        top_logprobs=[v for _, v in lp.top],
+    )
+
+
+def logprobs_from_pb(msg: pb.TokenLogprobs) -> TokenLogprobs:
+    return TokenLogprobs(msg.logprob, tuple(zip(msg.top_token_ids, msg.top_logprobs, strict=True)))
+
+
 def result_to_pb(result: StepResult) -> pb.StepResult:
+    request_ids = list(result.sampled.keys())
+    rows = {rid: i for i, rid in enumerate(request_ids)}
     return pb.StepResult(
         step_id=result.step_id,
-        request_ids=list(result.sampled.keys()),
+        request_ids=request_ids,
         token_ids=list(result.sampled.values()),
         execution_ms=result.execution_ms,
         error=result.error,
+        logprob_rows=[rows[rid] for rid in result.logprobs],
+        logprobs=[logprobs_to_pb(lp) for lp in result.logprobs.values()],
     )
 
 
@@ -93,4 +126,8 @@ def result_from_pb(msg: pb.StepResult) -> StepResult:
         sampled=dict(zip(msg.request_ids, msg.token_ids, strict=True)),
         execution_ms=msg.execution_ms,
         error=msg.error,
+        logprobs={
+            msg.request_ids[row]: logprobs_from_pb(lp)
+            for row, lp in zip(msg.logprob_rows, msg.logprobs, strict=True)
+        },
     )

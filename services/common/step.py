@@ -37,8 +37,17 @@ class StepPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """Log-probability of a sampled token and the most likely alternatives."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
+@dataclass(frozen=True, slots=True)
 class StepResult:
     step_id: int
     sampled: dict[str, int] = field(default_factory=dict)  # request id -> token id
     execution_ms: float = 0.0
     error: str = ""
+    logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)  # who asked for them

@@ -56,7 +56,11 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 num_generated += len(event.token_ids)
                 text = detokenizer.add(event.token_ids)
                 finished = event.stop_reason != pb.STOP_REASON_UNSPECIFIED
-                response = gpb.GenerateResponse(request_id=request_id, token_ids=event.token_ids)
+                response = gpb.GenerateResponse(
+                    request_id=request_id,
+                    token_ids=event.token_ids,
+                    logprobs=self._public_logprobs(event),
+                )
                 if finished:
                     text += detokenizer.flush()
                     response.finish_reason = _FINISH_REASON[event.stop_reason]
@@ -69,3 +73,18 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 self.client.release(request_id)
             else:  # the client went away: free its KV blocks now
                 self.client.abort(request_id)
+
+    def _public_logprobs(self, event: pb.RequestEvent) -> list[gpb.TokenLogprob]:
+        decode = self.validator.tokenizer.decode
+        return [
+            gpb.TokenLogprob(
+                token_id=token,
+                token=decode([token]),
+                logprob=lp.logprob,
+                top=[
+                    gpb.TopLogprob(token_id=t, token=decode([t]), logprob=v)
+                    for t, v in zip(lp.top_token_ids, lp.top_logprobs, strict=True)
+                ],
+            )
+            for token, lp in zip(event.token_ids, event.logprobs, strict=False)
+        ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sarathi_serve.common.errors import InvalidArgument, NotFound
-from sarathi_serve.common.sampling import DEFAULT_MAX_TOKENS, SamplingParams
+from sarathi_serve.common.sampling import DEFAULT_MAX_TOKENS, MAX_LOGPROBS, SamplingParams
 from sarathi_serve.protocol import generate_pb2 as gpb
 
 MAX_STOP_TOKEN_IDS = 64
@@ -97,6 +97,29 @@ class RequestValidator:
             raise InvalidArgument(
                 f"min_tokens: must be <= max_tokens ({max_tokens}), got {opts.min_tokens}"
             )
+        repetition_penalty = opts.repetition_penalty if opts.HasField("repetition_penalty") else 1.0
+        checks = [
+            ("min_p", opts.min_p, 0.0 <= opts.min_p <= 1.0, "in [0, 1]"),
+            ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0"),
+            (
+                "presence_penalty",
+                opts.presence_penalty,
+                -2 <= opts.presence_penalty <= 2,
+                "in [-2, 2]",
+            ),
+            (
+                "frequency_penalty",
+                opts.frequency_penalty,
+                -2 <= opts.frequency_penalty <= 2,
+                "in [-2, 2]",
+            ),
+        ]
+        for name, value, ok, expected in checks:
+            if not (math.isfinite(value) and ok):
+                raise InvalidArgument(f"{name}: must be {expected}, got {value}")
+        logprobs = opts.logprobs if opts.HasField("logprobs") else None
+        if logprobs is not None and logprobs > MAX_LOGPROBS:
+            raise InvalidArgument(f"logprobs: at most {MAX_LOGPROBS}, got {logprobs}")
         return SamplingParams(
             temperature=temperature,
             top_p=top_p,
@@ -106,4 +129,9 @@ class RequestValidator:
             stop_token_ids=tuple(opts.stop_token_ids),
             ignore_eos=opts.ignore_eos,
             min_tokens=opts.min_tokens,
+            min_p=opts.min_p,
+            repetition_penalty=repetition_penalty,
+            presence_penalty=opts.presence_penalty,
+            frequency_penalty=opts.frequency_penalty,
+            logprobs=logprobs,
         )

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted
-from sarathi_serve.common.step import NewRequest, ScheduledChunk, StepPlan, StepResult
+from sarathi_serve.common.step import (
+    NewRequest,
+    ScheduledChunk,
+    StepPlan,
+    StepResult,
+    TokenLogprobs,
+)
 from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
@@ -33,6 +39,7 @@ class RequestUpdate:
     request: Request
     token_ids: tuple[int, ...]
     stop_reason: StopReason | None
+    logprobs: tuple[TokenLogprobs, ...] = ()  # parallel to token_ids, when requested
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +155,10 @@ class SchedulerCore:
             stop = self._stop_reason(request, token)
             if stop is not None:
                 self._finish(request, stop, now)
-            updates.append(RequestUpdate(request, (token,), stop))
+            logprobs = result.logprobs.get(request_id)
+            updates.append(
+                RequestUpdate(request, (token,), stop, () if logprobs is None else (logprobs,))
+            )
         return updates
 
     def _stop_reason(self, request: Request, token: int) -> StopReason | None:

@@ -7,6 +7,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 
+from sarathi_serve.common.convert import logprobs_to_pb
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.scheduler.core import RequestUpdate
 from sarathi_serve.scheduler.request import Request, StopReason
@@ -42,6 +43,7 @@ class SessionHub:
                 pb.RequestEvent(
                     request_id=update.request.request_id,
                     token_ids=update.token_ids,
+                    logprobs=[logprobs_to_pb(lp) for lp in update.logprobs],
                     stop_reason=_STOP_TO_PB[update.stop_reason] if update.stop_reason else 0,
                 )
             )

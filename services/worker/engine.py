@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from sarathi_serve.common.step import StepPlan, StepResult
-from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence
+from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence, StepOutput
 
 
 class WorkerEngine:
@@ -35,10 +35,10 @@ class WorkerEngine:
                 raise KeyError(f"plan {plan.step_id} names unknown request {chunk.request_id}")
             seq.block_ids.extend(chunk.new_block_ids)
             batch.append(BatchEntry(seq, chunk.num_tokens))
-        sampled = self.runner.execute(batch) if batch else {}
+        output = self.runner.execute(batch) if batch else StepOutput({}, {})
         for entry in batch:
             entry.sequence.num_computed_tokens += entry.num_tokens
-        for request_id, token in sampled.items():
+        for request_id, token in output.sampled.items():
             self.sequences[request_id].token_ids.append(token)
         elapsed_ms = (time.perf_counter() - start) * 1e3
-        return StepResult(step_id=plan.step_id, sampled=sampled, execution_ms=elapsed_ms)
+        return StepResult(plan.step_id, output.sampled, elapsed_ms, logprobs=output.logprobs)

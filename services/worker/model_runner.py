@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.step import TokenLogprobs
 from sarathi_serve.worker import attention
 from sarathi_serve.worker.attention import AttentionMetadata
 from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
-from sarathi_serve.worker.sampler import Sampler
+from sarathi_serve.worker.sampler import Sampler, SamplingRow
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,24 @@ class Sequence:
     sampling: SamplingParams
     block_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    sampled: dict[str, int]  # request id -> token id
+    logprobs: dict[str, TokenLogprobs]  # for the requests that asked
+
+
+def _sampling_row(seq: Sequence) -> SamplingRow:
+    prompt_len = seq.num_prompt_tokens
+    if not seq.sampling.has_penalties:
+        return SamplingRow(seq.sampling, len(seq.token_ids) - prompt_len)
+    return SamplingRow(
+        seq.sampling,
+        len(seq.token_ids) - prompt_len,
+        seq.token_ids[:prompt_len],
+        seq.token_ids[prompt_len:],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +111,9 @@ class ModelRunner:
         return self.kv_cache.spec.block_size
 
     @torch.inference_mode()
-    def execute(self, batch: list[BatchEntry]) -> dict[str, int]:
-        """Runs one step; returns the sampled token of each request that finished
-        its pending tokens (last prompt chunk or a decode)."""
+    def execute(self, batch: list[BatchEntry]) -> StepOutput:
+        """Runs one step; samples a token for each request that finished its
+        pending tokens (last prompt chunk or a decode)."""
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         logits_rows = torch.tensor([row for row, _ in sample_rows], dtype=torch.long)
         out = self.model(
@@ -105,15 +124,13 @@ class ModelRunner:
             attn_metadata=meta,
         )
         if not sample_rows:
-            return {}
+            return StepOutput({}, {})
         logits = out.logits[0].float().cpu()  # [S, V]
         seqs = [seq for _, seq in sample_rows]
-        tokens = self.sampler.sample(
-            logits,
-            [s.sampling for s in seqs],
-            [len(s.token_ids) - s.num_prompt_tokens for s in seqs],
-        )
-        return {s.request_id: t for s, t in zip(seqs, tokens, strict=True)}
+        tokens, logprobs = self.sampler.sample(logits, [_sampling_row(s) for s in seqs])
+        sampled = {s.request_id: t for s, t in zip(seqs, tokens, strict=True)}
+        asked = {s.request_id: lp for s, lp in zip(seqs, logprobs, strict=True) if lp is not None}
+        return StepOutput(sampled, asked)
 
     def _prepare(
         self, batch: list[BatchEntry]

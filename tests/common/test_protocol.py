@@ -9,7 +9,13 @@ from sarathi_serve.common.convert import (
     sampling_to_pb,
 )
 from sarathi_serve.common.sampling import SamplingParams
-from sarathi_serve.common.step import NewRequest, ScheduledChunk, StepPlan, StepResult
+from sarathi_serve.common.step import (
+    NewRequest,
+    ScheduledChunk,
+    StepPlan,
+    StepResult,
+    TokenLogprobs,
+)
 from sarathi_serve.protocol import codegen
 
 
@@ -30,6 +36,15 @@ def test_sampling_round_trip():
             ignore_eos=True,
         ),
         SamplingParams(temperature=0.75, seed=2**40),
+        SamplingParams(
+            min_p=0.25,
+            repetition_penalty=1.5,
+            presence_penalty=-0.5,
+            frequency_penalty=0.5,
+            logprobs=5,
+            min_tokens=2,
+        ),
+        SamplingParams(logprobs=0),
     ):
         assert sampling_from_pb(sampling_to_pb(params)) == params
 
@@ -48,3 +63,9 @@ def test_plan_round_trip():
 def test_result_round_trip():
     result = StepResult(step_id=3, sampled={"a": 11, "b": 0}, execution_ms=12.5, error="")
     assert result_from_pb(result_to_pb(result)) == result
+    with_logprobs = StepResult(
+        step_id=4,
+        sampled={"a": 1, "b": 2, "c": 3},
+        logprobs={"c": TokenLogprobs(-0.5, ((3, -0.5), (9, -1.25))), "a": TokenLogprobs(-2.0)},
+    )
+    assert result_from_pb(result_to_pb(with_logprobs)) == with_logprobs

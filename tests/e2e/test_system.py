@@ -142,3 +142,25 @@ def test_request_and_tokens_are_in_redis(system):
     stored = client.hgetall("sarathi:req:persist-check")
     assert stored[b"status"] == b"finished" and stored[b"stop_reason"] == b"length"
     assert not client.sismember("sarathi:inflight", "persist-check")
+
+
+def test_logprobs_and_penalties_through_the_system(system):
+    with grpc.insecure_channel(system.gateway_addr) as channel:
+        stub = gpb_grpc.GenerationStub(channel)
+        req = gpb.GenerateRequest(
+            prompt="Once upon a time",
+            sampling=gpb.SamplingOptions(max_tokens=6, temperature=0, logprobs=2),
+        )
+        responses = list(stub.Generate(req, timeout=60))
+        tokens = [t for r in responses for t in r.token_ids]
+        logprobs = [lp for r in responses for lp in r.logprobs]
+        assert [lp.token_id for lp in logprobs] == tokens
+        assert all(lp.logprob <= 0 and len(lp.top) == 2 for lp in logprobs)
+        assert all(lp.top[0].token_id == lp.token_id for lp in logprobs)  # greedy = most likely
+        assert all(lp.token for lp in logprobs)
+        penalized = gpb.GenerateRequest(
+            prompt="Once upon a time",
+            sampling=gpb.SamplingOptions(max_tokens=6, temperature=0, repetition_penalty=100.0),
+        )
+        repeat_free = [t for r in stub.Generate(penalized, timeout=60) for t in r.token_ids]
+        assert len(set(repeat_free)) == len(repeat_free)  # a huge penalty forbids any repeat

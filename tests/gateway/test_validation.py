@@ -59,3 +59,36 @@ def test_chat_template_is_applied(validator, tokenizer):
     ids = validator.prepare(gpb.GenerateRequest(messages=msgs)).prompt_token_ids
     text = tokenizer.decode(ids)
     assert "<|im_start|>user" in text and text.rstrip().endswith("<|im_start|>assistant")
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field"),
+    [
+        (dict(min_p=1.5), "min_p"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(presence_penalty=2.5), "presence_penalty"),
+        (dict(frequency_penalty=-3.0), "frequency_penalty"),
+        (dict(logprobs=21), "logprobs"),
+        (dict(max_tokens=4, min_tokens=5), "min_tokens"),
+    ],
+)
+def test_sampling_ranges(validator, sampling, field):
+    with pytest.raises(InvalidArgument) as info:
+        validator.prepare(request(**sampling))
+    assert str(info.value).startswith(field + ":")
+
+
+def test_full_sampling_options_pass_through(validator):
+    sampling = validator.prepare(
+        request(
+            min_p=0.1,
+            repetition_penalty=1.1,
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+            logprobs=2,
+        )
+    ).sampling
+    assert (sampling.min_p, sampling.presence_penalty, sampling.frequency_penalty) == pytest.approx(
+        (0.1, 0.5, -0.5)
+    )
+    assert sampling.repetition_penalty == pytest.approx(1.1) and sampling.logprobs == 2

@@ -61,7 +61,7 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend):
     max_err = 0.0
     for plan in plans:
         batch = [BatchEntry(seqs[i], n) for i, n in plan]
-        sampled = runner.execute(batch)
+        sampled = runner.execute(batch).sampled
         rows = [
             e
             for e in batch
@@ -91,7 +91,7 @@ def test_greedy_decode_matches_hf_generate(tiny_llama):
     prompts = [list(s.token_ids) for s in seqs]
     for _ in range(12):
         batch = [BatchEntry(s, len(s.token_ids) - s.num_computed_tokens) for s in seqs]
-        sampled = runner.execute(batch)
+        sampled = runner.execute(batch).sampled
         for s in seqs:
             s.num_computed_tokens = len(s.token_ids)
             s.token_ids.append(sampled[s.request_id])

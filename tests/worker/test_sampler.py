@@ -1,63 +1,113 @@
+import pytest
 import torch
 
 from sarathi_serve.common.sampling import SamplingParams
-from sarathi_serve.worker.sampler import Sampler
+from sarathi_serve.worker.sampler import Sampler, SamplingRow
+
+EOS = 2
 
 
 def random_logits(rows, vocab=50, seed=0):
     return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3
 
 
+def sample_one(sampler, logits, params, index=0, prompt=(), output=()):
+    tokens, _ = sampler.sample(logits[None], [SamplingRow(params, index, prompt, output)])
+    return tokens[0]
+
+
 def test_greedy_is_argmax():
     logits = random_logits(4)
-    tokens = Sampler(2, 0).sample(logits, [SamplingParams(temperature=0.0)] * 4, [0] * 4)
-    assert tokens == logits.argmax(-1).tolist()
+    rows = [SamplingRow(SamplingParams(temperature=0.0), 0)] * 4
+    assert Sampler(EOS, 0).sample(logits, rows)[0] == logits.argmax(-1).tolist()
 
 
 def test_seeded_rows_are_batch_invariant():
     logits = random_logits(1, seed=5)
-    seeded = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, seed=1234)
-    alone = [Sampler(2, 1).sample(logits, [seeded], [i])[0] for i in range(20)]
+    seeded = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, min_p=0.01, seed=1234)
+    alone = [sample_one(Sampler(EOS, 1), logits[0], seeded, i) for i in range(20)]
     others = random_logits(6, seed=9)
     for position in (0, 3, 6):
         batch = torch.cat([others[:position], logits, others[position:]])
-        params = [SamplingParams(temperature=1.0)] * 6
-        params.insert(position, seeded)
-        got = [Sampler(2, position + 7).sample(batch, params, [i] * 7)[position] for i in range(20)]
-        assert got == alone
+        for i in range(20):
+            rows = [SamplingRow(SamplingParams(temperature=1.0, seed=s), i) for s in range(6)]
+            rows.insert(position, SamplingRow(seeded, i))
+            assert Sampler(EOS, position + 7).sample(batch, rows)[0][position] == alone[i]
     assert len(set(alone)) > 1  # really sampling, not argmax
 
 
-def test_top_k_and_top_p_restrict_the_support():
+def test_top_k_top_p_and_min_p_restrict_the_support():
     logits = random_logits(1, seed=2)[0]
     order = logits.argsort(descending=True).tolist()
-    sampler = Sampler(2, 0)
-    top3 = {sampler.sample(logits[None], [SamplingParams(top_k=3)], [0])[0] for _ in range(200)}
-    assert top3 <= set(order[:3]) and len(top3) > 1
     probs = logits.softmax(-1)
+    sampler = Sampler(EOS, 0)
+    top3 = {sample_one(sampler, logits, SamplingParams(top_k=3)) for _ in range(200)}
+    assert top3 <= set(order[:3]) and len(top3) > 1
     nucleus = [t for t in order if probs[order[: order.index(t)]].sum() < 0.5]
-    got = {sampler.sample(logits[None], [SamplingParams(top_p=0.5)], [0])[0] for _ in range(200)}
+    got = {sample_one(sampler, logits, SamplingParams(top_p=0.5)) for _ in range(200)}
     assert got <= set(nucleus)
+    above = {t for t in order if probs[t] >= 0.2 * probs.max()}
+    got = {sample_one(sampler, logits, SamplingParams(min_p=0.2)) for _ in range(200)}
+    assert got <= above and len(got) >= 1
 
 
 def test_temperature_sampling_follows_the_distribution():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    sampler = Sampler(2, 0)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    sampler = Sampler(EOS, 0)
     counts = torch.zeros(4)
     for _ in range(4000):
-        counts[sampler.sample(logits, [SamplingParams(temperature=1.0)], [0])[0]] += 1
-    assert torch.allclose(counts / 4000, logits.softmax(-1)[0], atol=0.03)
+        counts[sample_one(sampler, logits, SamplingParams(temperature=1.0))] += 1
+    assert torch.allclose(counts / 4000, logits.softmax(-1), atol=0.03)
 
 
 def test_min_tokens_masks_eos_and_stop_tokens_until_reached():
-    logits = torch.zeros(1, 10)
-    logits[0, 2] = 10.0  # EOS
-    logits[0, 5] = 9.0  # a stop token
-    logits[0, 7] = 8.0
+    logits = torch.zeros(10)
+    logits[EOS], logits[5], logits[7] = 10.0, 9.0, 8.0
     params = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=(5,))
-    sampler = Sampler(2, 0)
-    assert sampler.sample(logits, [params], [0]) == [7]
-    assert sampler.sample(logits, [params], [1]) == [7]
-    assert sampler.sample(logits, [params], [2]) == [2]
+    sampler = Sampler(EOS, 0)
+    assert [sample_one(sampler, logits, params, i) for i in range(3)] == [7, 7, EOS]
     ignoring = SamplingParams(temperature=0.0, min_tokens=2, ignore_eos=True)
-    assert sampler.sample(logits, [ignoring], [0]) == [2]  # EOS is an ordinary token then
+    assert sample_one(sampler, logits, ignoring, 0) == EOS  # an ordinary token then
+
+
+def test_penalties():
+    logits = torch.tensor([3.0, 2.9, 2.8, -1.0])
+    sampler = Sampler(EOS, 0)
+    greedy = SamplingParams(temperature=0.0)
+    # token 0 was generated twice: frequency 0.1 x 2 = 0.2 puts it below token 1
+    freq = SamplingParams(temperature=0.0, frequency_penalty=0.1)
+    assert sample_one(sampler, logits, freq, output=[0, 0]) == 1
+    assert (
+        sample_one(
+            sampler, logits, SamplingParams(temperature=0.0, frequency_penalty=0.05), output=[0]
+        )
+        == 0
+    )
+    # presence: once, whatever the count
+    pres = SamplingParams(temperature=0.0, presence_penalty=0.15)
+    assert sample_one(sampler, logits, pres, output=[0, 0, 0]) == 1
+    # repetition: divides positive logits of tokens seen in the prompt too
+    rep = SamplingParams(temperature=0.0, repetition_penalty=1.2)
+    assert sample_one(sampler, logits, rep, prompt=[0, 1]) == 2
+    assert sample_one(sampler, logits, greedy, prompt=[0, 1]) == 0
+    negative = torch.tensor([-1.0, -1.1, -5.0])
+    assert sample_one(sampler, negative, rep, prompt=[0]) == 1  # -1.2 < -1.1
+
+
+def test_logprobs_are_the_raw_distribution():
+    logits = random_logits(3, seed=4)
+    rows = [
+        SamplingRow(SamplingParams(temperature=0.0, logprobs=3), 0),
+        SamplingRow(SamplingParams(temperature=0.0), 0),
+        SamplingRow(SamplingParams(temperature=0.7, logprobs=0, seed=1), 0),
+    ]
+    tokens, logprobs = Sampler(EOS, 0).sample(logits, rows)
+    expected = logits.log_softmax(-1)
+    assert logprobs[1] is None
+    first = logprobs[0]
+    assert first.logprob == pytest.approx(expected[0, tokens[0]].item(), abs=1e-5)
+    top_ids = expected[0].topk(3).indices.tolist()
+    assert [t for t, _ in first.top] == top_ids and first.top[0][0] == tokens[0]
+    assert logprobs[2].top == () and logprobs[2].logprob == pytest.approx(
+        expected[2, tokens[2]].item(), abs=1e-5
+    )
