@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         print(
-            f"{num_decodes:>6} {num_prefill:>7} {context:>7} {ours:>9.1f} {floor:>9.1f} {ours / floor:>6.2f}",
+            f"{num_decodes:>6} {num_prefill:>7} {context:>7} "
+            f"{ours:>9.1f} {floor:>9.1f} {ours / floor:>6.2f}",
             flush=True,
         )
     decode_steps, prompt_len = (16, 32) if args.quick else (32, 64)
@@ -229,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     print(
-        f"worst step ratio (ours / floor): {worst['ratio']:.2f} at decode {worst['decode_tokens']}, "
+        f"worst step ratio (ours / floor): {worst['ratio']:.2f} "
+        f"at decode {worst['decode_tokens']}, "
         f"prefill {worst['prefill_tokens']}, context {worst['context']}"
     )
     return 0
