@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from sarathi_serve.cli.system import free_port
+from sarathi_serve.common.net import free_port
 
 
 class RedisServer:

@@ -23,13 +23,12 @@ from sarathi_serve.cli.system import (
     ProcessRecord,
     clear_system,
     default_run_dir,
-    free_port,
     pid_alive,
-    port_free,
     read_system,
     write_system,
 )
 from sarathi_serve.common.models import DEFAULT_MODEL, resolve_model
+from sarathi_serve.common.net import free_port, port_free
 from sarathi_serve.gateway.config import DEFAULT_PORT as GATEWAY_PORT
 from sarathi_serve.scheduler.config import DEFAULT_PORT as SCHEDULER_PORT
 from sarathi_serve.scheduler.policies import POLICIES
@@ -93,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-threads", type=int, default=0, help="torch threads of the worker (0: all cores)"
     )
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks of the worker group")
     p.add_argument("--run-dir", type=Path, default=default_run_dir())
 
 
@@ -222,6 +222,8 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
                 str(args.kv_cache_gb),
                 "--num-threads",
                 str(args.num_threads),
+                "--tensor-parallel-size",
+                str(args.tensor_parallel_size),
             ],
             f"127.0.0.1:{worker_port}",
             logs / "worker.log",

@@ -14,12 +14,10 @@ import torch
 
 from sarathi_serve.common.grpc_server import add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
-from sarathi_serve.common.models import resolve_model
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.worker.attach import attach_forever
 from sarathi_serve.worker.config import WorkerConfig
-from sarathi_serve.worker.engine import WorkerEngine
-from sarathi_serve.worker.model_runner import ModelRunner
+from sarathi_serve.worker.group import start_engine
 
 log = logging.getLogger("sarathi_serve.worker")
 
@@ -27,14 +25,7 @@ log = logging.getLogger("sarathi_serve.worker")
 async def serve(config: WorkerConfig) -> None:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    runner = ModelRunner(
-        resolve_model(config.model),
-        kv_cache_bytes=config.kv_cache_bytes,
-        block_size=config.block_size,
-        device=config.device,
-        seed=config.seed,
-        attention_backend=config.attention_backend,
-    )
+    engine, runner, stop_group = start_engine(config)
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     hello = pb.WorkerHello(
         worker_id=worker_id,
@@ -61,10 +52,11 @@ async def serve(config: WorkerConfig) -> None:
         config.port,
         config.scheduler_addr,
     )
-    await asyncio.to_thread(
-        attach_forever, WorkerEngine(runner), config.scheduler_addr, hello, stop
-    )
-    await server.stop(grace=0.5)
+    try:
+        await asyncio.to_thread(attach_forever, engine, config.scheduler_addr, hello, stop)
+    finally:
+        stop_group()
+        await server.stop(grace=0.5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from sarathi_serve.common.convert import plan_from_pb, result_to_pb
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
-from sarathi_serve.worker.engine import WorkerEngine
+from sarathi_serve.worker.parallel import Engine
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ _MAX_BACKOFF_S = 2.0
 
 
 def attach_forever(
-    engine: WorkerEngine, scheduler_addr: str, hello: pb.WorkerHello, stop: threading.Event
+    engine: Engine, scheduler_addr: str, hello: pb.WorkerHello, stop: threading.Event
 ) -> None:
     """Serves plans until `stop` is set; reconnects (with a clean cache) when the stream breaks."""
     backoff = 0.1
@@ -40,7 +40,7 @@ def attach_forever(
 
 
 def _serve_stream(
-    engine: WorkerEngine, stub: pb_grpc.SchedulerStub, hello: pb.WorkerHello, stop: threading.Event
+    engine: Engine, stub: pb_grpc.SchedulerStub, hello: pb.WorkerHello, stop: threading.Event
 ) -> None:
     outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
     outbox.put(pb.WorkerMessage(hello=hello))

@@ -22,6 +22,7 @@ class WorkerConfig:
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"
     attention_backend: str = "auto"
+    tensor_parallel_size: int = 1
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -29,6 +30,8 @@ class WorkerConfig:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.kv_cache_gb <= 0:
             raise ValueError(f"kv_cache_gb must be > 0, got {self.kv_cache_gb}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
 
@@ -48,5 +51,6 @@ _HELPS = {
     "port": "port of the grpc.health.v1 server",
     "kv_cache_gb": "memory for the paged KV cache",
     "num_threads": "torch threads; 0: torch's default",
+    "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",
 }

@@ -19,6 +19,7 @@ from sarathi_serve.worker import attention
 from sarathi_serve.worker.attention import AttentionMetadata
 from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
+from sarathi_serve.worker.parallel import TensorParallel, check_divisible, shard_model
 from sarathi_serve.worker.sampler import Sampler, SamplingRow
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class ModelRunner:
         device: str = "cpu",
         seed: int | None = None,
         attention_backend: str = "auto",
+        tp: TensorParallel | None = None,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -78,13 +80,17 @@ class ModelRunner:
         model = AutoModelForCausalLM.from_pretrained(
             model_path, attn_implementation=name, dtype=dtype
         )
+        cfg = model.config
+        tp = tp or TensorParallel()
+        if tp.enabled:
+            check_divisible(cfg, tp.world_size)
+            shard_model(model, tp)
         self.model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` narrowly
         self.model.eval()
-        cfg = self.model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         spec = KVCacheSpec(
             num_layers=cfg.num_hidden_layers,
-            num_kv_heads=cfg.num_key_value_heads,
+            num_kv_heads=cfg.num_key_value_heads // tp.world_size,
             head_dim=head_dim,
             block_size=block_size,
             dtype=dtype,

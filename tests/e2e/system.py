@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from sarathi_serve.cli import health
-from sarathi_serve.cli.system import ProcessRecord, free_port, read_system
+from sarathi_serve.cli.system import ProcessRecord, read_system
+from sarathi_serve.common.net import free_port
 
 
 class RunningSystem:
