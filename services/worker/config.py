@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from sarathi_serve.common.config import parse_config
 from sarathi_serve.common.models import DEFAULT_MODEL
 
 DEFAULT_HEALTH_PORT = 50053
+DTYPES = {"auto", "float32", "bfloat16", "float16"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +21,9 @@ class WorkerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_HEALTH_PORT  # grpc.health.v1 only
     block_size: int = 16
-    kv_cache_gb: float = 1.0
+    kv_cache_gb: float = 0.0  # 0: CPU 1 GiB; CUDA from gpu_memory_utilization
+    gpu_memory_utilization: float = 0.9
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"
     attention_backend: str = "auto"
@@ -28,16 +33,29 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.kv_cache_gb <= 0:
-            raise ValueError(f"kv_cache_gb must be > 0, got {self.kv_cache_gb}")
+        if self.kv_cache_gb < 0:
+            raise ValueError(f"kv_cache_gb must be >= 0, got {self.kv_cache_gb}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
 
     @property
-    def kv_cache_bytes(self) -> int:
-        return int(self.kv_cache_gb * (1 << 30))
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        return getattr(torch, self.dtype)  # type: ignore[no-any-return]
+
+    @property
+    def kv_cache_bytes(self) -> int | None:
+        """The configured budget; None: size it from the device (see ModelRunner)."""
+        return int(self.kv_cache_gb * (1 << 30)) or None
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> WorkerConfig:
@@ -49,7 +67,8 @@ _HELPS = {
     "model": "the default model's name or a local Hugging Face checkpoint folder",
     "worker_id": "name shown in logs and stats; empty: hostname-pid",
     "port": "port of the grpc.health.v1 server",
-    "kv_cache_gb": "memory for the paged KV cache",
+    "kv_cache_gb": "memory for the paged KV cache; 0: 1 GiB on CPU, measured on CUDA",
+    "gpu_memory_utilization": "CUDA: fraction of the GPU for weights, activations and KV cache",
     "num_threads": "torch threads; 0: torch's default",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",

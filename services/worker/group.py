@@ -73,6 +73,8 @@ def build_runner(config: WorkerConfig, tp: TensorParallel, seed: int | None) -> 
     return ModelRunner(
         resolve_model(config.model),
         kv_cache_bytes=config.kv_cache_bytes,
+        dtype=config.torch_dtype,
+        gpu_memory_utilization=config.gpu_memory_utilization,
         block_size=config.block_size,
         device=device,
         seed=seed,

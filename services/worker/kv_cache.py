@@ -50,6 +50,10 @@ class KVCache:
             torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)
         ]
 
+    @property
+    def num_bytes(self) -> int:
+        return self.num_blocks * self.spec.bytes_per_block
+
     def fill_(self, value: float) -> None:
         """Writes every slot (commits the memory pages up front)."""
         for pool in (*self.keys, *self.values):

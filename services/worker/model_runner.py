@@ -24,6 +24,9 @@ from sarathi_serve.worker.sampler import Sampler, SamplingRow
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CPU_KV_BYTES = 1 << 30
+GREEDY = SamplingParams(temperature=0.0)
+
 
 @dataclass(slots=True)
 class Sequence:
@@ -66,13 +69,15 @@ class ModelRunner:
         self,
         model_path: Path,
         *,
-        kv_cache_bytes: int,
+        kv_cache_bytes: int | None,
         block_size: int = 16,
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
         seed: int | None = None,
         attention_backend: str = "auto",
         tp: TensorParallel | None = None,
+        gpu_memory_utilization: float = 0.9,
+        profile_tokens: int = 2048,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -95,14 +100,16 @@ class ModelRunner:
             block_size=block_size,
             dtype=dtype,
         )
-        self.kv_cache = KVCache(spec, spec.num_blocks_for(kv_cache_bytes), device=device)
-        self.kv_cache.fill_(0.0)  # commit the pages now rather than inside the first steps
         self.device = torch.device(device)
         self.backend = attention.select_backend(attention_backend, self.device, block_size)
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id
         self.eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
         self.sampler = Sampler(self.eos_token_id, seed)
+        if kv_cache_bytes is None:
+            kv_cache_bytes = self._measured_kv_budget(spec, gpu_memory_utilization, profile_tokens)
+        self.kv_cache = KVCache(spec, spec.num_blocks_for(kv_cache_bytes), device=device)
+        self.kv_cache.fill_(0.0)  # commit the pages now rather than inside the first steps
         log.info(
             "model %s: %d layers, KV cache %d blocks x %d tokens, %s attention",
             model_path,
@@ -111,6 +118,40 @@ class ModelRunner:
             block_size,
             self.backend.name,
         )
+
+    def _measured_kv_budget(
+        self, spec: KVCacheSpec, utilization: float, profile_tokens: int
+    ) -> int:
+        """CPU: 1 GiB. CUDA: `utilization` of the GPU minus the peak of a profiling
+        forward pass over `profile_tokens` tokens (weights + activations)."""
+        if self.device.type != "cuda":
+            return DEFAULT_CPU_KV_BYTES
+        num_blocks = -(-profile_tokens // spec.block_size)
+        self.kv_cache = KVCache(spec, num_blocks, device=self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        probe = Sequence(
+            "profile", [0] * profile_tokens, profile_tokens, GREEDY, list(range(num_blocks))
+        )
+        self.execute([BatchEntry(probe, profile_tokens)])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - self.kv_cache.num_bytes
+        del self.kv_cache
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        budget = int(total * utilization) - peak
+        log.info(
+            "profiled peak %.2f GiB of %.2f GiB; KV budget %.2f GiB",
+            peak / 2**30,
+            total / 2**30,
+            budget / 2**30,
+        )
+        if budget <= 0:
+            raise ValueError(
+                f"no memory left for the KV cache at gpu_memory_utilization={utilization}: "
+                "raise it or use a smaller model"
+            )
+        return budget
 
     @property
     def block_size(self) -> int:

@@ -104,3 +104,12 @@ def test_greedy_decode_matches_hf_generate(tiny_llama):
             pad_token_id=0,
         )[0, len(prompt) :].tolist()
         assert seq.token_ids[len(prompt) :] == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_kv_cache_is_sized_from_free_memory(tiny_llama):
+    runner = ModelRunner(tiny_llama, kv_cache_bytes=None, device="cuda", dtype=torch.bfloat16)
+    total = torch.cuda.get_device_properties(0).total_memory
+    assert 0.5 * total < runner.kv_cache.num_bytes < 0.9 * total
+    assert runner.backend.name in ("flex", "flash")

@@ -16,7 +16,7 @@ BLOCK = 4
 
 
 def generate(engine, num_steps=12):
-    """Drives the engine as the scheduler would: prefill both prompts (the first in 2 chunks), then decode."""
+    """Drives the engine as the scheduler would: prompts (the first in 2 chunks), then decodes."""
     blocks = iter(range(1000))
     tables = {f"r{i}": [] for i in range(len(PROMPTS))}
     lengths = {f"r{i}": 0 for i in range(len(PROMPTS))}
