@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from sarathi_serve.common.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 from sarathi_serve.common.step import TokenLogprobs
 from sarathi_serve.worker import attention
 from sarathi_serve.worker.attention import AttentionMetadata
@@ -67,8 +71,9 @@ class BatchEntry:
 class ModelRunner:
     def __init__(
         self,
-        model_path: Path,
+        model_path: Path | None,
         *,
+        model: PreTrainedModel | None = None,
         kv_cache_bytes: int | None,
         block_size: int = 16,
         dtype: torch.dtype = torch.float32,
@@ -82,9 +87,12 @@ class ModelRunner:
         from transformers import AutoModelForCausalLM
 
         name = attention.register()
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, attn_implementation=name, dtype=dtype
-        )
+        if model is None:  # else: a model built in memory (benchmarks with random weights)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_path, attn_implementation=name, dtype=dtype
+            )
+        else:
+            model.set_attn_implementation(name)
         cfg = model.config
         tp = tp or TensorParallel()
         if tp.enabled:
