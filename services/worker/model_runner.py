@@ -88,6 +88,8 @@ class ModelRunner:
 
         name = attention.register()
         if model is None:  # else: a model built in memory (benchmarks with random weights)
+            if model_path is None:
+                raise ValueError("ModelRunner needs a model_path or a model")
             model = AutoModelForCausalLM.from_pretrained(
                 model_path, attn_implementation=name, dtype=dtype
             )
