@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from sarathi_serve.scheduler.policies.base import Policy, Schedule
+from sarathi_serve.scheduler.policies.baselines import (
+    FasterTransformerPolicy,
+    OrcaPolicy,
+    VllmPolicy,
+)
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 
 POLICIES: dict[str, type] = {
     "sarathi": SarathiPolicy,
+    "vllm": VllmPolicy,
+    "orca": OrcaPolicy,
+    "faster_transformer": FasterTransformerPolicy,
 }
 
 

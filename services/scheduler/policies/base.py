@@ -1,4 +1,4 @@
-"""What every scheduling policy takes and returns."""
+"""What every scheduling policy takes and returns, and the steps policies share."""
 
 from __future__ import annotations
 
@@ -31,5 +31,89 @@ class Policy(Protocol):
 
     name: str
     token_budget: int
+    max_num_seqs: int
 
     def schedule(self, state: SchedulerState, blocks: BlockManager) -> Schedule: ...
+
+
+def validate_limits(token_budget: int, max_num_seqs: int) -> None:
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1, got {token_budget}")
+    if max_num_seqs < 1:
+        raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+
+
+def schedule_decodes(
+    state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
+) -> int:
+    """One token for each running request past its prefill, oldest first,
+    preempting the newest when KV blocks run out; returns the budget left."""
+    for request in [r for r in state.running if not r.is_prefilling]:
+        if budget == 0 or request not in state.running:
+            continue
+        if not make_room(request, 1, state, blocks, out):
+            continue
+        blocks.allocate(request, 1)
+        out.chunks.append((request, 1))
+        budget -= 1
+    return budget
+
+
+def make_room(
+    request: Request, num_tokens: int, state: SchedulerState, blocks: BlockManager, out: Schedule
+) -> bool:
+    """Preempts the newest running requests until `request` fits.
+
+    Returns False when `request` itself had to be preempted."""
+    while not blocks.can_allocate(request, num_tokens):
+        victim = state.running[-1]
+        state.preempt(victim, blocks)
+        out.preempted.append(victim)
+        if victim is request:
+            return False
+    return True
+
+
+def schedule_whole_prefills(
+    state: SchedulerState,
+    blocks: BlockManager,
+    out: Schedule,
+    budget: int,
+    max_running: int,
+    *,
+    first_may_exceed: bool,
+) -> int:
+    """Whole remaining prompts: running requests' unfinished prefills, then new
+    requests FCFS, while they fit in `budget`. With `first_may_exceed`, the first
+    prompt of the iteration is taken even when longer than the budget, so long
+    prompts are never starved by a budget smaller than them."""
+    candidates = [r for r in state.running if r.is_prefilling]
+    for request in candidates:
+        if not _fits(request, budget, out, first_may_exceed) or not blocks.can_allocate(
+            request, request.num_pending_tokens
+        ):
+            return budget
+        budget = _take_whole(request, blocks, out, budget)
+    while state.waiting and len(state.running) < max_running:
+        request = state.waiting[0]
+        if not _fits(request, budget, out, first_may_exceed):
+            break
+        if not blocks.can_allocate(request, request.num_pending_tokens, admit=True):
+            break
+        state.admit(request)
+        budget = _take_whole(request, blocks, out, budget)
+    return budget
+
+
+def _fits(request: Request, budget: int, out: Schedule, first_may_exceed: bool) -> bool:
+    if request.num_pending_tokens <= budget:
+        return True
+    no_prefill_yet = all(not r.is_prefilling for r, _ in out.chunks)
+    return first_may_exceed and no_prefill_yet
+
+
+def _take_whole(request: Request, blocks: BlockManager, out: Schedule, budget: int) -> int:
+    num_tokens = request.num_pending_tokens
+    blocks.allocate(request, num_tokens)
+    out.chunks.append((request, num_tokens))
+    return max(0, budget - num_tokens)

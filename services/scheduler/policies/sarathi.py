@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sarathi_serve.scheduler.block_manager import BlockManager
-from sarathi_serve.scheduler.policies.base import Schedule
-from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.policies.base import Schedule, schedule_decodes, validate_limits
 from sarathi_serve.scheduler.state import SchedulerState
 
 
@@ -25,10 +24,7 @@ class SarathiPolicy:
     name: str = "sarathi"
 
     def __post_init__(self) -> None:
-        if self.token_budget < 1:
-            raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        validate_limits(self.token_budget, self.max_num_seqs)
 
     @property
     def max_running(self) -> int:
@@ -36,23 +32,10 @@ class SarathiPolicy:
 
     def schedule(self, state: SchedulerState, blocks: BlockManager) -> Schedule:
         out = Schedule()
-        budget = self._schedule_decodes(state, blocks, out, self.token_budget)
+        budget = schedule_decodes(state, blocks, out, self.token_budget)
         budget = self._schedule_running_prefills(state, blocks, out, budget)
         self._admit_waiting(state, blocks, out, budget)
         return out
-
-    def _schedule_decodes(
-        self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
-    ) -> int:
-        for request in [r for r in state.running if not r.is_prefilling]:
-            if budget == 0 or request not in state.running:
-                continue
-            if not _make_room(request, 1, state, blocks, out):
-                continue
-            blocks.allocate(request, 1)
-            out.chunks.append((request, 1))
-            budget -= 1
-        return budget
 
     def _schedule_running_prefills(
         self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
@@ -78,18 +61,3 @@ class SarathiPolicy:
             blocks.allocate(request, num_tokens)
             out.chunks.append((request, num_tokens))
             budget -= num_tokens
-
-
-def _make_room(
-    request: Request, num_tokens: int, state: SchedulerState, blocks: BlockManager, out: Schedule
-) -> bool:
-    """Preempts the newest running requests until `request` fits.
-
-    Returns False when `request` itself had to be preempted."""
-    while not blocks.can_allocate(request, num_tokens):
-        victim = state.running[-1]
-        state.preempt(victim, blocks)
-        out.preempted.append(victim)
-        if victim is request:
-            return False
-    return True
