@@ -1,4 +1,4 @@
-"""Exact decisions of the paper's baselines (vllm, orca, faster_transformer) on hand-built states."""
+"""Exact decisions of the baselines (vllm, orca, faster_transformer) on hand-built states."""
 
 import pytest
 
