@@ -1,4 +1,4 @@
-"""`sarathi-serve`: up, down, status, generate, bench."""
+"""`sarathi-serve`: up, down, status, generate, admin, bench."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from sarathi_serve.bench import worker as bench_worker
-from sarathi_serve.cli import generate, status, up
+from sarathi_serve.cli import admin, generate, status, up
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
         commands.add_parser("status", help="list the processes of the running system")
     )
     generate.add_arguments(commands.add_parser("generate", help="stream a completion to stdout"))
+    admin.add_arguments(commands.add_parser("admin", help="scheduler admin: set-policy, stats"))
     benches = commands.add_parser("bench", help="benchmarks (print a table, write JSON)")
     bench_kinds = benches.add_subparsers(dest="bench", required=True)
     bench_worker.add_arguments(
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
             "down": status.run_down,
             "status": status.run,
             "generate": generate.run,
+            "admin": admin.run,
         }[args.command]
     sys.exit(handler(args))
 

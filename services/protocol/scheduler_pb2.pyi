@@ -225,7 +225,7 @@ class IterationStats(_message.Message):
     def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., inter_batch_delay_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished")
+    __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished", "num_preemptions")
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,7 @@ class GetStatsResponse(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     NUM_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     iterations: _containers.RepeatedCompositeFieldContainer[IterationStats]
     num_waiting: int
     num_running: int
@@ -244,4 +245,27 @@ class GetStatsResponse(_message.Message):
     policy: str
     token_budget: int
     num_finished: int
-    def __init__(self, iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., num_workers: _Optional[int] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., num_finished: _Optional[int] = ...) -> None: ...
+    num_preemptions: int
+    def __init__(self, iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., num_workers: _Optional[int] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., num_finished: _Optional[int] = ..., num_preemptions: _Optional[int] = ...) -> None: ...
+
+class SetPolicyRequest(_message.Message):
+    __slots__ = ("policy", "token_budget", "max_num_seqs")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    token_budget: int
+    max_num_seqs: int
+    def __init__(self, policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
+
+class SetPolicyResponse(_message.Message):
+    __slots__ = ("policy", "token_budget", "max_num_seqs", "first_step_id")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    token_budget: int
+    max_num_seqs: int
+    first_step_id: int
+    def __init__(self, policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., first_step_id: _Optional[int] = ...) -> None: ...

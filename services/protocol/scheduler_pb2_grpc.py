@@ -49,6 +49,11 @@ class SchedulerStub:
                 request_serializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/sarathi.v1.Scheduler/SetPolicy',
+                request_serializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.SetPolicyRequest.SerializeToString,
+                response_deserializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.SetPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -73,6 +78,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPolicy(self, request, context):
+        """Switches the scheduling policy between two iterations; no request is lost,
+        restarted or duplicated. INVALID_ARGUMENT for an unknown policy or limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +103,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.GetStatsRequest.FromString,
                     response_serializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.SetPolicyRequest.FromString,
+                    response_serializer=sarathi__serve_dot_protocol_dot_scheduler__pb2.SetPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +191,33 @@ class Scheduler:
             '/sarathi.v1.Scheduler/GetStats',
             sarathi__serve_dot_protocol_dot_scheduler__pb2.GetStatsRequest.SerializeToString,
             sarathi__serve_dot_protocol_dot_scheduler__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sarathi.v1.Scheduler/SetPolicy',
+            sarathi__serve_dot_protocol_dot_scheduler__pb2.SetPolicyRequest.SerializeToString,
+            sarathi__serve_dot_protocol_dot_scheduler__pb2.SetPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,8 @@ class PlannedStep:
     num_prefill_tokens: int
     num_decode_tokens: int
     admitted: tuple[Request, ...]  # scheduled for the first time
+    policy: str  # the policy that planned it, and its budget
+    token_budget: int
 
 
 class SchedulerCore:
@@ -140,7 +142,14 @@ class SchedulerCore:
             request.num_computed_tokens += num_tokens
         plan = StepPlan(step_id, tuple(new_requests), tuple(chunks), tuple(self._freed_ids))
         self._freed_ids.clear()
-        return PlannedStep(plan, num_prefill, num_decode, tuple(admitted))
+        return PlannedStep(
+            plan,
+            num_prefill,
+            num_decode,
+            tuple(admitted),
+            self.policy.name,
+            self.policy.token_budget,
+        )
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
         """Appends sampled tokens and finishes requests that reached a stop."""

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from sarathi_serve.common.errors import ServiceError
 from sarathi_serve.common.step import StepResult
 from sarathi_serve.scheduler.core import PlannedStep, RequestUpdate, SchedulerCore
+from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import SessionHub
 from sarathi_serve.scheduler.stats import IterationStats, StatsRing
@@ -42,7 +43,7 @@ class IterationLoop:
         self._wake = asyncio.Event()
         self._accepted: list[Request] = []  # to persist with the next iteration
         self._ended: list[Request] = []  # ended without a token (aborts)
-        self._step_id = 0
+        self._step_id = 0  # the id of the next plan
         self._last_result_at: float | None = None
 
     # ---- inputs (called from the gRPC handlers, same event loop) ----------
@@ -61,6 +62,21 @@ class IterationLoop:
     def abort_session(self, session_id: str) -> None:
         for request in [r for r in self.core.requests.values() if r.session_id == session_id]:
             self.abort(request.request_id)
+
+    def set_policy(self, policy: Policy) -> int:
+        """Takes effect at the next plan: the iteration in flight (if any) was
+        planned whole by the old policy. Returns the first step of the new one."""
+        old = self.core.policy
+        self.core.policy = policy
+        log.info(
+            "policy %s/%d -> %s/%d from step %d",
+            old.name,
+            old.token_budget,
+            policy.name,
+            policy.token_budget,
+            self._step_id,
+        )
+        return self._step_id
 
     def attach(self, link: WorkerLink) -> None:
         if self.worker is not None and not self.worker.closed:
@@ -96,11 +112,12 @@ class IterationLoop:
         t_start = time.perf_counter()
         start_time = self.clock()
         planned = self.core.plan(self._step_id, start_time)
+        self._step_id += 1
         t_planned = time.perf_counter()
         if planned.plan.chunks or planned.plan.freed_request_ids:
             result = await worker.step(planned.plan)
         else:
-            result = StepResult(self._step_id)
+            result = StepResult(planned.plan.step_id)
         t_result = time.perf_counter()
         updates = self.core.apply(result, self.clock())
         accepted, self._accepted = self._accepted, []
@@ -116,7 +133,6 @@ class IterationLoop:
             if not (self._accepted or self._ended):
                 await _wait(self._wake, timeout=0.05)
         self._last_result_at = t_result
-        self._step_id += 1
 
     async def _persist(
         self, accepted: list[Request], updates: list[RequestUpdate], ended: list[Request]
@@ -155,8 +171,8 @@ class IterationLoop:
                 scheduling_ms=(t_planned - t_start) * 1e3,
                 persist_ms=(t_persisted - t_result) * 1e3,
                 inter_batch_delay_ms=delay * 1e3,
-                policy=self.core.policy.name,
-                token_budget=self.core.policy.token_budget,
+                policy=planned.policy,
+                token_budget=planned.token_budget,
                 start_time=start_time,
             )
         )

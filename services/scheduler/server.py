@@ -15,6 +15,7 @@ from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.scheduler.core import WorkerGeometry
 from sarathi_serve.scheduler.loop import IterationLoop
+from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.workers import WorkerLink
 
@@ -109,6 +110,30 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         finally:
             self.loop.detach(link, "worker closed its stream")
 
+    async def SetPolicy(
+        self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetPolicyResponse:
+        current = self.loop.core.policy
+        try:
+            policy = make_policy(
+                request.policy,
+                token_budget=request.token_budget
+                if request.HasField("token_budget")
+                else current.token_budget,
+                max_num_seqs=request.max_num_seqs
+                if request.HasField("max_num_seqs")
+                else current.max_num_seqs,
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        first_step = self.loop.set_policy(policy)
+        return pb.SetPolicyResponse(
+            policy=policy.name,
+            token_budget=policy.token_budget,
+            max_num_seqs=policy.max_num_seqs,
+            first_step_id=first_step,
+        )
+
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
@@ -128,6 +153,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             policy=policy.name,
             token_budget=policy.token_budget,
             num_finished=self.loop.stats.num_finished,
+            num_preemptions=core.state.num_preemptions,
         )
 
 

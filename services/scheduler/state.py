@@ -13,6 +13,7 @@ from sarathi_serve.scheduler.request import Request, RequestStatus
 class SchedulerState:
     waiting: deque[Request] = field(default_factory=deque)  # FCFS; preempted go first
     running: list[Request] = field(default_factory=list)  # admission order
+    num_preemptions: int = 0
 
     def admit(self, request: Request) -> None:
         """Moves the head of `waiting` to `running`."""
@@ -29,6 +30,7 @@ class SchedulerState:
         request.status = RequestStatus.WAITING
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.appendleft(request)
 
     def remove(self, request: Request) -> None:

@@ -35,14 +35,34 @@ class KVCacheSpec:
         return int(num_blocks)
 
 
-class KVCache:
-    """Slot `s` of a pool holds the token at offset `s % block_size` of block `s // block_size`."""
+HEAD_MAJOR = "head_major"  # pools [KVH, slots, D]: a head's context is one [L, D] matrix
+TOKEN_MAJOR = "token_major"  # pools [slots, KVH, D]: flash-attn's paged layout
 
-    def __init__(self, spec: KVCacheSpec, num_blocks: int, device: torch.device | str = "cpu"):
+
+class KVCache:
+    """Slot `s` of a pool holds the token at offset `s % block_size` of block `s // block_size`.
+
+    The layout is the attention backend's choice: head-major lets a gathered
+    context feed SDPA as contiguous [L, D] matrices per head.
+    """
+
+    def __init__(
+        self,
+        spec: KVCacheSpec,
+        num_blocks: int,
+        device: torch.device | str = "cpu",
+        layout: str = HEAD_MAJOR,
+    ):
+        if layout not in (HEAD_MAJOR, TOKEN_MAJOR):
+            raise ValueError(f"unknown KV layout {layout!r}")
         self.spec = spec
         self.num_blocks = num_blocks
+        self.layout = layout
         num_slots = num_blocks * spec.block_size
-        shape = (num_slots, spec.num_kv_heads, spec.head_dim)  # [slots, KVH, D]
+        if layout == HEAD_MAJOR:
+            shape: tuple[int, ...] = (spec.num_kv_heads, num_slots, spec.head_dim)
+        else:
+            shape = (num_slots, spec.num_kv_heads, spec.head_dim)
         self.keys = [
             torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)
         ]
@@ -53,6 +73,25 @@ class KVCache:
     @property
     def num_bytes(self) -> int:
         return self.num_blocks * self.spec.bytes_per_block
+
+    def write(
+        self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> None:
+        """Stores one step's keys/values [T, KVH, D] in their slots."""
+        if self.layout == HEAD_MAJOR:
+            self.keys[layer].index_copy_(1, slots, keys.transpose(0, 1))
+            self.values[layer].index_copy_(1, slots, values.transpose(0, 1))
+        else:
+            self.keys[layer].index_copy_(0, slots, keys)
+            self.values[layer].index_copy_(0, slots, values)
+
+    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [n, KVH, D] of the given slots (for tests and references)."""
+        if self.layout == HEAD_MAJOR:
+            return self.keys[layer][:, slots].transpose(0, 1), self.values[layer][
+                :, slots
+            ].transpose(0, 1)
+        return self.keys[layer][slots], self.values[layer][slots]
 
     def fill_(self, value: float) -> None:
         """Writes every slot (commits the memory pages up front)."""

@@ -118,7 +118,9 @@ class ModelRunner:
         self.sampler = Sampler(self.eos_token_id, seed)
         if kv_cache_bytes is None:
             kv_cache_bytes = self._measured_kv_budget(spec, gpu_memory_utilization, profile_tokens)
-        self.kv_cache = KVCache(spec, spec.num_blocks_for(kv_cache_bytes), device=device)
+        self.kv_cache = KVCache(
+            spec, spec.num_blocks_for(kv_cache_bytes), device=device, layout=self.backend.kv_layout
+        )
         self.kv_cache.fill_(0.0)  # commit the pages now rather than inside the first steps
         log.info(
             "model %s: %d layers, KV cache %d blocks x %d tokens, %s attention",
@@ -137,7 +139,7 @@ class ModelRunner:
         if self.device.type != "cuda":
             return DEFAULT_CPU_KV_BYTES
         num_blocks = -(-profile_tokens // spec.block_size)
-        self.kv_cache = KVCache(spec, num_blocks, device=self.device)
+        self.kv_cache = KVCache(spec, num_blocks, device=self.device, layout=self.backend.kv_layout)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         probe = Sequence(

@@ -24,3 +24,10 @@ def system_factory(tmp_path_factory, default_model_dir):
     yield start
     for system in started:
         system.stop()
+
+
+@pytest.fixture(scope="session")
+def expected_outputs(default_model_dir, tokenizer):
+    from tests.e2e.oracle import hf_reference
+
+    return hf_reference(default_model_dir, tokenizer)

@@ -10,7 +10,7 @@ from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 H, KVH, D, BLOCK = 4, 2, 16, 4
 
 
-def random_case(seed, device, dtype=torch.float32):
+def random_case(seed, device, layout, dtype=torch.float32):
     """A cache holding random contexts and a batch mixing decodes and chunks.
 
     Chunks start mid-prompt and mid-block; block tables are shuffled so that
@@ -18,7 +18,7 @@ def random_case(seed, device, dtype=torch.float32):
     """
     gen = torch.Generator().manual_seed(seed)
     spec = KVCacheSpec(num_layers=1, num_kv_heads=KVH, head_dim=D, block_size=BLOCK, dtype=dtype)
-    cache = KVCache(spec, num_blocks=128, device=device)
+    cache = KVCache(spec, num_blocks=128, device=device, layout=layout)
     cache.keys[0].copy_(torch.randn(cache.keys[0].shape, generator=gen).to(dtype))
     cache.values[0].copy_(torch.randn(cache.values[0].shape, generator=gen).to(dtype))
     free = torch.randperm(128, generator=gen).tolist()
@@ -47,20 +47,17 @@ def random_case(seed, device, dtype=torch.float32):
 
 def dense_reference(cache, layout, q, scale, window):
     out = torch.empty_like(q, dtype=torch.float32)
-    k_all, v_all = cache.keys[0].float(), cache.values[0].float()
     for i in range(layout.num_seqs):
-        slots = layout.context_slots(i)
-        k, v = (
-            k_all[slots].repeat_interleave(H // KVH, 1),
-            v_all[slots].repeat_interleave(H // KVH, 1),
-        )
+        keys, values = cache.read(0, layout.context_slots(i))  # [ctx, KVH, D]
+        k = keys.float().repeat_interleave(H // KVH, 1)
+        v = values.float().repeat_interleave(H // KVH, 1)
         ctx, n, s = layout.context_len[i], layout.num_query[i], layout.query_start[i]
         for j in range(n):
             pos = ctx - n + j
-            keys = torch.arange(ctx, device=q.device)
-            visible = keys <= pos
+            key_pos = torch.arange(ctx, device=q.device)
+            visible = key_pos <= pos
             if window is not None:
-                visible &= keys > pos - window
+                visible &= key_pos > pos - window
             scores = torch.einsum("hd,khd->hk", q[s + j].float(), k) * scale
             scores[:, ~visible] = float("-inf")
             out[s + j] = torch.einsum("hk,khd->hd", scores.softmax(-1), v)
@@ -70,7 +67,7 @@ def dense_reference(cache, layout, q, scale, window):
 def check_backend(name, device, dtype=torch.float32, tol=1e-5):
     backend = select_backend(name, torch.device(device))
     for seed, window in [(0, None), (1, None), (2, 6), (3, 16)]:
-        cache, layout, q = random_case(seed, device, dtype)
+        cache, layout, q = random_case(seed, device, backend.kv_layout, dtype)
         meta = backend.prepare(layout)
         got = backend.forward(q, cache.keys[0], cache.values[0], meta, D**-0.5, window)
         want = dense_reference(cache, layout, q, D**-0.5, window)

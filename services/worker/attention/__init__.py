@@ -9,7 +9,8 @@ selected backend attend over each sequence's context. Any Llama-like
 architecture of transformers works unchanged, sliding windows included.
 
 Backends share one small interface: `prepare(layout) -> metadata` once per
-step, `forward(q, k_cache, v_cache, metadata, scale, window) -> out` per layer.
+step, `forward(q, k_pool, v_pool, metadata, scale, window) -> out` per layer, and
+the KV layout their kernels want (`kv_layout`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from sarathi_serve.worker.attention.layout import BatchLayout
-from sarathi_serve.worker.attention.torch_backend import TorchBackend, write_kv
+from sarathi_serve.worker.attention.torch_backend import TorchBackend
 from sarathi_serve.worker.kv_cache import KVCache
 
 ATTENTION_NAME = "sarathi_paged"
@@ -30,6 +31,7 @@ FLASH_BLOCK_MULTIPLE = 256  # flash-attn's paged KV needs blocks of a multiple o
 
 class AttentionBackend(Protocol):
     name: str
+    kv_layout: str  # kv_cache.HEAD_MAJOR or TOKEN_MAJOR
 
     def prepare(self, layout: BatchLayout) -> Any: ...
 
@@ -70,13 +72,8 @@ def paged_attention(
         raise ValueError(f"{ATTENTION_NAME} attention needs attn_metadata=")
     meta = attn_metadata
     layer = int(module.layer_idx)  # type: ignore[arg-type]
-    write_kv(
-        meta.kv_cache,
-        layer,
-        meta.layout.slot_mapping,
-        key[0].transpose(0, 1),
-        value[0].transpose(0, 1),
-    )
+    slots = meta.layout.slot_mapping
+    meta.kv_cache.write(layer, slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
     out = meta.backend.forward(
         query[0].transpose(0, 1),  # [T, H, D]
         meta.kv_cache.keys[layer],

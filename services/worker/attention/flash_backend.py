@@ -12,6 +12,7 @@ import torch
 
 from sarathi_serve.worker.attention import FLASH_BLOCK_MULTIPLE
 from sarathi_serve.worker.attention.layout import BatchLayout
+from sarathi_serve.worker.kv_cache import TOKEN_MAJOR
 
 
 @dataclass(slots=True)
@@ -26,6 +27,7 @@ class FlashMetadata:
 
 class FlashAttnBackend:
     name = "flash"
+    kv_layout = TOKEN_MAJOR
 
     def __init__(self) -> None:
         from flash_attn import flash_attn_varlen_func  # optional dependency: `.[gpu]`

@@ -16,6 +16,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from sarathi_serve.worker.attention.layout import BatchLayout
+from sarathi_serve.worker.kv_cache import HEAD_MAJOR
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class FlexMetadata:
 
 class FlexBackend:
     name = "flex"
+    kv_layout = HEAD_MAJOR
 
     def __init__(self) -> None:
         self._attend: Any = flex_attention
@@ -83,14 +85,14 @@ class FlexBackend:
     def forward(
         self,
         q: torch.Tensor,  # [T, H, D]
-        k_cache: torch.Tensor,  # [slots, KVH, D]
-        v_cache: torch.Tensor,
+        k_pool: torch.Tensor,  # [KVH, slots, D]
+        v_pool: torch.Tensor,
         meta: FlexMetadata,
         scale: float | None,
         window: int | None,
     ) -> torch.Tensor:
-        k = k_cache[: meta.kv_len].transpose(0, 1).unsqueeze(0)  # [1, KVH, kv_len, D]
-        v = v_cache[: meta.kv_len].transpose(0, 1).unsqueeze(0)
+        k = k_pool[:, : meta.kv_len].unsqueeze(0)  # [1, KVH, kv_len, D]
+        v = v_pool[:, : meta.kv_len].unsqueeze(0)
         out = self._attend(
             q.transpose(0, 1).unsqueeze(0),  # [1, H, T, D]
             k,

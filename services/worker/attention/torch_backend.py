@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sarathi_serve.worker.attention.layout import BatchLayout
-from sarathi_serve.worker.kv_cache import KVCache
+from sarathi_serve.worker.kv_cache import HEAD_MAJOR
 
 
 @dataclass(slots=True)
@@ -66,6 +66,7 @@ class TorchMetadata:
 
 class TorchBackend:
     name = "torch"
+    kv_layout = HEAD_MAJOR
 
     def prepare(self, layout: BatchLayout) -> TorchMetadata:
         decodes = [i for i in range(layout.num_seqs) if layout.num_query[i] == 1]
@@ -96,28 +97,27 @@ class TorchBackend:
     def forward(
         self,
         q: torch.Tensor,  # [T, H, D]
-        k_cache: torch.Tensor,  # [slots, KVH, D], this step's keys already written
-        v_cache: torch.Tensor,
+        k_pool: torch.Tensor,  # [KVH, slots, D], this step's keys already written
+        v_pool: torch.Tensor,
         meta: TorchMetadata,
         scale: float | None,
         window: int | None,
     ) -> torch.Tensor:  # [T, H, D]
         out = torch.empty_like(q)
-        _, kv_heads, head_dim = k_cache.shape
-        # One row per block: index_select copies whole rows (memcpy), several
-        # times faster on CPU than advanced indexing.
-        k_blocks = k_cache.view(-1, meta.block_size * kv_heads * head_dim)  # [blocks, bs*KVH*D]
-        v_blocks = v_cache.view(-1, meta.block_size * kv_heads * head_dim)
+        kv_heads, _, head_dim = k_pool.shape
+        # Blocks along dim 1: index_select copies whole [bs, D] runs per head,
+        # several times faster on CPU than advanced indexing by token.
+        k_blocks = k_pool.view(kv_heads, -1, meta.block_size * head_dim)  # [KVH, blocks, bs*D]
+        v_blocks = v_pool.view(kv_heads, -1, meta.block_size * head_dim)
         if meta.decode_idx.numel():
             num_decodes = meta.decode_blocks.shape[0]
             flat = meta.decode_blocks.view(-1)
-            qd = q[meta.decode_idx].unsqueeze(2)  # [Sd, H, 1, D]
-            kd = k_blocks.index_select(0, flat).view(num_decodes, -1, kv_heads, head_dim)
-            vd = v_blocks.index_select(0, flat).view(num_decodes, -1, kv_heads, head_dim)
+            kd = k_blocks.index_select(1, flat).view(kv_heads, num_decodes, -1, head_dim)
+            vd = v_blocks.index_select(1, flat).view(kv_heads, num_decodes, -1, head_dim)
             od = F.scaled_dot_product_attention(
-                qd,
-                kd.transpose(1, 2),  # [Sd, KVH, B * bs, D]
-                vd.transpose(1, 2),
+                q[meta.decode_idx].unsqueeze(2),  # [Sd, H, 1, D]
+                kd.permute(1, 0, 2, 3),  # [Sd, KVH, B * bs, D], each [L, D] contiguous
+                vd.permute(1, 0, 2, 3),
                 attn_mask=meta.decode_mask(window),
                 scale=scale,
                 enable_gqa=True,
@@ -125,16 +125,13 @@ class TorchBackend:
             out[meta.decode_idx] = od.squeeze(2)
         for i, c in enumerate(meta.chunks):
             ctx = c.key_pos.numel()
-            qp = q[c.start : c.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
-            kp = k_blocks.index_select(0, c.blocks).view(-1, kv_heads, head_dim)[:ctx]
-            vp = v_blocks.index_select(0, c.blocks).view(-1, kv_heads, head_dim)[
-                :ctx
-            ]  # [ctx, KVH, D]
+            kp = k_blocks.index_select(1, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
+            vp = v_blocks.index_select(1, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
             chunk_mask = meta.chunk_mask(i, window)
             op = F.scaled_dot_product_attention(
-                qp,
-                kp.transpose(0, 1).unsqueeze(0),  # [1, KVH, ctx, D]
-                vp.transpose(0, 1).unsqueeze(0),
+                q[c.start : c.end].transpose(0, 1).unsqueeze(0),  # [1, H, n, D]
+                kp.unsqueeze(0),  # [1, KVH, ctx, D]
+                vp.unsqueeze(0),
                 attn_mask=chunk_mask,
                 is_causal=chunk_mask is None,
                 scale=scale,
@@ -142,11 +139,3 @@ class TorchBackend:
             )
             out[c.start : c.end] = op[0].transpose(0, 1)
         return out
-
-
-def write_kv(
-    cache: KVCache, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> None:
-    """Stores this step's keys/values [T, KVH, D] in their slots."""
-    cache.keys[layer].index_copy_(0, slot_mapping, k)
-    cache.values[layer].index_copy_(0, slot_mapping, v)

@@ -1,0 +1,90 @@
+"""`sarathi-serve admin`: talk to the scheduler (set-policy, stats)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import grpc
+
+from sarathi_serve.cli.system import default_run_dir, read_system
+from sarathi_serve.protocol import scheduler_pb2 as pb
+from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
+from sarathi_serve.scheduler.config import DEFAULT_PORT
+from sarathi_serve.scheduler.policies import POLICIES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--addr", default=None, help="scheduler host:port (default: the running system's)"
+    )
+    p.add_argument("--run-dir", type=Path, default=default_run_dir())
+    actions = p.add_subparsers(dest="action", required=True)
+    swap = actions.add_parser(
+        "set-policy", help="switch the scheduling policy between two iterations"
+    )
+    swap.add_argument("policy", choices=sorted(POLICIES))
+    swap.add_argument("--token-budget", type=int, default=None)
+    swap.add_argument("--max-num-seqs", type=int, default=None)
+    stats = actions.add_parser("stats", help="occupancy and the last iterations")
+    stats.add_argument("--last", type=int, default=10, help="iterations to show (0: all retained)")
+    stats.add_argument("--json", action="store_true")
+
+
+def scheduler_addr(args: argparse.Namespace) -> str:
+    if args.addr:
+        return str(args.addr)
+    record = next((r for r in read_system(args.run_dir) if r.role == "scheduler"), None)
+    return record.address if record else f"127.0.0.1:{DEFAULT_PORT}"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with grpc.insecure_channel(scheduler_addr(args)) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            if args.action == "set-policy":
+                return _set_policy(stub, args)
+            return _stats(stub, args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
+    request = pb.SetPolicyRequest(policy=args.policy)
+    if args.token_budget is not None:
+        request.token_budget = args.token_budget
+    if args.max_num_seqs is not None:
+        request.max_num_seqs = args.max_num_seqs
+    reply = stub.SetPolicy(request, timeout=10)
+    print(
+        f"policy {reply.policy} (token budget {reply.token_budget}, max {reply.max_num_seqs} seqs) "
+        f"from step {reply.first_step_id}"
+    )
+    return 0
+
+
+def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
+    reply = stub.GetStats(pb.GetStatsRequest(max_iterations=args.last), timeout=10)
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
+        return 0
+    print(
+        f"policy {reply.policy} (budget {reply.token_budget}); running {reply.num_running}, "
+        f"waiting {reply.num_waiting}, finished {reply.num_finished}; KV blocks free "
+        f"{reply.num_free_kv_blocks}/{reply.num_total_kv_blocks}; workers {reply.num_workers}"
+    )
+    print(
+        f"{'step':>6} {'policy':>18} {'batch':>5} {'prefill':>7} {'decode':>6} "
+        f"{'exec ms':>8} {'gap ms':>7}"
+    )
+    for it in reply.iterations:
+        print(
+            f"{it.step_id:>6} {it.policy:>18} {it.batch_size:>5} {it.num_prefill_tokens:>7} "
+            f"{it.num_decode_tokens:>6} {it.execution_ms:>8.1f} {it.inter_batch_delay_ms:>7.2f}"
+        )
+    return 0
