@@ -29,7 +29,14 @@ from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=1 << 20)
 FULL_GRID = [(d, p, c) for c in (128, 1024) for d in (0, 16, 64) for p in (0, 128, 512) if d or p]
-QUICK_GRID = [(16, 0, 1024), (64, 0, 256), (0, 128, 0), (16, 128, 1024), (0, 512, 0), (64, 512, 256)]
+QUICK_GRID = [
+    (16, 0, 1024),
+    (64, 0, 256),
+    (0, 128, 0),
+    (16, 128, 1024),
+    (0, 512, 0),
+    (64, 512, 256),
+]
 
 
 def timed_side_by_side(fns: list[Callable[[], object]], repeats: int) -> list[float]:
