@@ -43,4 +43,11 @@ def scheduler_stats(
 
 
 def probe(role: str, address: str) -> str:
-    return redis_health(address) if role == "redis" else grpc_health(address)
+    if role == "redis":
+        return redis_health(address)
+    if role == "scheduler":
+        try:
+            return "LEADER" if scheduler_stats(address, timeout=1.0).is_leader else "STANDBY"
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return grpc_health(address)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from sarathi_serve.cli import health
 from sarathi_serve.cli.system import (
     ProcessRecord,
@@ -93,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-threads", type=int, default=0, help="torch threads of the worker (0: all cores)"
     )
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks of the worker group")
+    p.add_argument(
+        "--schedulers", type=int, default=1, help="scheduler processes: a leader and standbys (HA)"
+    )
     p.add_argument("--run-dir", type=Path, default=default_run_dir())
 
 
@@ -149,7 +154,6 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
         args.scheduler_port if port_free("127.0.0.1", args.scheduler_port) else free_port()
     )
     worker_port = args.worker_port if port_free("127.0.0.1", args.worker_port) else free_port()
-    scheduler_addr = f"127.0.0.1:{scheduler_port}"
     py = [sys.executable, "-m"]
     children = []
     redis_url = args.redis_url
@@ -183,29 +187,34 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
             )
         )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    children.append(
-        Child(
-            "scheduler",
-            [
-                *py,
-                "sarathi_serve.scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(scheduler_port),
-                "--redis-url",
-                redis_url,
-                "--policy",
-                args.policy,
-                "--token-budget",
-                str(args.token_budget),
-                "--max-num-seqs",
-                str(args.max_num_seqs),
-            ],
-            scheduler_addr,
-            logs / "scheduler.log",
+    ports = [scheduler_port] + [free_port() for _ in range(args.schedulers - 1)]
+    for i, port in enumerate(ports):
+        children.append(
+            Child(
+                "scheduler",
+                [
+                    *py,
+                    "sarathi_serve.scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--scheduler-id",
+                    f"scheduler-{i}",
+                    "--redis-url",
+                    redis_url,
+                    "--policy",
+                    args.policy,
+                    "--token-budget",
+                    str(args.token_budget),
+                    "--max-num-seqs",
+                    str(args.max_num_seqs),
+                ],
+                f"127.0.0.1:{port}",
+                logs / f"scheduler-{i}.log",
+            )
         )
-    )
+    scheduler_addr = ",".join(f"127.0.0.1:{port}" for port in ports)
     children.append(
         Child(
             "worker",
@@ -252,23 +261,31 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
 
 
 def _start_all(children: list[Child], stop: threading.Event) -> None:
-    by_role = {c.role: c for c in children}
     for child in children:
         child.start()
-        if child.role in ("redis", "scheduler"):  # the others dial it
+        if child.role == "redis":  # the schedulers need it at once
             _wait_ready(child, stop)
-    _wait_ready(by_role["gateway"], stop)
-    _wait_ready(by_role["worker"], stop)
-    scheduler = by_role["scheduler"]
+    for child in children:
+        if child.role != "scheduler":  # a standby scheduler is never SERVING
+            _wait_ready(child, stop)
+    schedulers = [c.address for c in children if c.role == "scheduler"]
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while health.scheduler_stats(scheduler.address).num_workers < 1:
+    while not any(_leads_with_a_worker(addr) for addr in schedulers):
         _check_alive(children, stop, deadline)
         time.sleep(0.2)
 
 
+def _leads_with_a_worker(address: str) -> bool:
+    try:
+        stats = health.scheduler_stats(address, timeout=1.0)
+    except grpc.RpcError:
+        return False
+    return stats.is_leader and stats.num_workers >= 1
+
+
 def _wait_ready(child: Child, stop: threading.Event) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while health.probe(child.role, child.address) != "SERVING":
+    while health.probe(child.role, child.address) not in ("SERVING", "LEADER"):
         _check_alive([child], stop, deadline)
         time.sleep(0.2)
 

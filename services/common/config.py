@@ -49,3 +49,8 @@ def _scalar_type(hint: Any) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0]
     return hint
+
+
+def split_addrs(value: str) -> list[str]:
+    """`"a:1, b:2"` -> `["a:1", "b:2"]` (a leader and its standbys)."""
+    return [a.strip() for a in value.split(",") if a.strip()]

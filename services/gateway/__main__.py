@@ -31,7 +31,7 @@ async def serve(config: GatewayConfig) -> None:
     max_model_len = int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
     validator = RequestValidator(tokenizer, _served_name(config.model, model_dir), max_model_len)
     gateway_id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
-    client = SchedulerClient(config.scheduler_addr, gateway_id)
+    client = SchedulerClient(config.scheduler_addrs, gateway_id, config.resume_timeout_s)
     client.start()
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     generate_pb2_grpc.add_GenerationServicer_to_server(

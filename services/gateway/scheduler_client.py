@@ -1,10 +1,19 @@
-"""The gateway's Session stream to the scheduler, multiplexing all its requests."""
+"""The gateway's Session stream to the scheduler, multiplexing all its requests.
+
+The gateway knows one or more scheduler addresses and dials them in turn until
+one leads (a standby answers UNAVAILABLE). When the stream breaks (the leader
+died, a network blip) requests are not failed: the gateway reconnects, tells the
+new leader how many tokens each request has received (Resume), and the streams
+continue where they stopped. Only if no leader answers within
+`resume_timeout_s` do the requests end with UNAVAILABLE.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -17,17 +26,28 @@ from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-_MAX_BACKOFF_S = 2.0
+_MAX_BACKOFF_S = 1.0
+
+
+@dataclass(slots=True)
+class _InFlight:
+    submit: pb.Submit
+    events: asyncio.Queue[pb.RequestEvent]
+    num_received: int = 0
 
 
 class SchedulerClient:
     """One Session per gateway; each request reads its events from its own queue."""
 
-    def __init__(self, scheduler_addr: str, gateway_id: str):
-        self.scheduler_addr = scheduler_addr
+    def __init__(self, scheduler_addrs: list[str], gateway_id: str, resume_timeout_s: float = 60.0):
+        if not scheduler_addrs:
+            raise ValueError("at least one scheduler address is needed")
+        self.scheduler_addrs = scheduler_addrs
         self.gateway_id = gateway_id
-        self._streams: dict[str, asyncio.Queue[pb.RequestEvent]] = {}
+        self.resume_timeout_s = resume_timeout_s
+        self._inflight: dict[str, _InFlight] = {}
         self._outbox: asyncio.Queue[pb.SessionRequest] | None = None
+        self._pending_aborts: list[str] = []  # aborts made while disconnected
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -53,71 +73,101 @@ class SchedulerClient:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
         except asyncio.TimeoutError:
-            raise Unavailable(f"scheduler at {self.scheduler_addr} is unreachable") from None
-        if request_id in self._streams:
+            raise Unavailable(f"no scheduler leads at {', '.join(self.scheduler_addrs)}") from None
+        if request_id in self._inflight:
             raise Unavailable(f"request_id {request_id!r} is already in flight on this gateway")
-        events: asyncio.Queue[pb.RequestEvent] = asyncio.Queue()
-        self._streams[request_id] = events
         submit = pb.Submit(
             request_id=request_id,
             prompt_token_ids=prompt_token_ids,
             sampling=sampling_to_pb(sampling),
         )
-        assert self._outbox is not None
-        self._outbox.put_nowait(pb.SessionRequest(submit=submit))
-        return events
+        entry = _InFlight(submit, asyncio.Queue())
+        self._inflight[request_id] = entry
+        self._send(pb.SessionRequest(submit=submit))
+        return entry.events
 
     def abort(self, request_id: str) -> None:
-        """Forgets the request and tells the scheduler (no-op if disconnected)."""
-        if self._streams.pop(request_id, None) is not None and self._outbox is not None:
-            self._outbox.put_nowait(pb.SessionRequest(abort=pb.Abort(request_id=request_id)))
+        """Forgets the request and tells the scheduler (now, or once reconnected)."""
+        if self._inflight.pop(request_id, None) is None:
+            return
+        if self._outbox is None:
+            self._pending_aborts.append(request_id)
+        else:
+            self._send(pb.SessionRequest(abort=pb.Abort(request_id=request_id)))
 
     def release(self, request_id: str) -> None:
-        self._streams.pop(request_id, None)
+        self._inflight.pop(request_id, None)
+
+    def _send(self, msg: pb.SessionRequest) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(msg)
+        # else: the reconnect resumes every request in flight
 
     async def _run(self) -> None:
-        backoff = 0.1
+        attempt, backoff = 0, 0.05
+        disconnected_since: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
+            addr = self.scheduler_addrs[attempt % len(self.scheduler_addrs)]
             try:
-                async with grpc.aio.insecure_channel(
-                    self.scheduler_addr, options=CHANNEL_OPTIONS
-                ) as channel:
-                    await self._session(pb_grpc.SchedulerStub(channel))
-                    backoff = 0.1
+                async with grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) as channel:
+                    await self._session(pb_grpc.SchedulerStub(channel), addr)
             except grpc.aio.AioRpcError as exc:
-                log.warning("session with %s broke: %s", self.scheduler_addr, exc.code())
+                if self._connected.is_set() or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    log.warning(
+                        "session with %s ended: %s %s", addr, exc.code().name, exc.details()
+                    )
+            if self._connected.is_set():  # it was up: start the clock of this outage
+                disconnected_since, backoff = loop.time(), 0.05
             self._connected.clear()
-            self._fail_all("lost the session with the scheduler")
+            self._outbox = None
+            disconnected_since = disconnected_since or loop.time()
+            if loop.time() - disconnected_since > self.resume_timeout_s:
+                self._fail_all(f"no scheduler leads at {', '.join(self.scheduler_addrs)}")
+                disconnected_since = loop.time()
+            attempt += 1
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, _MAX_BACKOFF_S)
 
-    async def _session(self, stub: pb_grpc.SchedulerStub) -> None:
+    async def _session(self, stub: pb_grpc.SchedulerStub, addr: str) -> None:
         outbox: asyncio.Queue[pb.SessionRequest] = asyncio.Queue()
         outbox.put_nowait(pb.SessionRequest(hello=pb.SessionHello(gateway_id=self.gateway_id)))
+        for request_id in self._pending_aborts:
+            outbox.put_nowait(pb.SessionRequest(abort=pb.Abort(request_id=request_id)))
+        self._pending_aborts.clear()
+        for entry in self._inflight.values():
+            resume = pb.Resume(submit=entry.submit, num_received_tokens=entry.num_received)
+            outbox.put_nowait(pb.SessionRequest(resume=resume))
 
         async def requests() -> AsyncIterator[pb.SessionRequest]:
             while True:
                 yield await outbox.get()
 
-        call = stub.Session(requests(), wait_for_ready=True)
-        await call.wait_for_connection()
+        # A leader answers at once with an empty batch; a standby fails the call.
+        async for batch in stub.Session(requests()):
+            if not self._connected.is_set():
+                self._mark_connected(outbox, addr)
+            self._dispatch(batch)
+
+    def _mark_connected(self, outbox: asyncio.Queue[pb.SessionRequest], addr: str) -> None:
         self._outbox = outbox
         self._connected.set()
-        log.info("session with scheduler %s open", self.scheduler_addr)
-        async for batch in call:
-            for event in batch.events:
-                queue = self._streams.get(event.request_id)
-                if queue is not None:
-                    queue.put_nowait(event)
+        log.info("session with scheduler %s open (%d requests resumed)", addr, len(self._inflight))
+
+    def _dispatch(self, batch: pb.SessionEvents) -> None:
+        for event in batch.events:
+            entry = self._inflight.get(event.request_id)
+            if entry is not None:
+                entry.num_received += len(event.token_ids)
+                entry.events.put_nowait(event)
 
     def _fail_all(self, message: str) -> None:
-        self._outbox = None
-        for queue in self._streams.values():
-            queue.put_nowait(
+        for entry in self._inflight.values():
+            entry.events.put_nowait(
                 pb.RequestEvent(
                     stop_reason=pb.STOP_REASON_ERROR,
                     error_code=grpc.StatusCode.UNAVAILABLE.name,
                     error_message=message,
                 )
             )
-        self._streams.clear()
+        self._inflight.clear()

@@ -1,71 +1,164 @@
-"""`python -m sarathi_serve.scheduler`: run the scheduler service."""
+"""`python -m sarathi_serve.scheduler`: run the scheduler service.
+
+With Redis, several schedulers may run: the one holding the lease leads, the
+others wait as standbys and take over (recovering the in-flight requests) when
+the lease expires. A leader that loses its lease exits, so that its supervisor
+restarts it as a standby.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
+import sys
+from collections.abc import Awaitable
 
 import grpc
 import redis.asyncio as aioredis
+from grpc_health.v1.health import aio as health_aio
+from redis.exceptions import RedisError
 
-from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS, add_health_and_reflection, set_serving
+from sarathi_serve.common.grpc_server import (
+    CHANNEL_OPTIONS,
+    add_health_and_reflection,
+    set_serving,
+)
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.protocol import scheduler_pb2, scheduler_pb2_grpc
 from sarathi_serve.scheduler.config import SchedulerConfig
 from sarathi_serve.scheduler.core import SchedulerCore
+from sarathi_serve.scheduler.lease import LeaderLease
 from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.server import SchedulerServicer
 from sarathi_serve.scheduler.sessions import SessionHub
 from sarathi_serve.scheduler.stats import StatsRing
-from sarathi_serve.scheduler.store import RedisStore
+from sarathi_serve.scheduler.store import Fenced, RedisStore
 
 log = logging.getLogger("sarathi_serve.scheduler")
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+EXIT_LOST_LEASE = 75
 
 
-async def serve(config: SchedulerConfig) -> None:
-    policy = make_policy(
-        config.policy, token_budget=config.token_budget, max_num_seqs=config.max_num_seqs
-    )
-    core = SchedulerCore(policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark)
-    store = None
-    if config.redis_url:
-        client = aioredis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        await client.ping()
-        store = RedisStore(client, prefix=config.redis_prefix)
-    loop = IterationLoop(core, SessionHub(), store, StatsRing(config.max_stats))
+async def serve(config: SchedulerConfig) -> int:
+    scheduler_id = config.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
+    servicer = SchedulerServicer(scheduler_id)
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(loop), server)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"
     server.add_insecure_port(address)
     await server.start()
-    runner = asyncio.create_task(loop.run())
+    await set_serving(health, [SERVICE_NAME], False)  # ready only while leading
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        return await _lead(config, scheduler_id, servicer, health, address, stop)
+    finally:
+        await server.stop(grace=1.0)
+
+
+async def _lead(
+    config: SchedulerConfig,
+    scheduler_id: str,
+    servicer: SchedulerServicer,
+    health: health_aio.HealthServicer,
+    address: str,
+    stop: asyncio.Event,
+) -> int:
+    store, lease, epoch = None, None, 0
+    if config.redis_url:
+        client = aioredis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        lease = LeaderLease(client, config.redis_prefix, scheduler_id, config.lease_ttl_ms)
+        log.info("scheduler %s on %s: standby until it holds the lease", scheduler_id, address)
+        acquired = await _wait_for_lease(lease, stop)
+        if acquired is None:
+            return 0
+        epoch = acquired
+        store = RedisStore(client, prefix=config.redis_prefix, epoch=epoch)
+    policy = make_policy(
+        config.policy, token_budget=config.token_budget, max_num_seqs=config.max_num_seqs
+    )
+    core = SchedulerCore(policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark)
+    loop = IterationLoop(
+        core,
+        SessionHub(),
+        store,
+        StatsRing(config.max_stats),
+        session_grace_s=config.session_grace_s,
+    )
+    if store is not None:
+        loop.recover(await store.load_inflight())
+    servicer.activate(loop, epoch)
     await set_serving(health, [SERVICE_NAME], True)
     log.info(
-        "scheduler serving on %s (policy %s, token budget %d, redis %s)",
+        "scheduler %s leads on %s (epoch %d, policy %s, token budget %d, redis %s)",
+        scheduler_id,
         address,
+        epoch,
         policy.name,
         policy.token_budget,
         config.redis_url or "off",
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    done, _ = await asyncio.wait(
-        {runner, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-    )
-    if runner in done:
-        runner.result()  # re-raise a crash of the loop
-    runner.cancel()
-    await server.stop(grace=1.0)
+    tasks = {asyncio.ensure_future(loop.run()), asyncio.ensure_future(stop.wait())}
+    if lease is not None:
+        tasks.add(asyncio.ensure_future(_keep_lease(lease)))
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    finished = done.pop()
+    if stop.is_set():
+        if lease is not None:
+            await _quietly(lease.release())
+        return 0
+    try:
+        finished.result()
+    except Fenced as exc:
+        log.error("%s: exiting; a supervisor restarts this scheduler as a standby", exc)
+        return EXIT_LOST_LEASE
+    log.error("lost the leader lease: exiting; a supervisor restarts this scheduler as a standby")
+    return EXIT_LOST_LEASE
+
+
+async def _wait_for_lease(lease: LeaderLease, stop: asyncio.Event) -> int | None:
+    poll_s = lease.ttl_ms / 3000
+    while not stop.is_set():
+        try:
+            epoch = await lease.try_acquire()
+            if epoch is not None:
+                return epoch
+        except RedisError as exc:
+            log.warning("redis unreachable while waiting for the lease: %s", exc)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_s)
+    return None
+
+
+async def _keep_lease(lease: LeaderLease) -> None:
+    """Returns when another scheduler holds the lease; rides out Redis outages
+    (writes are fenced, so a lease lost meanwhile cannot corrupt anything)."""
+    while True:
+        await asyncio.sleep(lease.ttl_ms / 3000)
+        try:
+            if not await lease.renew():
+                return
+        except RedisError as exc:
+            log.warning("lease renewal failed (%s); retrying", exc)
+
+
+async def _quietly(coro: Awaitable[object]) -> None:
+    with contextlib.suppress(RedisError):
+        await coro
 
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging("scheduler")
-    asyncio.run(serve(SchedulerConfig.from_args(argv)))
+    sys.exit(asyncio.run(serve(SchedulerConfig.from_args(argv))))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ class SchedulerConfig:
     max_num_waiting: int = 1024
     watermark: float = 0.01
     max_stats: int = 10_000
+    scheduler_id: str = ""  # empty: hostname-pid
+    lease_ttl_ms: int = 3000  # leader lease in Redis; a standby takes over after it expires
+    session_grace_s: float = 30.0  # a gateway that went away has this long to resume
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -42,4 +45,6 @@ _HELPS = {
     "policy": f"scheduling policy: {', '.join(sorted(POLICIES))}",
     "token_budget": "tokens per iteration (the chunk size)",
     "max_num_waiting": "queued requests beyond which submits get RESOURCE_EXHAUSTED",
+    "lease_ttl_ms": "leader lease TTL; a standby takes over within about this long",
+    "session_grace_s": "how long a disconnected gateway's requests wait for it to resume",
 }

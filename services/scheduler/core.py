@@ -81,6 +81,11 @@ class SchedulerCore:
         self.requests[request.request_id] = request
         self.state.waiting.append(request)
 
+    def restore(self, request: Request) -> None:
+        """Queues a request recovered from Redis (accepted before: no admission checks)."""
+        self.requests[request.request_id] = request
+        self.state.waiting.append(request)
+
     def abort(self, request_id: str, now: float) -> Request | None:
         request = self.requests.get(request_id)
         if request is None:

@@ -17,7 +17,7 @@ from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import SessionHub
 from sarathi_serve.scheduler.stats import IterationStats, StatsRing
-from sarathi_serve.scheduler.store import RedisStore
+from sarathi_serve.scheduler.store import RedisStore, StoredRequest
 from sarathi_serve.scheduler.workers import WorkerLink, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class IterationLoop:
         store: RedisStore | None,
         stats: StatsRing,
         clock: Callable[[], float] = time.time,
+        session_grace_s: float = 30.0,
     ):
         self.core = core
         self.hub = hub
@@ -45,6 +46,8 @@ class IterationLoop:
         self._ended: list[Request] = []  # ended without a token (aborts)
         self._step_id = 0  # the id of the next plan
         self._last_result_at: float | None = None
+        self.session_grace_s = session_grace_s
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
 
     # ---- inputs (called from the gRPC handlers, same event loop) ----------
 
@@ -62,6 +65,50 @@ class IterationLoop:
     def abort_session(self, session_id: str) -> None:
         for request in [r for r in self.core.requests.values() if r.session_id == session_id]:
             self.abort(request.request_id)
+
+    # ---- sessions that come and go ------------------------------------------
+
+    def recover(self, stored: list[StoredRequest]) -> None:
+        """Takes over the in-flight requests a previous leader left in Redis; they
+        are recomputed (prompt + tokens so far) and held until their gateway resumes."""
+        for item in stored:
+            self.core.restore(
+                Request(
+                    request_id=item.request_id,
+                    prompt_token_ids=item.prompt_token_ids,
+                    sampling=item.sampling,
+                    session_id=item.session_id,
+                    arrival_time=item.arrival_time,
+                    output_token_ids=list(item.output_token_ids),
+                    awaiting_resume=True,
+                )
+            )
+        for gateway_id in {item.session_id for item in stored}:
+            self.expire_session_later(gateway_id)
+        if stored:
+            log.info("recovered %d in-flight requests from Redis", len(stored))
+            self._wake.set()
+
+    def expire_session_later(self, gateway_id: str) -> None:
+        """Aborts the gateway's requests unless it reconnects within the grace period."""
+        self.cancel_session_expiry(gateway_id)
+        self._expiries[gateway_id] = asyncio.get_running_loop().call_later(
+            self.session_grace_s, self._expire, gateway_id
+        )
+
+    async def load_finished(self, request_id: str) -> tuple[list[int], str] | None:
+        return None if self.store is None else await self.store.load_finished(request_id)
+
+    def cancel_session_expiry(self, gateway_id: str) -> None:
+        handle = self._expiries.pop(gateway_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _expire(self, gateway_id: str) -> None:
+        self._expiries.pop(gateway_id, None)
+        if not self.hub.is_open(gateway_id):
+            log.warning("gateway %s did not come back: aborting its requests", gateway_id)
+            self.abort_session(gateway_id)
 
     def set_policy(self, policy: Policy) -> int:
         """Takes effect at the next plan: the iteration in flight (if any) was

@@ -39,6 +39,7 @@ class Request:
     num_blocks_sent: int = 0  # how many of block_ids the worker has been told
     on_worker: bool = False  # the worker holds this request's tokens
     num_preemptions: int = 0
+    awaiting_resume: bool = False  # recovered by a new leader; its gateway has not resumed it yet
     stop_reason: StopReason | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None

@@ -1,10 +1,17 @@
-"""gRPC edge of the scheduler: Session (gateways), Attach (workers), GetStats."""
+"""gRPC edge of the scheduler: Session (gateways), Attach (workers), admin RPCs.
+
+Until this scheduler holds the leader lease it is a standby: its hot-path RPCs
+answer UNAVAILABLE so that gateways and workers move on to the leader.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import random
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,69 +23,123 @@ from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.scheduler.core import WorkerGeometry
 from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.policies import make_policy
-from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.request import Request, StopReason
+from sarathi_serve.scheduler.sessions import STOP_TO_PB, Outbox
 from sarathi_serve.scheduler.workers import WorkerLink
 
 log = logging.getLogger(__name__)
 
+STANDBY = "standby scheduler: dial the leader"
+
 
 class SchedulerServicer(pb_grpc.SchedulerServicer):
-    def __init__(self, loop: IterationLoop):
-        self.loop = loop
+    def __init__(self, scheduler_id: str):
+        self.scheduler_id = scheduler_id
+        self.loop: IterationLoop | None = None  # set when this scheduler leads
+        self.epoch = 0
+
+    def activate(self, loop: IterationLoop, epoch: int) -> None:
+        self.loop, self.epoch = loop, epoch
+
+    async def _leader_loop(self, context: grpc.aio.ServicerContext) -> IterationLoop:
+        if self.loop is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STANDBY)
+        assert self.loop is not None
+        return self.loop
+
+    # ---- gateways -------------------------------------------------------------
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
     ) -> None:
+        loop = await self._leader_loop(context)
         first = await context.read()
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with hello")
-        session_id, outbox = self.loop.hub.open(first.hello.gateway_id)
-        log.info("session %s opened", session_id)
-        reader = asyncio.create_task(self._read_session(session_id, outbox, context))
+        gateway_id = first.hello.gateway_id or f"gateway-{uuid.uuid4().hex[:8]}"
+        outbox = loop.hub.open(gateway_id)
+        outbox.put_nowait(pb.SessionEvents())  # tells the gateway this is the leader
+        loop.cancel_session_expiry(gateway_id)
+        log.info("session of gateway %s opened", gateway_id)
+        reader = asyncio.create_task(self._read_session(loop, gateway_id, outbox, context))
         try:
             while (events := await outbox.get()) is not None:
                 await context.write(events)
         finally:
             reader.cancel()
-            self.loop.hub.close(session_id)
-            self.loop.abort_session(session_id)
-            log.info("session %s closed", session_id)
+            if loop.hub.close(gateway_id, outbox):
+                loop.expire_session_later(gateway_id)
+            log.info("session of gateway %s closed", gateway_id)
 
     async def _read_session(
         self,
-        session_id: str,
-        outbox: asyncio.Queue[pb.SessionEvents | None],
+        loop: IterationLoop,
+        gateway_id: str,
+        outbox: Outbox,
         context: grpc.aio.ServicerContext,
     ) -> None:
         try:
             while (msg := await context.read()) is not grpc.aio.EOF:
                 kind = msg.WhichOneof("kind")
                 if kind == "submit":
-                    self._submit(session_id, msg.submit)
+                    self._submit(loop, gateway_id, msg.submit)
                 elif kind == "abort":
-                    self.loop.abort(msg.abort.request_id)
+                    loop.abort(msg.abort.request_id)
+                elif kind == "resume":
+                    await self._resume(loop, gateway_id, msg.resume)
         finally:
             outbox.put_nowait(None)  # ends the writer
 
-    def _submit(self, session_id: str, msg: pb.Submit) -> None:
+    def _submit(self, loop: IterationLoop, gateway_id: str, msg: pb.Submit) -> None:
         try:
+            sampling = sampling_from_pb(msg.sampling)
+            if sampling.seed is None and not sampling.is_greedy:
+                # A seed of our own, kept in Redis: a recomputed request draws the same tokens.
+                sampling = dataclasses.replace(sampling, seed=random.getrandbits(62))
             request = Request(
                 request_id=msg.request_id,
                 prompt_token_ids=list(msg.prompt_token_ids),
-                sampling=sampling_from_pb(msg.sampling),
-                session_id=session_id,
+                sampling=sampling,
+                session_id=gateway_id,
                 arrival_time=time.time(),
             )
-            self.loop.submit(request)
+            loop.submit(request)
         except (ServiceError, ValueError) as exc:
             code, message = status_of(exc)
-            if isinstance(exc, ValueError) and not isinstance(exc, ServiceError):
+            if not isinstance(exc, ServiceError):
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-            self.loop.hub.reject(session_id, msg.request_id, code.name, message)
+            loop.hub.reject(gateway_id, msg.request_id, code.name, message)
+
+    async def _resume(self, loop: IterationLoop, gateway_id: str, msg: pb.Resume) -> None:
+        """Catches a reconnected gateway up on a request, then lets it stream on."""
+        request_id, received = msg.submit.request_id, msg.num_received_tokens
+        request = loop.core.requests.get(request_id)
+        if request is not None:
+            request.session_id = gateway_id
+            request.awaiting_resume = False
+            missing = request.output_token_ids[received:]
+            loop.hub.send(gateway_id, [pb.RequestEvent(request_id=request_id, token_ids=missing)])
+            return
+        finished = await loop.load_finished(request_id)
+        if finished is not None:
+            tokens, reason = finished
+            stop = STOP_TO_PB[StopReason(reason)]
+            event = pb.RequestEvent(
+                request_id=request_id, token_ids=tokens[received:], stop_reason=stop
+            )
+            loop.hub.send(gateway_id, [event])
+        elif received == 0:
+            self._submit(loop, gateway_id, msg.submit)  # never reached Redis: start it here
+        else:
+            message = f"request {request_id} was lost with its scheduler"
+            loop.hub.reject(gateway_id, request_id, grpc.StatusCode.UNAVAILABLE.name, message)
+
+    # ---- workers --------------------------------------------------------------
 
     async def Attach(
         self, request_iterator: AsyncIterator[pb.WorkerMessage], context: grpc.aio.ServicerContext
     ) -> None:
+        loop = await self._leader_loop(context)
         first = await context.read()
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an attach starts with hello")
@@ -91,29 +152,34 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         )
         link = WorkerLink(hello.worker_id, geometry)
         try:
-            self.loop.attach(link)
+            loop.attach(link)
         except ServiceError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        reader = asyncio.create_task(self._read_results(link, context))
+        reader = asyncio.create_task(self._read_results(loop, link, context))
         try:
             while (plan := await link.outbox.get()) is not None:
                 await context.write(plan)
         finally:
             reader.cancel()
-            self.loop.detach(link, "stream closed")
+            loop.detach(link, "stream closed")
 
-    async def _read_results(self, link: WorkerLink, context: grpc.aio.ServicerContext) -> None:
+    async def _read_results(
+        self, loop: IterationLoop, link: WorkerLink, context: grpc.aio.ServicerContext
+    ) -> None:
         try:
             while (msg := await context.read()) is not grpc.aio.EOF:
                 if msg.HasField("result"):
                     link.deliver(msg.result)
         finally:
-            self.loop.detach(link, "worker closed its stream")
+            loop.detach(link, "worker closed its stream")
+
+    # ---- admin ----------------------------------------------------------------
 
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetPolicyResponse:
-        current = self.loop.core.policy
+        loop = await self._leader_loop(context)
+        current = loop.core.policy
         try:
             policy = make_policy(
                 request.policy,
@@ -126,7 +192,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        first_step = self.loop.set_policy(policy)
+        first_step = loop.set_policy(policy)
         return pb.SetPolicyResponse(
             policy=policy.name,
             token_budget=policy.token_budget,
@@ -137,24 +203,24 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
-        core = self.loop.core
-        blocks = core.blocks
-        policy = core.policy
-        return pb.GetStatsResponse(
-            iterations=[
-                pb.IterationStats(**vars_of(s))
-                for s in self.loop.stats.recent(request.max_iterations)
-            ],
-            num_waiting=len(core.state.waiting),
-            num_running=len(core.state.running),
-            num_free_kv_blocks=blocks.num_free_blocks if blocks else 0,
-            num_total_kv_blocks=blocks.num_blocks if blocks else 0,
-            num_workers=int(self.loop.worker is not None),
-            policy=policy.name,
-            token_budget=policy.token_budget,
-            num_finished=self.loop.stats.num_finished,
-            num_preemptions=core.state.num_preemptions,
+        reply = pb.GetStatsResponse(scheduler_id=self.scheduler_id, is_leader=self.loop is not None)
+        if self.loop is None:
+            return reply
+        core, blocks, policy = self.loop.core, self.loop.core.blocks, self.loop.core.policy
+        reply.iterations.extend(
+            pb.IterationStats(**vars_of(s)) for s in self.loop.stats.recent(request.max_iterations)
         )
+        reply.num_waiting = len(core.state.waiting)
+        reply.num_running = len(core.state.running)
+        reply.num_free_kv_blocks = blocks.num_free_blocks if blocks else 0
+        reply.num_total_kv_blocks = blocks.num_blocks if blocks else 0
+        reply.num_workers = int(self.loop.worker is not None)
+        reply.policy = policy.name
+        reply.token_budget = policy.token_budget
+        reply.num_finished = self.loop.stats.num_finished
+        reply.num_preemptions = core.state.num_preemptions
+        reply.epoch = self.epoch
+        return reply
 
 
 def vars_of(obj: object) -> dict[str, object]:

@@ -1,9 +1,13 @@
-"""Gateway sessions: one outbound queue of batched token events per gateway."""
+"""Gateway sessions: one outbound queue of batched token events per gateway.
+
+A session belongs to a gateway id, which is stable across reconnects. A request
+recovered by a new leader is held (`awaiting_resume`) until its gateway resumes
+it, so that the catch-up tokens go out before any new one, in order.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -12,7 +16,7 @@ from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.scheduler.core import RequestUpdate
 from sarathi_serve.scheduler.request import Request, StopReason
 
-_STOP_TO_PB = {
+STOP_TO_PB = {
     StopReason.EOS: pb.STOP_REASON_EOS,
     StopReason.LENGTH: pb.STOP_REASON_LENGTH,
     StopReason.CONTEXT: pb.STOP_REASON_CONTEXT,
@@ -20,52 +24,68 @@ _STOP_TO_PB = {
     StopReason.ERROR: pb.STOP_REASON_ERROR,
 }
 
+Outbox = asyncio.Queue[pb.SessionEvents | None]  # None ends the stream's writer
+
 
 class SessionHub:
     def __init__(self) -> None:
-        self._queues: dict[str, asyncio.Queue[pb.SessionEvents | None]] = {}
-        self._ids = itertools.count(1)
+        self._queues: dict[str, Outbox] = {}
 
-    def open(self, gateway_id: str) -> tuple[str, asyncio.Queue[pb.SessionEvents | None]]:
-        session_id = f"{gateway_id or 'gateway'}#{next(self._ids)}"
-        queue: asyncio.Queue[pb.SessionEvents | None] = asyncio.Queue()
-        self._queues[session_id] = queue
-        return session_id, queue
+    def open(self, gateway_id: str) -> Outbox:
+        """A new stream of this gateway; an older one of the same gateway is ended."""
+        old = self._queues.get(gateway_id)
+        if old is not None:
+            old.put_nowait(None)
+        queue: Outbox = asyncio.Queue()
+        self._queues[gateway_id] = queue
+        return queue
 
-    def close(self, session_id: str) -> None:
-        self._queues.pop(session_id, None)
+    def close(self, gateway_id: str, queue: Outbox) -> bool:
+        """Forgets the stream; False when a newer stream of the gateway replaced it."""
+        if self._queues.get(gateway_id) is not queue:
+            return False
+        del self._queues[gateway_id]
+        return True
+
+    def is_open(self, gateway_id: str) -> bool:
+        return gateway_id in self._queues
 
     def dispatch(self, updates: Iterable[RequestUpdate], ended: Iterable[Request] = ()) -> None:
         """Sends one SessionEvents message per gateway for this iteration."""
         by_session: dict[str, list[pb.RequestEvent]] = defaultdict(list)
         for update in updates:
+            if update.request.awaiting_resume:
+                continue  # its gateway gets these tokens with the resume catch-up
             by_session[update.request.session_id].append(
                 pb.RequestEvent(
                     request_id=update.request.request_id,
                     token_ids=update.token_ids,
                     logprobs=[logprobs_to_pb(lp) for lp in update.logprobs],
-                    stop_reason=_STOP_TO_PB[update.stop_reason] if update.stop_reason else 0,
+                    stop_reason=STOP_TO_PB[update.stop_reason] if update.stop_reason else 0,
                 )
             )
         for request in ended:
+            if request.awaiting_resume:
+                continue
             assert request.stop_reason is not None
             by_session[request.session_id].append(
                 pb.RequestEvent(
-                    request_id=request.request_id, stop_reason=_STOP_TO_PB[request.stop_reason]
+                    request_id=request.request_id, stop_reason=STOP_TO_PB[request.stop_reason]
                 )
             )
         for session_id, events in by_session.items():
-            queue = self._queues.get(session_id)
-            if queue is not None:
-                queue.put_nowait(pb.SessionEvents(events=events))
+            self.send(session_id, events)
 
-    def reject(self, session_id: str, request_id: str, code: str, message: str) -> None:
-        queue = self._queues.get(session_id)
-        if queue is not None:
-            event = pb.RequestEvent(
-                request_id=request_id,
-                stop_reason=pb.STOP_REASON_ERROR,
-                error_code=code,
-                error_message=message,
-            )
-            queue.put_nowait(pb.SessionEvents(events=[event]))
+    def send(self, gateway_id: str, events: list[pb.RequestEvent]) -> None:
+        queue = self._queues.get(gateway_id)
+        if queue is not None and events:
+            queue.put_nowait(pb.SessionEvents(events=events))
+
+    def reject(self, gateway_id: str, request_id: str, code: str, message: str) -> None:
+        event = pb.RequestEvent(
+            request_id=request_id,
+            stop_reason=pb.STOP_REASON_ERROR,
+            error_code=code,
+            error_message=message,
+        )
+        self.send(gateway_id, [event])

@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
+from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.scheduler.core import RequestUpdate
 from sarathi_serve.scheduler.request import Request
 
@@ -34,11 +36,52 @@ def unpack_tokens(data: bytes) -> list[int]:
     return tokens.tolist()
 
 
+class Fenced(Exception):
+    """A newer leader holds the lease: this scheduler must not write again."""
+
+
+# One round trip, atomic, fenced: the writes apply only while the epoch key still
+# holds this leader's epoch. ARGV: epoch ('' = unfenced), then per command its
+# argument count followed by the command and its arguments.
+_FENCED_BATCH = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED')
+end
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """An in-flight request as Redis holds it (what a new leader resumes from)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    session_id: str
+    arrival_time: float
+    output_token_ids: list[int]
+
+
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, prefix: str = "sarathi", finished_ttl_s: int = 3600):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "sarathi",
+        finished_ttl_s: int = 3600,
+        epoch: int | None = None,
+    ):
         self.client = client
         self.prefix = prefix
         self.finished_ttl_s = finished_ttl_s
+        self.epoch = epoch  # this leader's fencing token; None: unfenced
+        self._batch = client.register_script(_FENCED_BATCH)
 
     def request_key(self, request_id: str) -> str:
         return f"{self.prefix}:req:{request_id}"
@@ -50,6 +93,10 @@ class RedisStore:
     def inflight_key(self) -> str:
         return f"{self.prefix}:inflight"
 
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.prefix}:epoch"
+
     async def persist_iteration(
         self,
         accepted: Sequence[Request],
@@ -57,39 +104,102 @@ class RedisStore:
         ended: Sequence[Request] = (),
     ) -> None:
         """Writes new requests, this iteration's tokens and the requests that
-        ended without a token (aborts) in one round trip."""
+        ended without a token (aborts) in one fenced round trip."""
         if not accepted and not updates and not ended:
             return
-        pipe = self.client.pipeline(transaction=False)
+        ops: list[tuple[str | bytes | int, ...]] = []
         for request in accepted:
-            pipe.hset(
-                self.request_key(request.request_id),
-                mapping={
-                    "prompt": pack_tokens(request.prompt_token_ids),
-                    "sampling": json.dumps(asdict(request.sampling)),
-                    "session": request.session_id,
-                    "arrival": repr(request.arrival_time),
-                    "status": "running",
-                },
+            key = self.request_key(request.request_id)
+            ops.append(
+                (
+                    "HSET",
+                    key,
+                    "prompt",
+                    pack_tokens(request.prompt_token_ids),
+                    "sampling",
+                    json.dumps(asdict(request.sampling)),
+                    "session",
+                    request.session_id,
+                    "arrival",
+                    repr(request.arrival_time),
+                    "status",
+                    "running",
+                )
             )
-            pipe.sadd(self.inflight_key, request.request_id)
+            ops.append(("SADD", self.inflight_key, request.request_id))
         for update in updates:
             rid = update.request.request_id
-            pipe.append(self.output_key(rid), pack_tokens(update.token_ids))
+            ops.append(("APPEND", self.output_key(rid), pack_tokens(update.token_ids)))
             if update.stop_reason is not None:
-                self._finish(pipe, rid, update.stop_reason.value)
+                ops += self._finish(rid, update.stop_reason.value)
         for request in ended:
             reason = request.stop_reason.value if request.stop_reason else "aborted"
-            self._finish(pipe, request.request_id, reason)
-        await pipe.execute()
+            ops += self._finish(request.request_id, reason)
+        args: list[str | bytes | int] = ["" if self.epoch is None else str(self.epoch)]
+        for op in ops:
+            args.append(len(op))
+            args.extend(op)
+        try:
+            await self._batch(keys=[self.epoch_key], args=args)
+        except ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise Fenced(f"epoch {self.epoch} is no longer the leader's") from exc
+            raise
 
-    def _finish(self, pipe: aioredis.client.Pipeline, request_id: str, reason: str) -> None:
+    def _finish(self, request_id: str, reason: str) -> list[tuple[str | bytes | int, ...]]:
         key = self.request_key(request_id)
-        pipe.hset(key, mapping={"status": "finished", "stop_reason": reason})
-        pipe.srem(self.inflight_key, request_id)
-        pipe.expire(key, self.finished_ttl_s)
-        pipe.expire(self.output_key(request_id), self.finished_ttl_s)
+        return [
+            ("HSET", key, "status", "finished", "stop_reason", reason),
+            ("SREM", self.inflight_key, request_id),
+            ("EXPIRE", key, self.finished_ttl_s),
+            ("EXPIRE", self.output_key(request_id), self.finished_ttl_s),
+        ]
 
     async def load_output(self, request_id: str) -> list[int]:
         data = await self.client.get(self.output_key(request_id))
         return unpack_tokens(data.encode() if isinstance(data, str) else data or b"")
+
+    async def load_finished(self, request_id: str) -> tuple[list[int], str] | None:
+        """(tokens, stop reason) of a request that finished in Redis, else None."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.request_key(request_id), "status", "stop_reason")
+        pipe.get(self.output_key(request_id))
+        (status, reason), output = await pipe.execute()
+        if status != b"finished":
+            return None
+        return unpack_tokens(output or b""), (reason or b"aborted").decode()
+
+    async def load_inflight(self) -> list[StoredRequest]:
+        """Every accepted, unfinished request with its tokens so far (two round trips)."""
+        ids = sorted(
+            m.decode() if isinstance(m, bytes) else m
+            for m in await self.client.smembers(self.inflight_key)
+        )
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(self.request_key(rid))
+            pipe.get(self.output_key(rid))
+        replies = await pipe.execute()
+        stored = []
+        for rid, fields, output in zip(ids, replies[::2], replies[1::2], strict=True):
+            if not fields:
+                continue  # expired or half-written: nothing to resume
+            stored.append(
+                StoredRequest(
+                    request_id=rid,
+                    prompt_token_ids=unpack_tokens(fields[b"prompt"]),
+                    sampling=_sampling_from_json(fields[b"sampling"]),
+                    session_id=fields[b"session"].decode(),
+                    arrival_time=float(fields[b"arrival"]),
+                    output_token_ids=unpack_tokens(output or b""),
+                )
+            )
+        return sorted(stored, key=lambda r: r.arrival_time)
+
+
+def _sampling_from_json(data: bytes) -> SamplingParams:
+    fields = json.loads(data)
+    fields["stop_token_ids"] = tuple(fields.get("stop_token_ids", ()))
+    return SamplingParams(**fields)

@@ -53,7 +53,7 @@ async def serve(config: WorkerConfig) -> None:
         config.scheduler_addr,
     )
     try:
-        await asyncio.to_thread(attach_forever, engine, config.scheduler_addr, hello, stop)
+        await asyncio.to_thread(attach_forever, engine, config.scheduler_addrs, hello, stop)
     finally:
         stop_group()
         await server.stop(grace=0.5)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sarathi_serve.common.config import parse_config
+from sarathi_serve.common.config import parse_config, split_addrs
 from sarathi_serve.common.models import DEFAULT_MODEL
 
 DEFAULT_HEALTH_PORT = 50053
@@ -47,6 +47,10 @@ class WorkerConfig:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
 
     @property
+    def scheduler_addrs(self) -> list[str]:
+        return split_addrs(self.scheduler_addr)
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
             return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
@@ -63,7 +67,7 @@ class WorkerConfig:
 
 
 _HELPS = {
-    "scheduler_addr": "host:port of the scheduler this worker dials",
+    "scheduler_addr": "host:port of the scheduler, or a comma-separated list (leader + standbys)",
     "model": "the default model's name or a local Hugging Face checkpoint folder",
     "worker_id": "name shown in logs and stats; empty: hostname-pid",
     "port": "port of the grpc.health.v1 server",

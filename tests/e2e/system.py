@@ -53,7 +53,7 @@ class RunningSystem:
                 raise RuntimeError(
                     "sarathi-serve up failed:\n" + "".join(self.output) + self._logs()
                 )
-        self.processes = {r.role: r for r in read_system(run_dir)}
+        self.refresh()
 
     def _read_output(self, up: threading.Event) -> None:
         assert self.process.stdout is not None
@@ -70,12 +70,28 @@ class RunningSystem:
             f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log"))
         )
 
+    def refresh(self) -> None:
+        """Re-reads the process records (`up` rewrites them when it restarts one)."""
+        self.records = read_system(self.run_dir)
+        self.processes = {r.role: r for r in self.records}
+
     def record(self, role: str) -> ProcessRecord:
         return self.processes[role]
 
     @property
+    def schedulers(self) -> list[ProcessRecord]:
+        return [r for r in self.records if r.role == "scheduler"]
+
+    @property
     def scheduler_addr(self) -> str:
-        return self.record("scheduler").address
+        """The leading scheduler's address."""
+        for record in self.schedulers:
+            try:
+                if health.scheduler_stats(record.address, timeout=2.0).is_leader:
+                    return record.address
+            except Exception:  # a dead or starting scheduler
+                continue
+        raise RuntimeError("no scheduler leads")
 
     def stats(self, max_iterations: int = 0):
         return health.scheduler_stats(self.scheduler_addr, max_iterations=max_iterations)

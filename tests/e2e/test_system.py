@@ -57,7 +57,8 @@ def test_status_lists_every_process(system):
     out = cli("status", "--json", "--run-dir", str(system.run_dir))
     rows = {row["role"]: row for row in json.loads(out.stdout)}
     assert set(rows) == {"up", "redis", "scheduler", "worker", "gateway"}
-    assert all(rows[r]["health"] == "SERVING" for r in ("redis", "scheduler", "worker", "gateway"))
+    assert all(rows[r]["health"] == "SERVING" for r in ("redis", "worker", "gateway"))
+    assert rows["scheduler"]["health"] == "LEADER"
     assert rows["gateway"]["address"] == system.gateway_addr
     table = cli("status", "--run-dir", str(system.run_dir)).stdout
     assert table.splitlines()[0].split()[:4] == ["ROLE", "PID", "ADDRESS", "HEALTH"]

@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from sarathi_serve.scheduler.core import RequestUpdate
 from sarathi_serve.scheduler.request import StopReason
-from sarathi_serve.scheduler.store import RedisStore, pack_tokens, unpack_tokens
+from sarathi_serve.scheduler.store import Fenced, RedisStore, pack_tokens, unpack_tokens
 from tests.redis_server import RedisServer
 from tests.scheduler.helpers import make_request
 
@@ -30,19 +30,19 @@ def test_requests_and_tokens_persist_in_one_round_trip(redis_server):
         store = RedisStore(client, prefix="t1", finished_ttl_s=60)
         a, b = make_request("a", 3), make_request("b", 2)
         calls = []
-        original = client.pipeline
+        original = store._batch
 
-        def counting_pipeline(*args, **kwargs):
+        async def counting_batch(*args, **kwargs):
             calls.append(1)
-            return original(*args, **kwargs)
+            return await original(*args, **kwargs)
 
-        client.pipeline = counting_pipeline
+        store._batch = counting_batch
         await store.persist_iteration([a, b], [])
         await store.persist_iteration(
             [], [RequestUpdate(a, (5,), None), RequestUpdate(b, (6,), None)]
         )
         await store.persist_iteration([], [RequestUpdate(a, (7,), StopReason.LENGTH)], ended=[b])
-        assert len(calls) == 3  # one pipeline per iteration, whatever the number of requests
+        assert len(calls) == 3  # one round trip per iteration, whatever the number of requests
 
         req = await client.hgetall("t1:req:a")
         assert unpack_tokens(req[b"prompt"]) == a.prompt_token_ids
@@ -64,6 +64,43 @@ def test_inflight_set_tracks_unfinished(redis_server):
         store = RedisStore(client, prefix="t2")
         await store.persist_iteration([make_request("x", 1), make_request("y", 1)], [])
         assert await client.smembers("t2:inflight") == {b"x", b"y"}
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_stale_leader_is_fenced_off(redis_server):
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        await client.set("t3:epoch", 5)
+        leader = RedisStore(client, prefix="t3", epoch=5)
+        stale = RedisStore(client, prefix="t3", epoch=4)
+        await leader.persist_iteration([make_request("a", 2)], [])
+        with pytest.raises(Fenced):
+            await stale.persist_iteration([make_request("b", 2)], [])
+        assert await client.smembers("t3:inflight") == {b"a"}  # nothing of the stale write landed
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_load_inflight_resumes_requests_with_their_tokens(redis_server):
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = RedisStore(client, prefix="t4")
+        a, b = make_request("a", 3, session="gw1"), make_request("b", 2, session="gw2")
+        b.arrival_time = 1.0
+        await store.persist_iteration([a, b], [])
+        await store.persist_iteration(
+            [], [RequestUpdate(a, (7, 8), None), RequestUpdate(b, (9,), StopReason.EOS)]
+        )
+        stored = await store.load_inflight()
+        assert [s.request_id for s in stored] == ["a"]  # b finished
+        assert stored[0].prompt_token_ids == a.prompt_token_ids and stored[0].output_token_ids == [
+            7,
+            8,
+        ]
+        assert stored[0].sampling == a.sampling and stored[0].session_id == "gw1"
         await client.aclose()
 
     asyncio.run(scenario())

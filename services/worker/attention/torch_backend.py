@@ -68,6 +68,29 @@ class TorchBackend:
     name = "torch"
     kv_layout = HEAD_MAJOR
 
+    def __init__(self) -> None:
+        # Gathered contexts land in buffers reused by every layer and step: a
+        # fresh tensor of tens of MB per layer costs more in page faults (the
+        # CPU allocator returns big blocks to the OS) than the copy itself.
+        self._workspace: dict[str, torch.Tensor] = {}
+
+    def _gather(self, name: str, blocks: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """blocks[:, index] -> [KVH, len(index), bs*D], into a reused buffer."""
+        shape = (blocks.shape[0], index.numel(), blocks.shape[2])
+        size = shape[0] * shape[1] * shape[2]
+        buf = self._workspace.get(name)
+        if (
+            buf is None
+            or buf.numel() < size
+            or buf.dtype != blocks.dtype
+            or buf.device != blocks.device
+        ):
+            buf = torch.empty(size, dtype=blocks.dtype, device=blocks.device)
+            self._workspace[name] = buf
+        out = buf[:size].view(shape)
+        torch.index_select(blocks, 1, index, out=out)
+        return out
+
     def prepare(self, layout: BatchLayout) -> TorchMetadata:
         decodes = [i for i in range(layout.num_seqs) if layout.num_query[i] == 1]
         dev = layout.device
@@ -112,8 +135,8 @@ class TorchBackend:
         if meta.decode_idx.numel():
             num_decodes = meta.decode_blocks.shape[0]
             flat = meta.decode_blocks.view(-1)
-            kd = k_blocks.index_select(1, flat).view(kv_heads, num_decodes, -1, head_dim)
-            vd = v_blocks.index_select(1, flat).view(kv_heads, num_decodes, -1, head_dim)
+            kd = self._gather("k", k_blocks, flat).view(kv_heads, num_decodes, -1, head_dim)
+            vd = self._gather("v", v_blocks, flat).view(kv_heads, num_decodes, -1, head_dim)
             od = F.scaled_dot_product_attention(
                 q[meta.decode_idx].unsqueeze(2),  # [Sd, H, 1, D]
                 kd.permute(1, 0, 2, 3),  # [Sd, KVH, B * bs, D], each [L, D] contiguous
@@ -125,8 +148,8 @@ class TorchBackend:
             out[meta.decode_idx] = od.squeeze(2)
         for i, c in enumerate(meta.chunks):
             ctx = c.key_pos.numel()
-            kp = k_blocks.index_select(1, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
-            vp = v_blocks.index_select(1, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
+            kp = self._gather("k", k_blocks, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
+            vp = self._gather("v", v_blocks, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
             chunk_mask = meta.chunk_mask(i, window)
             op = F.scaled_dot_product_attention(
                 q[c.start : c.end].transpose(0, 1).unsqueeze(0),  # [1, H, n, D]
