@@ -157,9 +157,16 @@ class SchedulerClient:
     def _dispatch(self, batch: pb.SessionEvents) -> None:
         for event in batch.events:
             entry = self._inflight.get(event.request_id)
-            if entry is not None:
-                entry.num_received += len(event.token_ids)
-                entry.events.put_nowait(event)
+            if entry is None:
+                continue
+            overlap = entry.num_received - event.first_token_index
+            if overlap > 0:  # recomputed after a failover: the client has these already
+                del event.token_ids[:overlap]
+                del event.logprobs[: min(overlap, len(event.logprobs))]
+                if not event.token_ids and event.stop_reason == pb.STOP_REASON_UNSPECIFIED:
+                    continue
+            entry.num_received += len(event.token_ids)
+            entry.events.put_nowait(event)
 
     def _fail_all(self, message: str) -> None:
         for entry in self._inflight.values():

@@ -107,7 +107,8 @@ async def _lead(
     )
     tasks = {asyncio.ensure_future(loop.run()), asyncio.ensure_future(stop.wait())}
     if lease is not None:
-        tasks.add(asyncio.ensure_future(_keep_lease(lease)))
+        assert store is not None
+        tasks.add(asyncio.ensure_future(_keep_lease(lease, store, servicer)))
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
@@ -139,14 +140,22 @@ async def _wait_for_lease(lease: LeaderLease, stop: asyncio.Event) -> int | None
     return None
 
 
-async def _keep_lease(lease: LeaderLease) -> None:
-    """Returns when another scheduler holds the lease; rides out Redis outages
-    (writes are fenced, so a lease lost meanwhile cannot corrupt anything)."""
+async def _keep_lease(lease: LeaderLease, store: RedisStore, servicer: SchedulerServicer) -> None:
+    """Returns when another scheduler holds the lease. Rides out Redis outages:
+    a lease that expired meanwhile but is still free is taken again, with a new
+    epoch for the writes to come (writes are fenced, so nothing stale lands)."""
     while True:
         await asyncio.sleep(lease.ttl_ms / 3000)
         try:
-            if not await lease.renew():
+            if await lease.renew():
+                continue
+            epoch = await lease.try_acquire()
+            if epoch is None:
                 return
+            log.warning(
+                "the lease expired during an outage and was free: leading on at epoch %d", epoch
+            )
+            store.epoch = servicer.epoch = epoch
         except RedisError as exc:
             log.warning("lease renewal failed (%s); retrying", exc)
 

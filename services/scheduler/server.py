@@ -118,14 +118,20 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             request.session_id = gateway_id
             request.awaiting_resume = False
             missing = request.output_token_ids[received:]
-            loop.hub.send(gateway_id, [pb.RequestEvent(request_id=request_id, token_ids=missing)])
+            event = pb.RequestEvent(
+                request_id=request_id, token_ids=missing, first_token_index=received
+            )
+            loop.hub.send(gateway_id, [event])
             return
         finished = await loop.load_finished(request_id)
         if finished is not None:
             tokens, reason = finished
             stop = STOP_TO_PB[StopReason(reason)]
             event = pb.RequestEvent(
-                request_id=request_id, token_ids=tokens[received:], stop_reason=stop
+                request_id=request_id,
+                token_ids=tokens[received:],
+                first_token_index=received,
+                stop_reason=stop,
             )
             loop.hub.send(gateway_id, [event])
         elif received == 0:

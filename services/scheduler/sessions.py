@@ -60,6 +60,7 @@ class SessionHub:
                 pb.RequestEvent(
                     request_id=update.request.request_id,
                     token_ids=update.token_ids,
+                    first_token_index=len(update.request.output_token_ids) - len(update.token_ids),
                     logprobs=[logprobs_to_pb(lp) for lp in update.logprobs],
                     stop_reason=STOP_TO_PB[update.stop_reason] if update.stop_reason else 0,
                 )

@@ -27,3 +27,26 @@ def test_worker_killed_mid_stream_recomputes_and_finishes(system_factory, expect
     assert outputs == expected_outputs, "a stream lost, repeated or changed tokens"
     stats = system.stats()
     assert stats.num_workers == 1 and stats.num_running == 0
+
+
+def test_redis_killed_under_load_pauses_then_finishes(system_factory, expected_outputs):
+    """kill -9 of Redis mid-stream: `up` restarts it (append-only file, fsync
+    always); meanwhile the leader holds each iteration's tokens, so clients see
+    a pause, then every stream completes with exactly its tokens."""
+    system = system_factory("--token-budget", "64")
+    redis_pid = system.record("redis").pid
+
+    def on_start(i: int) -> None:
+        if i == 5:
+            deadline = time.monotonic() + 30
+            while system.stats().num_running < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(redis_pid, signal.SIGKILL)
+
+    outputs = generate_concurrently(system.gateway_addr, stagger_s=0.2, on_start=on_start)
+    assert outputs == expected_outputs
+    system.refresh()
+    assert system.record("redis").restarts == 1
+    stats = system.stats()
+    assert any(it.persist_ms > 100 for it in stats.iterations), "no iteration waited for Redis"
+    assert stats.num_running == 0 and stats.epoch >= 1

@@ -22,8 +22,20 @@ def random_case(seed, device, layout, dtype=torch.float32):
     cache.keys[0].copy_(torch.randn(cache.keys[0].shape, generator=gen).to(dtype))
     cache.values[0].copy_(torch.randn(cache.values[0].shape, generator=gen).to(dtype))
     free = torch.randperm(128, generator=gen).tolist()
-    # (context length, new tokens): decodes, a first chunk, a chunk starting mid-prompt
-    shapes = [(1, 1), (9, 1), (33, 1), (17, 17), (23, 7), (40, 13), (5, 1), (12, 5)]
+    # (context length, new tokens): decodes, first chunks (two of equal length),
+    # chunks starting mid-prompt
+    shapes = [
+        (1, 1),
+        (9, 1),
+        (33, 1),
+        (17, 17),
+        (23, 7),
+        (40, 13),
+        (5, 1),
+        (12, 5),
+        (17, 17),
+        (6, 6),
+    ]
     query_start, num_query, context_len, tables, slots = [], [], [], [], []
     for ctx, n in shapes:
         table = [free.pop() for _ in range(-(-ctx // BLOCK))]
@@ -69,7 +81,8 @@ def check_backend(name, device, dtype=torch.float32, tol=1e-5):
     for seed, window in [(0, None), (1, None), (2, 6), (3, 16)]:
         cache, layout, q = random_case(seed, device, backend.kv_layout, dtype)
         meta = backend.prepare(layout)
-        got = backend.forward(q, cache.keys[0], cache.values[0], meta, D**-0.5, window)
+        k, v = cache.read(0, layout.slot_mapping)  # the step's own keys, as the model gives them
+        got = backend.forward(q, k, v, cache.keys[0], cache.values[0], meta, D**-0.5, window)
         want = dense_reference(cache, layout, q, D**-0.5, window)
         err = (got.float() - want).abs().max().item()
         assert err < tol, f"{name} seed {seed} window {window}: max abs error {err:.2e}"

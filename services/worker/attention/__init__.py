@@ -9,7 +9,8 @@ selected backend attend over each sequence's context. Any Llama-like
 architecture of transformers works unchanged, sliding windows included.
 
 Backends share one small interface: `prepare(layout) -> metadata` once per
-step, `forward(q, k_pool, v_pool, metadata, scale, window) -> out` per layer, and
+step, `forward(q, k, v, k_pool, v_pool, metadata, scale, window) -> out` per layer
+(k, v: the step's own keys and values, already written to the pools), and
 the KV layout their kernels want (`kv_layout`).
 """
 
@@ -38,8 +39,10 @@ class AttentionBackend(Protocol):
     def forward(
         self,
         q: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_pool: torch.Tensor,
+        v_pool: torch.Tensor,
         meta: Any,
         scale: float | None,
         window: int | None,
@@ -76,6 +79,8 @@ def paged_attention(
     meta.kv_cache.write(layer, slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
     out = meta.backend.forward(
         query[0].transpose(0, 1),  # [T, H, D]
+        key[0].transpose(0, 1),  # [T, KVH, D]
+        value[0].transpose(0, 1),
         meta.kv_cache.keys[layer],
         meta.kv_cache.values[layer],
         meta.backend_meta,

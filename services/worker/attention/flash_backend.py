@@ -56,6 +56,8 @@ class FlashAttnBackend:
     def forward(
         self,
         q: torch.Tensor,  # [T, H, D]
+        k: torch.Tensor,  # [T, KVH, D] (read from the pool instead)
+        v: torch.Tensor,
         k_cache: torch.Tensor,  # [slots, KVH, D]
         v_cache: torch.Tensor,
         meta: FlashMetadata,

@@ -85,6 +85,8 @@ class FlexBackend:
     def forward(
         self,
         q: torch.Tensor,  # [T, H, D]
+        k: torch.Tensor,  # [T, KVH, D] (read from the pool instead)
+        v: torch.Tensor,
         k_pool: torch.Tensor,  # [KVH, slots, D]
         v_pool: torch.Tensor,
         meta: FlexMetadata,

@@ -1,9 +1,11 @@
 """Paged attention in plain PyTorch: correct on CPU and GPU, the CPU's fast path.
 
 Decodes (one query token each) run as one batched SDPA call over their padded
-contexts; prefill chunks run one SDPA call each (a step has few). Contexts are
-gathered a whole block at a time (block_size x KVH x D contiguous values), not a
-token at a time: on CPU that gather is most of attention's cost.
+contexts. A prompt's first chunk needs no cache read at all (its context is the
+step's own keys); first chunks of equal length share one batched SDPA call.
+Later chunks run one call each over their gathered context (a step has few).
+Contexts are gathered a whole block at a time (block_size x KVH x D contiguous
+values) into reused buffers: on CPU that gather is most of attention's cost.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ class TorchMetadata:
     decode_idx: torch.Tensor  # [Sd] flat index of each decode token
     decode_blocks: torch.Tensor  # [Sd, B] block tables, padded
     decode_lens: torch.Tensor  # [Sd]
-    chunks: list[_Chunk]
+    chunks: list[_Chunk]  # chunks that continue a prompt: context from the cache
     block_size: int
+    first_chunks: list[torch.Tensor]  # [P, n] flat token indices of first chunks of length n
     _masks: dict[tuple[str, int, int | None], torch.Tensor | None] = field(default_factory=dict)
 
     def decode_mask(self, window: int | None) -> torch.Tensor:
@@ -95,10 +98,14 @@ class TorchBackend:
         decodes = [i for i in range(layout.num_seqs) if layout.num_query[i] == 1]
         dev = layout.device
         chunks = []
+        first_starts: dict[int, list[int]] = {}
         for i in range(layout.num_seqs):
             if layout.num_query[i] == 1:
                 continue
             ctx, n = layout.context_len[i], layout.num_query[i]
+            if ctx == n:
+                first_starts.setdefault(n, []).append(layout.query_start[i])
+                continue
             chunks.append(
                 _Chunk(
                     start=layout.query_start[i],
@@ -115,18 +122,37 @@ class TorchBackend:
             tables = torch.zeros((0, 0), dtype=torch.long, device=dev)
             lens = torch.zeros((0,), dtype=torch.long, device=dev)
         idx = torch.tensor([layout.query_start[i] for i in decodes], dtype=torch.long, device=dev)
-        return TorchMetadata(idx, tables, lens, chunks, layout.block_size)
+        first_chunks = [
+            (torch.tensor(starts, device=dev)[:, None] + torch.arange(n, device=dev)).long()
+            for n, starts in first_starts.items()
+        ]
+        return TorchMetadata(idx, tables, lens, chunks, layout.block_size, first_chunks)
 
     def forward(
         self,
         q: torch.Tensor,  # [T, H, D]
-        k_pool: torch.Tensor,  # [KVH, slots, D], this step's keys already written
+        k: torch.Tensor,  # [T, KVH, D] this step's keys (also written to k_pool)
+        v: torch.Tensor,
+        k_pool: torch.Tensor,  # [KVH, slots, D]
         v_pool: torch.Tensor,
         meta: TorchMetadata,
         scale: float | None,
         window: int | None,
     ) -> torch.Tensor:  # [T, H, D]
         out = torch.empty_like(q)
+        for idx in meta.first_chunks:  # idx: [P, n]
+            n = idx.shape[1]
+            mask = None if window is None or window >= n else _causal_window(n, window, q.device)
+            o1 = F.scaled_dot_product_attention(
+                q[idx].transpose(1, 2),  # [P, H, n, D]
+                k[idx].transpose(1, 2),  # [P, KVH, n, D]
+                v[idx].transpose(1, 2),
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=scale,
+                enable_gqa=True,
+            )
+            out[idx] = o1.transpose(1, 2)
         kv_heads, _, head_dim = k_pool.shape
         # Blocks along dim 1: index_select copies whole [bs, D] runs per head,
         # several times faster on CPU than advanced indexing by token.
@@ -162,3 +188,9 @@ class TorchBackend:
             )
             out[c.start : c.end] = op[0].transpose(0, 1)
         return out
+
+
+def _causal_window(n: int, window: int, device: torch.device) -> torch.Tensor:
+    """[n, n] True where query i may see key j: j <= i and j > i - window."""
+    pos = torch.arange(n, device=device)
+    return (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
