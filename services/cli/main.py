@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sarathi_serve.bench import control_plane as bench_control_plane
 from sarathi_serve.bench import worker as bench_worker
 from sarathi_serve.cli import admin, generate, status, up
 
@@ -24,9 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     bench_worker.add_arguments(
         bench_kinds.add_parser("worker", help="worker step time vs a bare HF forward")
     )
+    bench_control_plane.add_arguments(
+        bench_kinds.add_parser("control-plane", help="scheduler iterations/s with a null worker")
+    )
     args = parser.parse_args(argv)
     if args.command == "bench":
-        handler = {"worker": bench_worker.run}[args.bench]
+        handler = {"worker": bench_worker.run, "control-plane": bench_control_plane.run}[args.bench]
     else:
         handler = {
             "up": up.run,

@@ -29,10 +29,24 @@ def parse_config(
         env = f"SARATHI_{role.upper()}_{field.name.upper()}"
         kind = _scalar_type(hints[field.name])
         raw = os.environ.get(env)
-        default = getattr(defaults, field.name) if raw is None else kind(raw)
         text = (helps or {}).get(field.name, "")
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:
+            default = (
+                getattr(defaults, field.name)
+                if raw is None
+                else raw.lower() in ("1", "true", "yes")
+            )
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{text} (env {env})",
+            )
+            continue
+        default = getattr(defaults, field.name) if raw is None else kind(raw)
         parser.add_argument(
-            "--" + field.name.replace("_", "-"),
+            flag,
             type=kind,
             default=default,
             help=f"{text} (env {env}; default {default!r})".strip(),

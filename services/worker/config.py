@@ -28,6 +28,7 @@ class WorkerConfig:
     device: str = "cpu"
     attention_backend: str = "auto"
     tensor_parallel_size: int = 1
+    null_model: bool = False  # benchmarks of the control plane: no model, a fixed token
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -74,6 +75,7 @@ _HELPS = {
     "kv_cache_gb": "memory for the paged KV cache; 0: 1 GiB on CPU, measured on CUDA",
     "gpu_memory_utilization": "CUDA: fraction of the GPU for weights, activations and KV cache",
     "num_threads": "torch threads; 0: torch's default",
+    "null_model": "no model: answer each step at once with a fixed token (control-plane bench)",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",
 }

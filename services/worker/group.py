@@ -22,6 +22,7 @@ from sarathi_serve.common.net import free_port
 from sarathi_serve.worker.config import WorkerConfig
 from sarathi_serve.worker.engine import WorkerEngine
 from sarathi_serve.worker.model_runner import ModelRunner
+from sarathi_serve.worker.null_runner import NullRunner
 from sarathi_serve.worker.parallel import (
     Engine,
     GroupLeader,
@@ -40,6 +41,9 @@ def start_engine(config: WorkerConfig) -> tuple[Engine, ModelRunner, Callable[[]
     Returns rank 0's engine, its model runner, and a function that stops the group.
     """
     size = config.tensor_parallel_size
+    if config.null_model:
+        null = NullRunner()
+        return WorkerEngine(null), null, lambda: None  # type: ignore[arg-type]
     if size == 1:
         runner = build_runner(config, TensorParallel(), config.seed)
         return WorkerEngine(runner), runner, lambda: None

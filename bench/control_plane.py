@@ -1,0 +1,206 @@
+"""Control-plane cost: how many iterations per second the scheduler sustains
+when the worker computes nothing (`--null-model`), at several numbers of
+running requests, with Redis persistence off and on.
+
+    sarathi-serve bench control-plane [--running 1,64,256] [--seconds 5] [--json PATH]
+
+Real processes and real gRPC: a scheduler, a null worker, a real redis-server,
+and an in-process gateway session (the gateway's own client). With a worker
+that answers at once, an iteration's whole wall time is control plane: plan,
+gRPC both ways, the Redis round trip, token events to the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from sarathi_serve.cli import health
+from sarathi_serve.common.net import free_port
+from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.gateway.scheduler_client import SchedulerClient
+
+PROMPT = list(range(10, 18))  # 8 tokens
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--running", default="1,64,256", help="numbers of running requests")
+    p.add_argument("--seconds", type=float, default=5.0, help="measuring window per point")
+    p.add_argument("--json", type=Path, default=None)
+
+
+class Services:
+    """redis-server (optional), a scheduler and a null worker, as processes."""
+
+    def __init__(self, with_redis: bool, max_running: int):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        args = []
+        if with_redis:
+            port = free_port()
+            self._spawn(
+                [
+                    shutil.which("redis-server") or "redis-server",
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self.tmp.name,
+                ]
+            )
+            args = ["--redis-url", f"redis://127.0.0.1:{port}/0"]
+        self.addr = f"127.0.0.1:{free_port()}"
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "sarathi_serve.scheduler",
+                "--port",
+                self.addr.split(":")[1],
+                "--token-budget",
+                str(4 * max_running),
+                "--max-num-seqs",
+                str(max_running),
+                "--max-num-waiting",
+                str(4 * max_running),
+                *args,
+            ]
+        )
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "sarathi_serve.worker",
+                "--null-model",
+                "--scheduler-addr",
+                self.addr,
+                "--port",
+                str(free_port()),
+            ]
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                stats = health.scheduler_stats(self.addr, timeout=1.0)
+                if stats.is_leader and stats.num_workers:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the scheduler or the null worker did not start")
+            time.sleep(0.2)
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.processes.append(
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+            process.wait(10)
+        self.tmp.cleanup()
+
+
+async def measure(addr: str, num_running: int, seconds: float) -> dict[str, float]:
+    client = SchedulerClient([addr], f"bench-{num_running}")
+    client.start()
+    sampling = SamplingParams(temperature=0.0, max_tokens=1 << 19, ignore_eos=True)
+    queues = [
+        await client.submit(f"r{num_running}-{i}", PROMPT, sampling) for i in range(num_running)
+    ]
+
+    async def drain(queue: asyncio.Queue) -> None:  # type: ignore[type-arg]
+        while True:
+            await queue.get()
+
+    drains = [asyncio.create_task(drain(q)) for q in queues]
+    while (await asyncio.to_thread(health.scheduler_stats, addr)).num_running < num_running:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # past the prefills
+    before = await asyncio.to_thread(health.scheduler_stats, addr, 2.0, 1)
+    start = time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = await asyncio.to_thread(health.scheduler_stats, addr, 2.0, 0)
+    elapsed = time.perf_counter() - start
+    first = before.iterations[-1].step_id
+    window = [it for it in after.iterations if it.step_id > first]
+    for i in range(num_running):
+        client.abort(f"r{num_running}-{i}")
+    for task in drains:
+        task.cancel()
+    await client.close()
+    while (await asyncio.to_thread(health.scheduler_stats, addr)).num_running:
+        await asyncio.sleep(0.05)
+    n = max(1, len(window))
+    return {
+        "running": num_running,
+        "iterations_per_s": len(window) / elapsed,
+        "ms_per_iteration": 1e3 * elapsed / n,
+        "worker_ms": sum(it.execution_ms for it in window) / n,
+        "scheduling_ms": sum(it.scheduling_ms for it in window) / n,
+        "persist_ms": sum(it.persist_ms for it in window) / n,
+        "inter_batch_delay_ms": sum(it.inter_batch_delay_ms for it in window) / n,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    loads = [int(x) for x in args.running.split(",")]
+    rows = []
+    print(
+        f"{'redis':>5} {'running':>7} {'iter/s':>8} {'ms/iter':>8} {'worker':>7} {'plan':>6} "
+        f"{'redis':>6} {'gap':>6}   (ms per iteration)"
+    )
+    for with_redis in (False, True):
+        services = Services(with_redis, max(loads))
+        try:
+            for num_running in loads:
+                row = asyncio.run(measure(services.addr, num_running, args.seconds))
+                row["redis"] = with_redis
+                rows.append(row)
+                print(_format(row), flush=True)
+        finally:
+            services.stop()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "config": {"running": loads, "seconds": args.seconds},
+                    "environment": {
+                        "python": platform.python_version(),
+                        "machine": platform.machine(),
+                    },
+                    "results": rows,
+                },
+                indent=2,
+            )
+        )
+    worst = max((r for r in rows if r["redis"]), key=lambda r: r["running"])
+    print(
+        f"control plane at {worst['running']} running, Redis on: "
+        f"{worst['ms_per_iteration']:.2f} ms/iteration"
+    )
+    return 0
+
+
+def _format(row: dict[str, float]) -> str:
+    return (
+        f"{'on' if row['redis'] else 'off':>5} {row['running']:>7} "
+        f"{row['iterations_per_s']:>8.0f} {row['ms_per_iteration']:>8.2f} {row['worker_ms']:>7.2f} "
+        f"{row['scheduling_ms']:>6.2f} {row['persist_ms']:>6.2f} "
+        f"{row['inter_batch_delay_ms']:>6.2f}"
+    )
