@@ -56,15 +56,17 @@ class SessionHub:
         for update in updates:
             if update.request.awaiting_resume:
                 continue  # its gateway gets these tokens with the resume catch-up
-            by_session[update.request.session_id].append(
-                pb.RequestEvent(
-                    request_id=update.request.request_id,
-                    token_ids=update.token_ids,
-                    first_token_index=len(update.request.output_token_ids) - len(update.token_ids),
-                    logprobs=[logprobs_to_pb(lp) for lp in update.logprobs],
-                    stop_reason=STOP_TO_PB[update.stop_reason] if update.stop_reason else 0,
-                )
+            request = update.request
+            event = pb.RequestEvent(
+                request_id=request.request_id,
+                token_ids=update.token_ids,
+                first_token_index=len(request.output_token_ids) - len(update.token_ids),
             )
+            if update.logprobs:  # the common case sets no more fields: this runs per token
+                event.logprobs.extend(logprobs_to_pb(lp) for lp in update.logprobs)
+            if update.stop_reason is not None:
+                event.stop_reason = STOP_TO_PB[update.stop_reason]
+            by_session[request.session_id].append(event)
         for request in ended:
             if request.awaiting_resume:
                 continue

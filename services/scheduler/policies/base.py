@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sarathi_serve.scheduler.block_manager import BlockManager
-from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.request import Request, RequestStatus
 from sarathi_serve.scheduler.state import SchedulerState
 
 
@@ -49,7 +49,7 @@ def schedule_decodes(
     """One token for each running request past its prefill, oldest first,
     preempting the newest when KV blocks run out; returns the budget left."""
     for request in [r for r in state.running if not r.is_prefilling]:
-        if budget == 0 or request not in state.running:
+        if budget == 0 or request.status is not RequestStatus.RUNNING:  # O(1): preempted above
             continue
         if not make_room(request, 1, state, blocks, out):
             continue
