@@ -78,8 +78,7 @@ class SchedulerCore:
             )
         if len(self.state.waiting) >= self.max_num_waiting:
             raise ResourceExhausted(f"waiting queue is full ({self.max_num_waiting}); retry later")
-        self.requests[request.request_id] = request
-        self.state.waiting.append(request)
+        self.restore(request)
 
     def restore(self, request: Request) -> None:
         """Queues a request recovered from Redis (accepted before: no admission checks)."""

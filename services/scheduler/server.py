@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from sarathi_serve.common.convert import sampling_from_pb
-from sarathi_serve.common.errors import ServiceError, status_of
+from sarathi_serve.common.errors import ServiceError
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.scheduler.core import WorkerGeometry
@@ -104,11 +104,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 arrival_time=time.time(),
             )
             loop.submit(request)
-        except (ServiceError, ValueError) as exc:
-            code, message = status_of(exc)
-            if not isinstance(exc, ServiceError):
-                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-            loop.hub.reject(gateway_id, msg.request_id, code.name, message)
+        except (ServiceError, ValueError) as exc:  # a ValueError is a parameter out of range
+            code = exc.code if isinstance(exc, ServiceError) else grpc.StatusCode.INVALID_ARGUMENT
+            loop.hub.reject(gateway_id, msg.request_id, code.name, str(exc))
 
     async def _resume(self, loop: IterationLoop, gateway_id: str, msg: pb.Resume) -> None:
         """Catches a reconnected gateway up on a request, then lets it stream on."""

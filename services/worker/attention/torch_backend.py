@@ -36,35 +36,36 @@ class TorchMetadata:
     chunks: list[_Chunk]  # chunks that continue a prompt: context from the cache
     block_size: int
     first_chunks: list[torch.Tensor]  # [P, n] flat token indices of first chunks of length n
-    _masks: dict[tuple[str, int, int | None], torch.Tensor | None] = field(default_factory=dict)
+    _masks: dict[tuple[str, int, int | None], torch.Tensor] = field(default_factory=dict)
 
     def decode_mask(self, window: int | None) -> torch.Tensor:
-        """[Sd, 1, 1, L] True where a key is visible to the decode query."""
+        """[Sd, 1, 1, L]: the keys each decode query sees (padding is past its position)."""
         key = ("decode", 0, window)
         if key not in self._masks:
             width = self.decode_blocks.shape[1] * self.block_size
-            pos = torch.arange(width, device=self.decode_blocks.device)[None, :]
-            mask = pos < self.decode_lens[:, None]
-            if window is not None:
-                mask &= pos > (self.decode_lens[:, None] - 1 - window)
-            self._masks[key] = mask[:, None, None, :]
-        cached = self._masks[key]
-        assert cached is not None
-        return cached
+            key_pos = torch.arange(width, device=self.decode_blocks.device)
+            query_pos = self.decode_lens - 1  # [Sd]
+            self._masks[key] = visible_keys(query_pos, key_pos, window)[:, None, None, :]
+        return self._masks[key]
 
-    def chunk_mask(self, i: int, window: int | None) -> torch.Tensor | None:
-        """[n, ctx] causal (and windowed) mask; None when plain causal SDPA does."""
+    def chunk_mask(self, i: int, window: int | None) -> torch.Tensor:
+        """[n, ctx]: the keys each query of a continuing chunk sees."""
         key = ("chunk", i, window)
         if key not in self._masks:
             c = self.chunks[i]
-            if window is None and c.query_pos[0] == 0:
-                self._masks[key] = None
-            else:
-                visible = c.key_pos[None, :] <= c.query_pos[:, None]
-                if window is not None:
-                    visible &= c.key_pos[None, :] > c.query_pos[:, None] - window
-                self._masks[key] = visible
+            self._masks[key] = visible_keys(c.query_pos, c.key_pos, window)
         return self._masks[key]
+
+
+def visible_keys(
+    query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """[Q, K] True where key position k is visible to query position q:
+    causal (k <= q) and, with a sliding window, k > q - window (Mistral's rule)."""
+    visible = key_pos[None, :] <= query_pos[:, None]
+    if window is not None:
+        visible &= key_pos[None, :] > query_pos[:, None] - window
+    return visible
 
 
 class TorchBackend:
@@ -142,7 +143,8 @@ class TorchBackend:
         out = torch.empty_like(q)
         for idx in meta.first_chunks:  # idx: [P, n]
             n = idx.shape[1]
-            mask = None if window is None or window >= n else _causal_window(n, window, q.device)
+            pos = torch.arange(n, device=q.device)
+            mask = None if window is None or window >= n else visible_keys(pos, pos, window)
             o1 = F.scaled_dot_product_attention(
                 q[idx].transpose(1, 2),  # [P, H, n, D]
                 k[idx].transpose(1, 2),  # [P, KVH, n, D]
@@ -176,21 +178,13 @@ class TorchBackend:
             ctx = c.key_pos.numel()
             kp = self._gather("k", k_blocks, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
             vp = self._gather("v", v_blocks, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
-            chunk_mask = meta.chunk_mask(i, window)
             op = F.scaled_dot_product_attention(
                 q[c.start : c.end].transpose(0, 1).unsqueeze(0),  # [1, H, n, D]
                 kp.unsqueeze(0),  # [1, KVH, ctx, D]
                 vp.unsqueeze(0),
-                attn_mask=chunk_mask,
-                is_causal=chunk_mask is None,
+                attn_mask=meta.chunk_mask(i, window),
                 scale=scale,
                 enable_gqa=True,
             )
             out[c.start : c.end] = op[0].transpose(0, 1)
         return out
-
-
-def _causal_window(n: int, window: int, device: torch.device) -> torch.Tensor:
-    """[n, n] True where query i may see key j: j <= i and j > i - window."""
-    pos = torch.arange(n, device=device)
-    return (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
