@@ -154,6 +154,7 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
         args.scheduler_port if port_free("127.0.0.1", args.scheduler_port) else free_port()
     )
     worker_port = args.worker_port if port_free("127.0.0.1", args.worker_port) else free_port()
+    taken = {args.port, scheduler_port, worker_port}  # planned, not yet bound
     py = [sys.executable, "-m"]
     children = []
     redis_url = args.redis_url
@@ -161,7 +162,7 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
         redis_server = shutil.which("redis-server")
         if redis_server is None:
             raise StartupError(REDIS_INSTALL_HINT + ", or pass --redis-url")
-        redis_port = free_port()
+        redis_port = _pick_port(taken)
         data = run_dir / "redis"
         data.mkdir(exist_ok=True)
         children.append(
@@ -187,7 +188,7 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
             )
         )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    ports = [scheduler_port] + [free_port() for _ in range(args.schedulers - 1)]
+    ports = [scheduler_port] + [_pick_port(taken) for _ in range(args.schedulers - 1)]
     for i, port in enumerate(ports):
         children.append(
             Child(
@@ -258,6 +259,14 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
         )
     )
     return children
+
+
+def _pick_port(taken: set[int]) -> int:
+    """A port free now and not already planned for another child (which binds it later)."""
+    while (port := free_port()) in taken:
+        pass
+    taken.add(port)
+    return port
 
 
 def _start_all(children: list[Child], stop: threading.Event) -> None:

@@ -18,6 +18,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# gRPC binds with SO_REUSEPORT by default: two servers on one port then split its
+# connections silently. A port already taken must fail the start instead.
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def add_health_and_reflection(

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from transformers import AutoConfig, AutoTokenizer
 
-from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS, add_health_and_reflection, set_serving
+from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.models import resolve_model
 from sarathi_serve.gateway.config import GatewayConfig
@@ -33,7 +33,7 @@ async def serve(config: GatewayConfig) -> None:
     gateway_id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
     client = SchedulerClient(config.scheduler_addrs, gateway_id, config.resume_timeout_s)
     client.start()
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     generate_pb2_grpc.add_GenerationServicer_to_server(
         GenerationServicer(validator, client), server
     )

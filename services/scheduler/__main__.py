@@ -23,7 +23,7 @@ from grpc_health.v1.health import aio as health_aio
 from redis.exceptions import RedisError
 
 from sarathi_serve.common.grpc_server import (
-    CHANNEL_OPTIONS,
+    SERVER_OPTIONS,
     add_health_and_reflection,
     set_serving,
 )
@@ -47,7 +47,7 @@ EXIT_LOST_LEASE = 75
 async def serve(config: SchedulerConfig) -> int:
     scheduler_id = config.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
     servicer = SchedulerServicer(scheduler_id)
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"

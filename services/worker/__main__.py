@@ -12,7 +12,7 @@ import threading
 import grpc
 import torch
 
-from sarathi_serve.common.grpc_server import add_health_and_reflection, set_serving
+from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.worker.attach import attach_forever
@@ -36,7 +36,7 @@ async def serve(config: WorkerConfig) -> None:
         eos_token_id=runner.eos_token_id,
     )
     # The health server answers on its own port; the model runs in a thread.
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     health = add_health_and_reflection(server, [])
     server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
