@@ -42,6 +42,15 @@ def scheduler_stats(
         )
 
 
+def leads_with_a_worker(address: str) -> bool:
+    """Whether the scheduler at `address` leads and has a worker attached (ready to serve)."""
+    try:
+        stats = scheduler_stats(address, timeout=1.0)
+    except grpc.RpcError:
+        return False
+    return stats.is_leader and stats.num_workers >= 1
+
+
 def probe(role: str, address: str) -> str:
     if role == "redis":
         return redis_health(address)

@@ -1,4 +1,4 @@
-"""`sarathi-serve`: up, down, status, generate, admin, bench."""
+"""`sarathi-serve`: up, down, status, generate, admin, ab, bench."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from sarathi_serve.bench import control_plane as bench_control_plane
 from sarathi_serve.bench import worker as bench_worker
-from sarathi_serve.cli import admin, generate, status, up
+from sarathi_serve.cli import ab, admin, generate, status, up
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     generate.add_arguments(commands.add_parser("generate", help="stream a completion to stdout"))
     admin.add_arguments(commands.add_parser("admin", help="scheduler admin: set-policy, stats"))
+    ab.add_arguments(commands.add_parser("ab", help="A/B tests of scheduler variants: report"))
     benches = commands.add_parser("bench", help="benchmarks (print a table, write JSON)")
     bench_kinds = benches.add_subparsers(dest="bench", required=True)
     bench_worker.add_arguments(
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             "status": status.run,
             "generate": generate.run,
             "admin": admin.run,
+            "ab": ab.run,
         }[args.command]
     sys.exit(handler(args))
 

@@ -39,7 +39,16 @@ def run(args: argparse.Namespace) -> int:
     header = ("ROLE", "PID", "ADDRESS", "HEALTH", "RESTARTS")
     table = [
         header,
-        *((r["role"], str(r["pid"]), r["address"], r["health"], str(r["restarts"])) for r in rows),
+        *(
+            (
+                r["role"] + (f" [{r['variant']}]" if r["variant"] else ""),
+                str(r["pid"]),
+                r["address"],
+                r["health"],
+                str(r["restarts"]),
+            )
+            for r in rows
+        ),
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

@@ -23,6 +23,7 @@ class ProcessRecord:
     address: str  # host:port it serves on
     log: str
     restarts: int = 0
+    variant: str = ""  # A/B: the variant a scheduler or worker serves
 
 
 def write_system(run_dir: Path, processes: list[ProcessRecord]) -> None:

@@ -8,6 +8,7 @@ A child that exits unexpectedly is restarted; `status` shows the restarts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -17,8 +18,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import grpc
 
 from sarathi_serve.cli import health
 from sarathi_serve.cli.system import (
@@ -31,6 +30,7 @@ from sarathi_serve.cli.system import (
 )
 from sarathi_serve.common.models import DEFAULT_MODEL, resolve_model
 from sarathi_serve.common.net import free_port, port_free
+from sarathi_serve.gateway.config import DEFAULT_HTTP_PORT as GATEWAY_HTTP_PORT
 from sarathi_serve.gateway.config import DEFAULT_PORT as GATEWAY_PORT
 from sarathi_serve.scheduler.config import DEFAULT_PORT as SCHEDULER_PORT
 from sarathi_serve.scheduler.policies import POLICIES
@@ -55,6 +55,7 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    variant: str = ""  # A/B: the variant a scheduler or worker serves
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
@@ -72,7 +73,12 @@ class Child:
     def record(self) -> ProcessRecord:
         assert self.process is not None
         return ProcessRecord(
-            self.role, self.process.pid, self.address, str(self.log_path), self.restarts
+            self.role,
+            self.process.pid,
+            self.address,
+            str(self.log_path),
+            self.restarts,
+            self.variant,
         )
 
 
@@ -82,6 +88,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
     p.add_argument("--port", type=int, default=GATEWAY_PORT, help="gateway gRPC port")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=GATEWAY_HTTP_PORT,
+        help="gateway OpenAI-compatible HTTP port (and /metrics); 0: off",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        type=parse_variant,
+        metavar="NAME=POLICY[:BUDGET][@WEIGHT]",
+        help="A/B test: one scheduler set + worker per variant, routed by weight (repeat it)",
+    )
+    p.add_argument("--api-keys-file", help="require these API keys (one per line) at the gateway")
     p.add_argument("--scheduler-port", type=int, default=SCHEDULER_PORT)
     p.add_argument("--worker-port", type=int, default=WORKER_PORT, help="worker health port")
     p.add_argument("--policy", default="sarathi", choices=sorted(POLICIES))
@@ -127,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
         write_system(run_dir, _records(children))
         gateway = next(c for c in children if c.role == "gateway")
         print(
-            f"sarathi-serve is up: gateway {gateway.address} (gRPC); logs in {run_dir / 'logs'}",
+            f"sarathi-serve is up: gateway {gateway.address} (gRPC)"
+            + (f", http://{args.host}:{args.http_port}/v1 (OpenAI)" if args.http_port else "")
+            + f"; logs in {run_dir / 'logs'}",
             flush=True,
         )
         print(
@@ -145,120 +167,191 @@ def run(args: argparse.Namespace) -> int:
         print("sarathi-serve stopped", flush=True)
 
 
+@dataclass(frozen=True, slots=True)
+class VariantPlan:
+    """One scheduler set + worker; several of them make an A/B test behind the gateway."""
+
+    name: str
+    policy: str
+    token_budget: int
+    weight: float = 1.0
+
+
+def parse_variant(text: str) -> VariantPlan:
+    """`NAME=POLICY[:BUDGET][@WEIGHT]`, e.g. `a=sarathi:256@50`."""
+    try:
+        name, _, rest = text.partition("=")
+        rest, _, weight = rest.partition("@")
+        policy, _, budget = rest.partition(":")
+        plan = VariantPlan(name, policy, int(budget or 512), float(weight or 1.0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME=POLICY[:BUDGET][@WEIGHT], e.g. a=sarathi:512@50"
+        ) from None
+    if not name or policy not in POLICIES or plan.token_budget < 1 or plan.weight < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: NAME=POLICY[:BUDGET][@WEIGHT] with POLICY one of {sorted(POLICIES)}"
+        )
+    return plan
+
+
 def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    if not port_free(args.host, args.port):
-        raise StartupError(f"gateway port {args.port} is in use: pass --port")
-    scheduler_port = (
-        args.scheduler_port if port_free("127.0.0.1", args.scheduler_port) else free_port()
-    )
-    worker_port = args.worker_port if port_free("127.0.0.1", args.worker_port) else free_port()
-    taken = {args.port, scheduler_port, worker_port}  # planned, not yet bound
-    py = [sys.executable, "-m"]
-    children = []
+    for what, port in (("--port", args.port), ("--http-port", args.http_port)):
+        if port and not port_free(args.host, port):
+            raise StartupError(f"gateway port {port} is in use: pass {what}")
+    taken = {args.port, args.http_port}  # planned, not yet bound
+    scheduler_port = _preferred_port(args.scheduler_port, taken)
+    worker_port = _preferred_port(args.worker_port, taken)
+    children: list[Child] = []
     redis_url = args.redis_url
     if redis_url is None:
-        redis_server = shutil.which("redis-server")
-        if redis_server is None:
-            raise StartupError(REDIS_INSTALL_HINT + ", or pass --redis-url")
-        redis_port = _pick_port(taken)
-        data = run_dir / "redis"
-        data.mkdir(exist_ok=True)
-        children.append(
-            Child(
-                "redis",
-                [
-                    redis_server,
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",  # one write per iteration: cheap, and nothing released is lost
-                    "--dir",
-                    str(data),
-                ],
-                f"127.0.0.1:{redis_port}",
-                logs / "redis.log",
-            )
+        redis = _redis_child(run_dir, _pick_port(taken))
+        children.append(redis)
+        redis_url = f"redis://{redis.address}/0"
+    variants = args.variant or [VariantPlan("", args.policy, args.token_budget)]
+    routes = []
+    for i, variant in enumerate(variants):
+        ports = [scheduler_port if i == 0 else _pick_port(taken)]
+        ports += [_pick_port(taken) for _ in range(args.schedulers - 1)]
+        scheduler_addr = ",".join(f"127.0.0.1:{port}" for port in ports)
+        children += _scheduler_children(args, variant, ports, redis_url, logs)
+        port = worker_port if i == 0 else _pick_port(taken)
+        children.append(_worker_child(args, variant, scheduler_addr, port, logs))
+        routes.append(
+            {"name": variant.name, "weight": variant.weight, "scheduler_addr": scheduler_addr}
         )
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    ports = [scheduler_port] + [_pick_port(taken) for _ in range(args.schedulers - 1)]
-    for i, port in enumerate(ports):
-        children.append(
-            Child(
-                "scheduler",
-                [
-                    *py,
-                    "sarathi_serve.scheduler",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--scheduler-id",
-                    f"scheduler-{i}",
-                    "--redis-url",
-                    redis_url,
-                    "--policy",
-                    args.policy,
-                    "--token-budget",
-                    str(args.token_budget),
-                    "--max-num-seqs",
-                    str(args.max_num_seqs),
-                ],
-                f"127.0.0.1:{port}",
-                logs / f"scheduler-{i}.log",
-            )
-        )
-    scheduler_addr = ",".join(f"127.0.0.1:{port}" for port in ports)
-    children.append(
-        Child(
-            "worker",
-            [
-                *py,
-                "sarathi_serve.worker",
-                "--scheduler-addr",
-                scheduler_addr,
-                "--model",
-                args.model,
-                "--port",
-                str(worker_port),
-                "--kv-cache-gb",
-                str(args.kv_cache_gb),
-                "--num-threads",
-                str(args.num_threads),
-                "--tensor-parallel-size",
-                str(args.tensor_parallel_size),
-            ],
-            f"127.0.0.1:{worker_port}",
-            logs / "worker.log",
-        )
-    )
+    gateway_args = ["--http-port", str(args.http_port)]
+    if args.variant:
+        variants_file = run_dir / "variants.json"
+        variants_file.write_text(json.dumps(routes, indent=2))
+        gateway_args += ["--variants-file", str(variants_file)]
+    else:
+        gateway_args += ["--scheduler-addr", routes[0]["scheduler_addr"]]
+    if args.api_keys_file:
+        gateway_args += ["--api-keys-file", str(Path(args.api_keys_file).resolve())]
     children.append(
         Child(
             "gateway",
             [
-                *py,
+                *_PY,
                 "sarathi_serve.gateway",
-                "--scheduler-addr",
-                scheduler_addr,
                 "--model",
                 args.model,
                 "--host",
                 args.host,
                 "--port",
                 str(args.port),
+                *gateway_args,
             ],
             f"{args.host}:{args.port}",
             logs / "gateway.log",
         )
     )
     return children
+
+
+_PY = [sys.executable, "-m"]
+
+
+def _preferred_port(port: int, taken: set[int]) -> int:
+    if port not in taken and port_free("127.0.0.1", port):
+        taken.add(port)
+        return port
+    return _pick_port(taken)
+
+
+def _redis_child(run_dir: Path, port: int) -> Child:
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise StartupError(REDIS_INSTALL_HINT + ", or pass --redis-url")
+    data = run_dir / "redis"
+    data.mkdir(exist_ok=True)
+    return Child(
+        "redis",
+        [
+            redis_server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",  # one write per iteration: cheap, and nothing released is lost
+            "--dir",
+            str(data),
+        ],
+        f"127.0.0.1:{port}",
+        run_dir / "logs" / "redis.log",
+    )
+
+
+def _scheduler_children(
+    args: argparse.Namespace, variant: VariantPlan, ports: list[int], redis_url: str, logs: Path
+) -> list[Child]:
+    suffix = f"-{variant.name}" if variant.name else ""
+    prefix = f"sarathi{suffix}"  # each variant keeps its own state and lease in Redis
+    return [
+        Child(
+            "scheduler",
+            [
+                *_PY,
+                "sarathi_serve.scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--scheduler-id",
+                f"scheduler{suffix}-{i}",
+                "--redis-url",
+                redis_url,
+                "--redis-prefix",
+                prefix,
+                "--policy",
+                variant.policy,
+                "--token-budget",
+                str(variant.token_budget),
+                "--max-num-seqs",
+                str(args.max_num_seqs),
+            ],
+            f"127.0.0.1:{port}",
+            logs / f"scheduler{suffix}-{i}.log",
+            variant=variant.name,
+        )
+        for i, port in enumerate(ports)
+    ]
+
+
+def _worker_child(
+    args: argparse.Namespace, variant: VariantPlan, scheduler_addr: str, port: int, logs: Path
+) -> Child:
+    suffix = f"-{variant.name}" if variant.name else ""
+    return Child(
+        "worker",
+        [
+            *_PY,
+            "sarathi_serve.worker",
+            "--scheduler-addr",
+            scheduler_addr,
+            "--model",
+            args.model,
+            "--port",
+            str(port),
+            "--kv-cache-gb",
+            str(args.kv_cache_gb),
+            "--num-threads",
+            str(args.num_threads),
+            "--tensor-parallel-size",
+            str(args.tensor_parallel_size),
+        ],
+        f"127.0.0.1:{port}",
+        logs / f"worker{suffix}.log",
+        variant=variant.name,
+    )
 
 
 def _pick_port(taken: set[int]) -> int:
@@ -277,19 +370,14 @@ def _start_all(children: list[Child], stop: threading.Event) -> None:
     for child in children:
         if child.role != "scheduler":  # a standby scheduler is never SERVING
             _wait_ready(child, stop)
-    schedulers = [c.address for c in children if c.role == "scheduler"]
+    by_variant: dict[str, list[str]] = {}
+    for c in children:
+        if c.role == "scheduler":
+            by_variant.setdefault(c.variant, []).append(c.address)
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not any(_leads_with_a_worker(addr) for addr in schedulers):
+    while not all(any(map(health.leads_with_a_worker, addrs)) for addrs in by_variant.values()):
         _check_alive(children, stop, deadline)
         time.sleep(0.2)
-
-
-def _leads_with_a_worker(address: str) -> bool:
-    try:
-        stats = health.scheduler_stats(address, timeout=1.0)
-    except grpc.RpcError:
-        return False
-    return stats.is_leader and stats.num_workers >= 1
 
 
 def _wait_ready(child: Child, stop: threading.Event) -> None:

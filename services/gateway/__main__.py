@@ -1,21 +1,29 @@
-"""`python -m sarathi_serve.gateway`: run the public gateway."""
+"""`python -m sarathi_serve.gateway`: run the public gateway (gRPC + OpenAI HTTP)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import uvicorn
 from transformers import AutoConfig, AutoTokenizer
 
 from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.models import resolve_model
+from sarathi_serve.gateway.auth import ApiKeys, AuthInterceptor
 from sarathi_serve.gateway.config import GatewayConfig
+from sarathi_serve.gateway.generation import Generator
+from sarathi_serve.gateway.metrics import GatewayMetrics
+from sarathi_serve.gateway.openai_api import build_app
+from sarathi_serve.gateway.router import Router, Variant
 from sarathi_serve.gateway.scheduler_client import SchedulerClient
 from sarathi_serve.gateway.server import GenerationServicer
 from sarathi_serve.gateway.validation import RequestValidator
@@ -25,36 +33,83 @@ log = logging.getLogger("sarathi_serve.gateway")
 SERVICE_NAME = generate_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn inside our event loop; the gateway owns the signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(config: GatewayConfig) -> None:
     model_dir = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     max_model_len = int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
     validator = RequestValidator(tokenizer, _served_name(config.model, model_dir), max_model_len)
     gateway_id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
-    client = SchedulerClient(config.scheduler_addrs, gateway_id, config.resume_timeout_s)
-    client.start()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    variants = [
+        Variant(spec, SchedulerClient(spec.scheduler_addrs, gateway_id, config.resume_timeout_s))
+        for spec in config.variants()
+    ]
+    for variant in variants:
+        variant.client.start()
+    metrics = GatewayMetrics(validator.model_name)
+    generator = Generator(tokenizer, Router(variants), metrics, config.max_pending_requests)
+    api_keys = ApiKeys.load(config.api_keys, config.api_keys_file)
+
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(api_keys)])
     generate_pb2_grpc.add_GenerationServicer_to_server(
-        GenerationServicer(validator, client), server
+        GenerationServicer(validator, generator), server
     )
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"
-    server.add_insecure_port(address)
+    if config.tls_cert_file:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes())]
+        )
+        server.add_secure_port(address, credentials)
+    else:
+        server.add_insecure_port(address)
     await server.start()
+
+    http: _HttpServer | None = None
+    http_task: asyncio.Task[None] | None = None
+    if config.http_port:
+        app = build_app(validator, generator, metrics, api_keys, config.max_body_bytes)
+        http = _HttpServer(
+            uvicorn.Config(
+                app,
+                host=config.host,
+                port=config.http_port,
+                log_level="warning",
+                access_log=False,
+                ssl_certfile=config.tls_cert_file or None,
+                ssl_keyfile=config.tls_key_file or None,
+                timeout_graceful_shutdown=2,
+            )
+        )
+        http_task = asyncio.create_task(http.serve())
     await set_serving(health, [SERVICE_NAME], True)
     log.info(
-        "gateway serving %s on %s (scheduler %s)",
+        "gateway serving %s on %s (gRPC) and %s (HTTP); variants: %s; API keys %s",
         validator.model_name,
         address,
-        config.scheduler_addr,
+        f"{config.host}:{config.http_port}" if config.http_port else "off",
+        ", ".join(f"{v.name}={v.spec.weight:g}@{v.spec.scheduler_addr}" for v in variants),
+        "on" if api_keys.enabled else "off",
     )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waiters = [asyncio.create_task(stop.wait())] + ([http_task] if http_task else [])
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     await set_serving(health, [SERVICE_NAME], False)
+    if http is not None and http_task is not None:
+        http.should_exit = True
+        await http_task
     await server.stop(grace=2.0)
-    await client.close()
+    for variant in variants:
+        await variant.client.close()
 
 
 def _served_name(model: str, model_dir: Path) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from sarathi_serve.common.convert import sampling_to_pb
-from sarathi_serve.common.errors import Unavailable
+from sarathi_serve.common.errors import InvalidArgument, Unavailable
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.protocol import scheduler_pb2 as pb
@@ -75,7 +75,9 @@ class SchedulerClient:
         except asyncio.TimeoutError:
             raise Unavailable(f"no scheduler leads at {', '.join(self.scheduler_addrs)}") from None
         if request_id in self._inflight:
-            raise Unavailable(f"request_id {request_id!r} is already in flight on this gateway")
+            raise InvalidArgument(
+                f"request_id: {request_id!r} is already in flight on this gateway"
+            )
         submit = pb.Submit(
             request_id=request_id,
             prompt_token_ids=prompt_token_ids,

@@ -2,89 +2,73 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
-from sarathi_serve.common.errors import ServiceError, error_from_code, status_of
-from sarathi_serve.gateway.detokenizer import IncrementalDetokenizer
-from sarathi_serve.gateway.scheduler_client import SchedulerClient
+from sarathi_serve.common.errors import ServiceError, status_of
+from sarathi_serve.gateway.generation import Delta, Generation, Generator
 from sarathi_serve.gateway.validation import RequestValidator
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
-from sarathi_serve.protocol import scheduler_pb2 as pb
 
-log = logging.getLogger(__name__)
+VARIANT_METADATA = "x-sarathi-variant"  # pins a request to a variant; answered in metadata
+USER_METADATA = "x-sarathi-user"
 
 _FINISH_REASON = {
-    pb.STOP_REASON_EOS: gpb.FINISH_REASON_STOP,
-    pb.STOP_REASON_LENGTH: gpb.FINISH_REASON_LENGTH,
-    pb.STOP_REASON_CONTEXT: gpb.FINISH_REASON_LENGTH,
-    pb.STOP_REASON_ABORTED: gpb.FINISH_REASON_ABORT,
+    "stop": gpb.FINISH_REASON_STOP,
+    "length": gpb.FINISH_REASON_LENGTH,
+    "abort": gpb.FINISH_REASON_ABORT,
 }
 
 
 class GenerationServicer(gpb_grpc.GenerationServicer):
-    def __init__(self, validator: RequestValidator, client: SchedulerClient):
+    def __init__(self, validator: RequestValidator, generator: Generator):
         self.validator = validator
-        self.client = client
+        self.generator = generator
 
     async def Generate(
         self, request: gpb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gpb.GenerateResponse]:
         request_id = request.request_id or f"req-{uuid.uuid4().hex}"
+        metadata = dict(context.invocation_metadata() or ())
+        generation: Generation | None = None
         try:
             prepared = self.validator.prepare(request)
-            events = await self.client.submit(
-                request_id, prepared.prompt_token_ids, prepared.sampling
+            generation = await self.generator.start(
+                request_id,
+                prepared,
+                user=request.user or str(metadata.get(USER_METADATA, "")),
+                pinned=str(metadata.get(VARIANT_METADATA, "")),
             )
+            await context.send_initial_metadata(((VARIANT_METADATA, generation.variant),))
+            async for delta in generation.deltas():
+                yield _response(request_id, delta)
         except ServiceError as exc:
             await context.abort(*status_of(exc))
-        detokenizer = IncrementalDetokenizer(self.validator.tokenizer, prepared.prompt_token_ids)
-        num_generated = 0
-        finished = False
-        try:
-            while not finished:
-                event = await events.get()
-                if event.stop_reason == pb.STOP_REASON_ERROR:
-                    finished = True
-                    await context.abort(
-                        *status_of(error_from_code(event.error_code, event.error_message))
-                    )
-                num_generated += len(event.token_ids)
-                text = detokenizer.add(event.token_ids)
-                finished = event.stop_reason != pb.STOP_REASON_UNSPECIFIED
-                response = gpb.GenerateResponse(
-                    request_id=request_id,
-                    token_ids=event.token_ids,
-                    logprobs=self._public_logprobs(event),
-                )
-                if finished:
-                    text += detokenizer.flush()
-                    response.finish_reason = _FINISH_REASON[event.stop_reason]
-                    response.usage.prompt_tokens = len(prepared.prompt_token_ids)
-                    response.usage.completion_tokens = num_generated
-                response.text = text
-                yield response
         finally:
-            if finished:
-                self.client.release(request_id)
-            else:  # the client went away: free its KV blocks now
-                self.client.abort(request_id)
+            if generation is not None:
+                generation.close()  # the client went away: free its KV blocks now
 
-    def _public_logprobs(self, event: pb.RequestEvent) -> list[gpb.TokenLogprob]:
-        decode = self.validator.tokenizer.decode
-        return [
+
+def _response(request_id: str, delta: Delta) -> gpb.GenerateResponse:
+    response = gpb.GenerateResponse(
+        request_id=request_id,
+        text=delta.text,
+        token_ids=delta.token_ids,
+        logprobs=[
             gpb.TokenLogprob(
-                token_id=token,
-                token=decode([token]),
+                token_id=lp.token_id,
+                token=lp.token,
                 logprob=lp.logprob,
-                top=[
-                    gpb.TopLogprob(token_id=t, token=decode([t]), logprob=v)
-                    for t, v in zip(lp.top_token_ids, lp.top_logprobs, strict=True)
-                ],
+                top=[gpb.TopLogprob(token_id=t, token=s, logprob=v) for t, s, v in lp.top],
             )
-            for token, lp in zip(event.token_ids, event.logprobs, strict=False)
-        ]
+            for lp in delta.logprobs
+        ],
+    )
+    if delta.finish_reason is not None:
+        response.finish_reason = _FINISH_REASON[delta.finish_reason]
+        response.usage.prompt_tokens = delta.num_prompt_tokens
+        response.usage.completion_tokens = delta.num_output_tokens
+    return response

@@ -11,6 +11,8 @@ from sarathi_serve.common.sampling import DEFAULT_MAX_TOKENS, MAX_LOGPROBS, Samp
 from sarathi_serve.protocol import generate_pb2 as gpb
 
 MAX_STOP_TOKEN_IDS = 64
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 512
 _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
@@ -18,6 +20,7 @@ _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 class PreparedRequest:
     prompt_token_ids: list[int]
     sampling: SamplingParams
+    stop: tuple[str, ...] = ()  # stop strings, cut from the text by the gateway
 
 
 class RequestValidator:
@@ -33,15 +36,15 @@ class RequestValidator:
                 f"this gateway serves {self.model_name!r}"
             )
         prompt_ids = self._prompt_token_ids(request)
-        sampling = self._sampling(
-            request.sampling if request.HasField("sampling") else gpb.SamplingOptions()
-        )
+        options = request.sampling if request.HasField("sampling") else gpb.SamplingOptions()
+        sampling = self._sampling(options)
+        stop = _stop_strings(options.stop)
         if len(prompt_ids) >= self.max_model_len:
             raise InvalidArgument(
                 f"prompt: {len(prompt_ids)} tokens; the model's context is {self.max_model_len} "
                 "and at least one token must be generated"
             )
-        return PreparedRequest(prompt_ids, sampling)
+        return PreparedRequest(prompt_ids, sampling, stop)
 
     def _prompt_token_ids(self, request: gpb.GenerateRequest) -> list[int]:
         kind = request.WhichOneof("input")
@@ -135,3 +138,16 @@ class RequestValidator:
             frequency_penalty=opts.frequency_penalty,
             logprobs=logprobs,
         )
+
+
+def _stop_strings(stop: Any) -> tuple[str, ...]:
+    if len(stop) > MAX_STOP_STRINGS:
+        raise InvalidArgument(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
+    for i, s in enumerate(stop):
+        if not s:
+            raise InvalidArgument(f"stop[{i}]: must not be empty")
+        if len(s) > MAX_STOP_STRING_CHARS:
+            raise InvalidArgument(
+                f"stop[{i}]: at most {MAX_STOP_STRING_CHARS} characters, got {len(s)}"
+            )
+    return tuple(stop)

@@ -19,6 +19,8 @@ class RunningSystem:
     def __init__(self, run_dir: Path, *extra_args: str, startup_timeout: float = 240.0):
         self.run_dir = run_dir
         self.gateway_addr = f"127.0.0.1:{free_port()}"
+        self.http_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.http_port}/v1"
         argv = [
             sys.executable,
             "-m",
@@ -28,6 +30,8 @@ class RunningSystem:
             str(run_dir),
             "--port",
             self.gateway_addr.rsplit(":", 1)[1],
+            "--http-port",
+            str(self.http_port),
             "--scheduler-port",
             str(free_port()),
             "--worker-port",

@@ -1,0 +1,217 @@
+"""The gateway's core, shared by its gRPC and HTTP edges: admit, route, stream.
+
+A request is admitted (a bounded number in flight), routed to a variant
+(scheduler backend), submitted, and read back as text deltas: detokenized
+incrementally, cut at stop strings, timed for the metrics. Protobuf stays in
+the scheduler client and the edges; this module speaks dataclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sarathi_serve.common.errors import ResourceExhausted, error_from_code
+from sarathi_serve.gateway.detokenizer import IncrementalDetokenizer
+from sarathi_serve.gateway.metrics import GatewayMetrics, RequestTracker
+from sarathi_serve.gateway.router import Router
+from sarathi_serve.gateway.scheduler_client import SchedulerClient
+from sarathi_serve.gateway.stop_strings import StopStringMatcher
+from sarathi_serve.gateway.validation import PreparedRequest
+from sarathi_serve.protocol import scheduler_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_FINISH_REASON = {
+    pb.STOP_REASON_EOS: "stop",
+    pb.STOP_REASON_LENGTH: "length",
+    pb.STOP_REASON_CONTEXT: "length",
+    pb.STOP_REASON_ABORTED: "abort",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Logprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+@dataclass(slots=True)
+class Delta:
+    """New output of one request; the last one has a finish_reason."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[Logprob] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0  # so far
+
+
+class Generation:
+    """One admitted request: iterate its deltas; closing it early aborts it."""
+
+    def __init__(
+        self,
+        request_id: str,
+        variant: str,
+        prepared: PreparedRequest,
+        events: Any,
+        client: SchedulerClient,
+        tokenizer: Any,
+        tracker: RequestTracker,
+        on_close: Callable[[], None],
+    ):
+        self.request_id = request_id
+        self.variant = variant
+        self.prepared = prepared
+        self._events = events
+        self._client = client
+        self._tokenizer = tokenizer
+        self._tracker = tracker
+        self._detokenizer = IncrementalDetokenizer(tokenizer, prepared.prompt_token_ids)
+        self._stops = StopStringMatcher(prepared.stop)
+        self._num_output = 0
+        self._finish_reason: str | None = None
+        self._scheduler_done = False
+        self._on_close: Callable[[], None] | None = on_close
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prepared.prompt_token_ids)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        try:
+            while self._finish_reason is None:
+                yield await self._next()
+        finally:
+            self.close()
+
+    async def _next(self) -> Delta:
+        event: pb.RequestEvent = await self._events.get()
+        if event.stop_reason == pb.STOP_REASON_ERROR:
+            self._scheduler_done = True
+            self._finish("error")
+            raise error_from_code(event.error_code, event.error_message)
+        token_ids = list(event.token_ids)
+        self._num_output += len(token_ids)
+        self._tracker.tokens(len(token_ids))
+        text = self._detokenizer.add(token_ids)
+        finish_reason = _FINISH_REASON.get(event.stop_reason)
+        self._scheduler_done = finish_reason is not None
+        if finish_reason is not None:
+            text += self._detokenizer.flush()
+        text, stopped = self._stops.feed(text)
+        if stopped:
+            finish_reason = "stop"
+        elif finish_reason is not None:
+            text += self._stops.flush()
+        if finish_reason is not None:
+            self._finish(finish_reason)
+        return Delta(
+            text=text,
+            token_ids=token_ids,
+            logprobs=self._logprobs(token_ids, event),
+            finish_reason=finish_reason,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_output_tokens=self._num_output,
+        )
+
+    def close(self) -> None:
+        """Ends the request: releases it, or aborts it (freeing its KV blocks) if it runs."""
+        if self._on_close is None:
+            return
+        self._on_close()
+        self._on_close = None
+        if self._scheduler_done:
+            self._client.release(self.request_id)
+        else:
+            self._scheduler_done = True
+            self._client.abort(self.request_id)
+        if self._finish_reason is None:
+            self._finish("cancelled")
+
+    def _finish(self, reason: str) -> None:
+        self._finish_reason = reason
+        self._tracker.finish(reason, self._num_output)
+
+    def _logprobs(self, token_ids: list[int], event: pb.RequestEvent) -> list[Logprob]:
+        decode = self._tokenizer.decode
+        return [
+            Logprob(
+                token_id=token,
+                token=decode([token]),
+                logprob=lp.logprob,
+                top=tuple(
+                    (t, decode([t]), v)
+                    for t, v in zip(lp.top_token_ids, lp.top_logprobs, strict=True)
+                ),
+            )
+            for token, lp in zip(token_ids, event.logprobs, strict=False)
+        ]
+
+
+class Generator:
+    """Admission, routing and submission of requests (both edges call `start`)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        router: Router[SchedulerClient],
+        metrics: GatewayMetrics,
+        max_pending_requests: int,
+    ):
+        self.tokenizer = tokenizer
+        self.router = router
+        self.metrics = metrics
+        self.max_pending_requests = max_pending_requests
+        self._num_pending = 0
+
+    async def start(
+        self, request_id: str, prepared: PreparedRequest, user: str = "", pinned: str = ""
+    ) -> Generation:
+        """Submits the request; raises ServiceError if it cannot be admitted."""
+        variant = self.router.pick(user, pinned)
+        if self._num_pending >= self.max_pending_requests:
+            self.metrics.reject(variant.name, "RESOURCE_EXHAUSTED")
+            raise ResourceExhausted(
+                f"{self._num_pending} requests are in flight on this gateway (the limit): "
+                "retry later"
+            )
+        events = await variant.client.submit(
+            request_id, prepared.prompt_token_ids, prepared.sampling
+        )
+        log.info(
+            "request %s: %d prompt tokens, variant %s",
+            request_id,
+            len(prepared.prompt_token_ids),
+            variant.name,
+        )
+        self._num_pending += 1
+        tracker = self.metrics.tracker(variant.name, len(prepared.prompt_token_ids))
+        return Generation(
+            request_id,
+            variant.name,
+            prepared,
+            events,
+            variant.client,
+            self.tokenizer,
+            tracker,
+            on_close=self._release,
+        )
+
+    def _release(self) -> None:
+        self._num_pending -= 1
+
+    @property
+    def num_pending(self) -> int:
+        return self._num_pending
+
+    @property
+    def ready(self) -> bool:
+        """Whether some variant's scheduler session is open."""
+        return any(v.client.connected for v in self.router.variants)

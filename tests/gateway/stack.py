@@ -1,0 +1,110 @@
+"""A gateway over real schedulers and null workers (no model compute): fast HTTP/gRPC tests.
+
+Each variant is a scheduler (no Redis) with a `--null-model` worker that
+"samples" a fixed token at once, so requests cost milliseconds; the gateway is
+the real one, with the real tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+from sarathi_serve.cli import health
+from sarathi_serve.common.net import free_port
+
+_PY = [sys.executable, "-m"]
+
+
+class NullStack:
+    def __init__(self, tmp: Path, *gateway_args: str, variants: dict[str, float] | None = None):
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs = tmp / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.scheduler_addrs: dict[str, str] = {}
+        routes = []
+        for name, weight in (variants or {"default": 1.0}).items():
+            addr = f"127.0.0.1:{free_port()}"
+            self.scheduler_addrs[name] = addr
+            routes.append({"name": name, "weight": weight, "scheduler_addr": addr})
+            self._spawn(f"scheduler-{name}", "scheduler", "--port", addr.split(":")[1])
+            self._spawn(
+                f"worker-{name}",
+                "worker",
+                "--null-model",
+                "--scheduler-addr",
+                addr,
+                "--port",
+                str(free_port()),
+            )
+        variants_file = tmp / "variants.json"
+        variants_file.write_text(json.dumps(routes))
+        self.grpc_addr = f"127.0.0.1:{free_port()}"
+        self.http_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.http_port}"
+        self._spawn(
+            "gateway",
+            "gateway",
+            "--port",
+            self.grpc_addr.split(":")[1],
+            "--http-port",
+            str(self.http_port),
+            "--variants-file",
+            str(variants_file),
+            *gateway_args,
+        )
+        self._wait_ready()
+
+    def _spawn(self, name: str, role: str, *args: str) -> None:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (kept by the child)
+        self.processes.append(
+            subprocess.Popen([*_PY, f"sarathi_serve.{role}", *args], stdout=log, stderr=log)
+        )
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.processes):
+                break
+            ready = all(
+                health.leads_with_a_worker(addr) for addr in self.scheduler_addrs.values()
+            ) and _http_ok(f"{self.base_url}/health")
+            if ready:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("null stack did not start:\n" + self.log_tail())
+
+    def log_tail(self) -> str:
+        return "".join(
+            f"\n--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(self.logs.glob("*.log"))
+        )
+
+    def stats(self, variant: str = "default"):
+        return health.scheduler_stats(self.scheduler_addrs[variant], timeout=5.0)
+
+    @property
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.processes)
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,434 @@
+"""The gateway's public edges over real schedulers and null workers: validation
+matrix, property-based fuzzing of both APIs, back-pressure, auth, cancellation,
+metrics and A/B routing. (The real model's outputs: tests/e2e/test_openai.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import grpc
+import httpx2 as httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sarathi_serve.protocol import generate_pb2 as gpb
+from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
+from tests.gateway.stack import NullStack
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, default_model_dir):
+    s = NullStack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def grpc_stub(stack):
+    with grpc.insecure_channel(stack.grpc_addr) as channel:
+        yield gpb_grpc.GenerationStub(channel)
+
+
+def _post(http: httpx.Client, path: str, body: object) -> httpx.Response:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    return http.post(path, content=raw, headers={"content-type": "application/json"})
+
+
+OK = {"prompt": "Hello", "max_tokens": 2}
+CHAT_OK = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+TOO_LONG = {"prompt": "hello " * 9000, "max_tokens": 2}
+
+# (path, body, status, param named in the error)
+BAD_BODIES = [
+    ("/v1/completions", "{bad", 400, "body"),
+    ("/v1/completions", "[]", 400, "body"),
+    ("/v1/completions", {}, 400, "prompt"),
+    ("/v1/completions", {"prompt": 5}, 400, "prompt"),
+    ("/v1/completions", {"prompt": ""}, 400, "prompt"),
+    ("/v1/completions", {"prompt": []}, 400, "prompt"),
+    ("/v1/completions", {"prompt": [10**12]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": [60000]}, 400, "prompt_token_ids"),
+    ("/v1/completions", TOO_LONG, 400, "prompt"),
+    ("/v1/completions", {**OK, "model": "gpt-4"}, 404, "model"),
+    ("/v1/completions", {**OK, "temperature": "hot"}, 400, "temperature"),
+    ("/v1/completions", {**OK, "temperature": -0.5}, 400, "temperature"),
+    ("/v1/completions", {**OK, "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {**OK, "top_p": 1.5}, 400, "top_p"),
+    ("/v1/completions", {**OK, "top_k": -2}, 400, "top_k"),
+    ("/v1/completions", {**OK, "min_p": 1.5}, 400, "min_p"),
+    ("/v1/completions", {**OK, "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "max_tokens": -1}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "max_tokens": "5"}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "max_tokens": 2.5}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "seed": -1}, 400, "seed"),
+    ("/v1/completions", {**OK, "n": 0}, 400, "n"),
+    ("/v1/completions", {**OK, "n": 17}, 400, "n"),
+    ("/v1/completions", {**OK, "presence_penalty": 3}, 400, "presence_penalty"),
+    ("/v1/completions", {**OK, "frequency_penalty": -3}, 400, "frequency_penalty"),
+    ("/v1/completions", {**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
+    ("/v1/completions", {**OK, "logprobs": 21}, 400, "logprobs"),
+    ("/v1/completions", {**OK, "stop": [str(i) for i in range(17)]}, 400, "stop"),
+    ("/v1/completions", {**OK, "stop": [""]}, 400, "stop[0]"),
+    ("/v1/completions", {**OK, "stop": 5}, 400, "stop"),
+    ("/v1/completions", {**OK, "min_tokens": 3}, 400, "min_tokens"),
+    ("/v1/completions", {**OK, "stream": "yes"}, 400, "stream"),
+    ("/v1/completions", {**OK, "stream_options": {"include_usage": 1}}, 400,
+     "stream_options.include_usage"),
+    ("/v1/completions", {**OK, "logit_bias": {"1": 5}}, 400, "logit_bias"),
+    ("/v1/completions", {**OK, "best_of": 3}, 400, "best_of"),
+    ("/v1/completions", {**OK, "suffix": "x"}, 400, "suffix"),
+    ("/v1/completions", {**OK, "echo": True, "logprobs": 1}, 400, "echo"),
+    ("/v1/chat/completions", {"max_tokens": 2}, 400, "messages"),
+    ("/v1/chat/completions", {**CHAT_OK, "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {**CHAT_OK, "messages": [{"role": "robot"}]}, 400, "messages[0].role"),
+    ("/v1/chat/completions", {**CHAT_OK, "messages": [{"role": "user", "content": 5}]}, 400,
+     "messages[0].content"),
+    ("/v1/chat/completions", {**CHAT_OK, "tools": [{"type": "function"}]}, 400, "tools"),
+    ("/v1/chat/completions", {**CHAT_OK, "top_logprobs": 2}, 400, "top_logprobs"),
+    ("/v1/chat/completions", {**CHAT_OK, "logprobs": True, "top_logprobs": 99}, 400, "logprobs"),
+    ("/v1/chat/completions", {**CHAT_OK, "response_format": {"type": "json_object"}}, 400,
+     "response_format"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "status", "param"), BAD_BODIES)
+def test_bad_http_requests_name_the_field(http, path, body, status, param):
+    response = _post(http, path, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param, error
+    assert error["message"].startswith(param), error
+    assert error["type"] in ("invalid_request_error", "not_found_error")
+
+
+def test_body_over_the_size_limit_is_refused(http):
+    response = _post(http, "/v1/completions", {"prompt": "a" * (5 << 20)})
+    assert response.status_code == 413
+    assert response.json()["error"]["param"] == "body"
+
+
+def _grpc_code(stub, request: gpb.GenerateRequest) -> tuple[grpc.StatusCode, str]:
+    try:
+        list(stub.Generate(request, timeout=30))
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
+
+
+S = gpb.SamplingOptions
+BAD_GRPC = [
+    (gpb.GenerateRequest(), "prompt"),
+    (gpb.GenerateRequest(prompt=""), "prompt"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=0)), "max_tokens"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(temperature=-1)), "temperature"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(top_p=float("nan"))), "top_p"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(min_p=2)), "min_p"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(logprobs=21)), "logprobs"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=2, min_tokens=3)), "min_tokens"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(stop=["x"] * 17)), "stop"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(stop=[""])), "stop[0]"),
+    (gpb.GenerateRequest(prompt_token_ids=gpb.TokenIds(ids=[60000])), "prompt_token_ids"),
+    (gpb.GenerateRequest(prompt="hello " * 9000), "prompt"),
+    (
+        gpb.GenerateRequest(
+            messages=gpb.ChatMessages(messages=[gpb.ChatMessage(role="robot", content="x")])
+        ),
+        "messages[0].role",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_", "field"), BAD_GRPC)
+def test_bad_grpc_requests_name_the_field(grpc_stub, request_, field):
+    code, details = _grpc_code(grpc_stub, request_)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith(field), details
+
+
+def test_unknown_model_is_not_found(grpc_stub):
+    code, _ = _grpc_code(grpc_stub, gpb.GenerateRequest(prompt="hi", model="gpt-4"))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+# Output length stays tiny (or invalid) so that valid bodies finish at once.
+MAX_TOKENS = st.integers(-2, 4) | st.sampled_from([None, "3", 2.5, True, 2**40])
+PARAMS = {
+    name: JSON
+    | st.integers(-(2**65), 2**65)
+    | st.floats()
+    | st.lists(st.text(max_size=5) | st.integers(0, 70000), max_size=18)
+    for name in (
+        "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "n",
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "echo",
+        "user", "ignore_eos", "min_tokens", "stream", "stream_options", "model", "best_of",
+        "top_logprobs", "logit_bias",
+    )
+}  # fmt: skip
+COMPLETION = st.fixed_dictionaries(
+    {
+        "prompt": st.text(max_size=30) | st.lists(st.integers(-1, 70000), max_size=5) | JSON,
+        "max_tokens": MAX_TOKENS,
+    },
+    optional=PARAMS,
+)
+CHAT = st.fixed_dictionaries(
+    {
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {"role": st.sampled_from(["user", "system", "assistant", "x"]) | JSON},
+                optional={"content": st.text(max_size=20) | JSON},
+            ),
+            max_size=3,
+        )
+        | JSON,
+        "max_tokens": MAX_TOKENS,
+    },
+    optional={**PARAMS, "max_completion_tokens": MAX_TOKENS},
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+    body=COMPLETION | CHAT | JSON,
+)
+def test_random_http_bodies_never_get_a_server_error(stack, http, path, body):
+    if isinstance(body, dict) and isinstance(body.get("n"), int) and body.get("n", 1) > 1:
+        body["max_tokens"] = 1  # bounded work even when valid
+    raw = json.dumps(body)  # NaN and Infinity included: Python's json reads them
+    response = http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code >= 400:
+        assert response.json()["error"]["message"]
+
+
+FLOATS = st.floats(width=32)
+SAMPLING = st.builds(
+    gpb.SamplingOptions,
+    max_tokens=st.integers(0, 3),
+    temperature=FLOATS,
+    top_p=FLOATS,
+    top_k=st.integers(0, 2**32 - 1),
+    seed=st.integers(0, 2**64 - 1),
+    stop_token_ids=st.lists(st.integers(0, 2**32 - 1), max_size=70),
+    ignore_eos=st.booleans(),
+    min_tokens=st.integers(0, 2**32 - 1),
+    min_p=FLOATS,
+    repetition_penalty=FLOATS,
+    presence_penalty=FLOATS,
+    frequency_penalty=FLOATS,
+    logprobs=st.integers(0, 2**32 - 1),
+    stop=st.lists(st.text(max_size=8), max_size=18),
+)
+GRPC_REQUESTS = st.one_of(
+    st.builds(gpb.GenerateRequest, prompt=st.text(max_size=30), sampling=SAMPLING),
+    st.builds(
+        gpb.GenerateRequest,
+        prompt_token_ids=st.builds(
+            gpb.TokenIds, ids=st.lists(st.integers(0, 2**32 - 1), max_size=5)
+        ),
+        sampling=SAMPLING,
+        model=st.sampled_from(["", MODEL, "other"]),
+    ),
+    st.builds(
+        gpb.GenerateRequest,
+        messages=st.builds(
+            gpb.ChatMessages,
+            messages=st.lists(
+                st.builds(
+                    gpb.ChatMessage,
+                    role=st.sampled_from(["user", "x", ""]),
+                    content=st.text(max_size=10),
+                ),
+                max_size=3,
+            ),
+        ),
+        sampling=SAMPLING,
+    ),
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(request=GRPC_REQUESTS)
+def test_random_grpc_requests_never_get_a_server_error(grpc_stub, request):
+    code, details = _grpc_code(grpc_stub, request)
+    assert code in (
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+    ), (request, code, details)
+
+
+def test_still_serving_after_the_fuzzing(stack, http):
+    assert stack.alive
+    response = _post(http, "/v1/completions", OK)
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 2
+
+
+def test_metrics_carry_model_and_variant(stack, http):
+    assert _post(http, "/v1/completions", OK).status_code == 200
+    text = http.get("/metrics").text
+    for series in (
+        "sarathi_time_to_first_token_seconds_bucket",
+        "sarathi_inter_token_latency_seconds_bucket",
+        "sarathi_e2e_request_latency_seconds_bucket",
+        "sarathi_requests_total",
+        "sarathi_generation_tokens_total",
+    ):
+        assert f"{series}{{" in text, series
+    assert f'model="{MODEL}"' in text and 'variant="default"' in text
+
+
+def _open_stream(base_url: str, headers: dict[str, str] | None = None):
+    """A streaming request that runs until closed; returns (client, response) once admitted."""
+    client = httpx.Client(base_url=base_url, timeout=30)
+    body = {"prompt": "Hello", "max_tokens": 1_000_000, "ignore_eos": True, "stream": True}
+    request = client.build_request("POST", "/v1/completions", json=body, headers=headers)
+    response = client.send(request, stream=True)
+    assert response.status_code == 200, response.read()
+    lines = response.iter_lines()  # kept: dropping it would close the stream
+    next(lines)  # the first token arrived: it runs
+    return client, response, lines
+
+
+def _wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_full_gateway_answers_429_and_disconnects_free_the_requests(tmp_path, default_model_dir):
+    stack = NullStack(tmp_path, "--max-pending-requests", "2")
+    try:
+        streams = [_open_stream(stack.base_url) for _ in range(2)]
+        assert stack.stats().num_running == 2
+        refused = httpx.post(f"{stack.base_url}/v1/completions", json=OK, timeout=10)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        with grpc.insecure_channel(stack.grpc_addr) as channel:
+            code, _ = _grpc_code(gpb_grpc.GenerationStub(channel), gpb.GenerateRequest(prompt="hi"))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for client, response, _ in streams:  # the clients go away mid-stream
+            response.close()
+            client.close()
+        stats = stack.stats
+        assert _wait_until(lambda: stats().num_running == 0 and stats().num_waiting == 0)
+        assert stack.stats().num_free_kv_blocks == stack.stats().num_total_kv_blocks
+        assert (
+            httpx.post(f"{stack.base_url}/v1/completions", json=OK, timeout=10).status_code == 200
+        )
+    finally:
+        stack.stop()
+
+
+def test_grpc_cancel_frees_the_request(stack):
+    with grpc.insecure_channel(stack.grpc_addr) as channel:
+        stub = gpb_grpc.GenerationStub(channel)
+        call = stub.Generate(
+            gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=1_000_000, ignore_eos=True))
+        )
+        next(call)
+        assert stack.stats().num_running == 1
+        call.cancel()
+    assert _wait_until(lambda: stack.stats().num_running == 0)
+
+
+def test_api_keys_gate_both_edges(tmp_path, default_model_dir):
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nk-one\nk-two  # rotated in\n")
+    stack = NullStack(tmp_path, "--api-keys-file", str(keys))
+    try:
+        url = f"{stack.base_url}/v1/completions"
+        assert httpx.post(url, json=OK).status_code == 401
+        wrong = httpx.post(url, json=OK, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["type"] == "authentication_error"
+        assert httpx.get(f"{stack.base_url}/v1/models").status_code == 401
+        assert httpx.get(f"{stack.base_url}/metrics").status_code == 200  # scrapers need no key
+        with grpc.insecure_channel(stack.grpc_addr) as channel:
+            stub = gpb_grpc.GenerationStub(channel)
+            code, _ = _grpc_code(stub, gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=1)))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            stats = stack.stats()
+            assert stats.num_finished + stats.num_running + stats.num_waiting == 0
+            ok = list(
+                stub.Generate(
+                    gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=1)),
+                    metadata=(("authorization", "Bearer k-two"),),
+                )
+            )
+            assert ok[-1].finish_reason == gpb.FINISH_REASON_LENGTH
+        good = httpx.post(url, json=OK, headers={"Authorization": "Bearer k-one"})
+        assert good.status_code == 200
+        assert stack.stats().num_finished == 2
+    finally:
+        stack.stop()
+
+
+def test_ab_routing_split_stickiness_pinning_and_report(tmp_path, default_model_dir):
+    stack = NullStack(tmp_path, variants={"a": 1.0, "b": 1.0})
+    try:
+        url = f"{stack.base_url}/v1/completions"
+        with httpx.Client(timeout=30) as client:
+            served = [client.post(url, json=OK).headers["x-sarathi-variant"] for _ in range(40)]
+            assert 8 <= served.count("a") <= 32 and served.count("a") + served.count("b") == 40
+            finished = {v: stack.stats(v).num_finished for v in ("a", "b")}
+            assert finished == {"a": served.count("a"), "b": served.count("b")}
+            sticky = {
+                client.post(url, json={**OK, "user": "alice"}).headers["x-sarathi-variant"]
+                for _ in range(6)
+            }
+            assert len(sticky) == 1
+            pinned = client.post(url, json=OK, headers={"x-sarathi-variant": "b"})
+            assert pinned.headers["x-sarathi-variant"] == "b"
+            unknown = client.post(url, json=OK, headers={"x-sarathi-variant": "c"})
+            assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "variant"
+            metrics = client.get(f"{stack.base_url}/metrics").text
+        assert 'variant="a"' in metrics and 'variant="b"' in metrics
+        report = subprocess.run(
+            [sys.executable, "-m", "sarathi_serve.cli.main", "ab", "report", "--gateway",
+             stack.base_url, "--json"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        parsed = json.loads(report.stdout)
+        assert set(parsed["variants"]) == {"a", "b"}
+        total = sum(v["requests"] for v in parsed["variants"].values())
+        assert total == 47
+        for row in parsed["variants"].values():
+            low, high = row["ttft_median_ms"]["ci95"]
+            assert low <= row["ttft_median_ms"]["value"] <= high
+        assert set(parsed["ratios"]) == {"b"}
+    finally:
+        stack.stop()
