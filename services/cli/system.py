@@ -24,6 +24,7 @@ class ProcessRecord:
     log: str
     restarts: int = 0
     variant: str = ""  # A/B: the variant a scheduler or worker serves
+    metrics: str = ""  # its Prometheus endpoint, if any
 
 
 def write_system(run_dir: Path, processes: list[ProcessRecord]) -> None:

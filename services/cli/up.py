@@ -56,6 +56,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     variant: str = ""  # A/B: the variant a scheduler or worker serves
+    metrics: str = ""  # its Prometheus endpoint
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
@@ -79,6 +80,7 @@ class Child:
             str(self.log_path),
             self.restarts,
             self.variant,
+            self.metrics,
         )
 
 
@@ -216,9 +218,9 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
         ports = [scheduler_port if i == 0 else _pick_port(taken)]
         ports += [_pick_port(taken) for _ in range(args.schedulers - 1)]
         scheduler_addr = ",".join(f"127.0.0.1:{port}" for port in ports)
-        children += _scheduler_children(args, variant, ports, redis_url, logs)
+        children += _scheduler_children(args, variant, ports, redis_url, logs, taken)
         port = worker_port if i == 0 else _pick_port(taken)
-        children.append(_worker_child(args, variant, scheduler_addr, port, logs))
+        children.append(_worker_child(args, variant, scheduler_addr, port, logs, _pick_port(taken)))
         routes.append(
             {"name": variant.name, "weight": variant.weight, "scheduler_addr": scheduler_addr}
         )
@@ -247,6 +249,7 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
             ],
             f"{args.host}:{args.port}",
             logs / "gateway.log",
+            metrics=f"http://{args.host}:{args.http_port}/metrics" if args.http_port else "",
         )
     )
     return children
@@ -291,7 +294,12 @@ def _redis_child(run_dir: Path, port: int) -> Child:
 
 
 def _scheduler_children(
-    args: argparse.Namespace, variant: VariantPlan, ports: list[int], redis_url: str, logs: Path
+    args: argparse.Namespace,
+    variant: VariantPlan,
+    ports: list[int],
+    redis_url: str,
+    logs: Path,
+    taken: set[int],
 ) -> list[Child]:
     suffix = f"-{variant.name}" if variant.name else ""
     prefix = f"sarathi{suffix}"  # each variant keeps its own state and lease in Redis
@@ -317,17 +325,27 @@ def _scheduler_children(
                 str(variant.token_budget),
                 "--max-num-seqs",
                 str(args.max_num_seqs),
+                "--metrics-port",
+                str(metrics_port),
             ],
             f"127.0.0.1:{port}",
             logs / f"scheduler{suffix}-{i}.log",
             variant=variant.name,
+            metrics=f"http://127.0.0.1:{metrics_port}/metrics",
         )
-        for i, port in enumerate(ports)
+        for i, (port, metrics_port) in enumerate(
+            zip(ports, [_pick_port(taken) for _ in ports], strict=True)
+        )
     ]
 
 
 def _worker_child(
-    args: argparse.Namespace, variant: VariantPlan, scheduler_addr: str, port: int, logs: Path
+    args: argparse.Namespace,
+    variant: VariantPlan,
+    scheduler_addr: str,
+    port: int,
+    logs: Path,
+    metrics_port: int,
 ) -> Child:
     suffix = f"-{variant.name}" if variant.name else ""
     return Child(
@@ -347,10 +365,13 @@ def _worker_child(
             str(args.num_threads),
             "--tensor-parallel-size",
             str(args.tensor_parallel_size),
+            "--metrics-port",
+            str(metrics_port),
         ],
         f"127.0.0.1:{port}",
         logs / f"worker{suffix}.log",
         variant=variant.name,
+        metrics=f"http://127.0.0.1:{metrics_port}/metrics",
     )
 
 

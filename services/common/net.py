@@ -6,7 +6,9 @@ import socket
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on it now (connections in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as every server does
         try:
             sock.bind((host, port))
         except OSError:

@@ -28,11 +28,13 @@ from sarathi_serve.common.grpc_server import (
     set_serving,
 )
 from sarathi_serve.common.logs import setup_logging
+from sarathi_serve.common.metrics import serve_metrics
 from sarathi_serve.protocol import scheduler_pb2, scheduler_pb2_grpc
 from sarathi_serve.scheduler.config import SchedulerConfig
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.lease import LeaderLease
 from sarathi_serve.scheduler.loop import IterationLoop
+from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.server import SchedulerServicer
 from sarathi_serve.scheduler.sessions import SessionHub
@@ -47,6 +49,9 @@ EXIT_LOST_LEASE = 75
 async def serve(config: SchedulerConfig) -> int:
     scheduler_id = config.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
     servicer = SchedulerServicer(scheduler_id)
+    metrics = SchedulerMetrics(scheduler_id)
+    metrics.watch(lambda: servicer.loop)
+    serve_metrics(metrics.registry, config.host, config.metrics_port)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
@@ -58,7 +63,7 @@ async def serve(config: SchedulerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        return await _lead(config, scheduler_id, servicer, health, address, stop)
+        return await _lead(config, scheduler_id, servicer, health, address, stop, metrics)
     finally:
         await server.stop(grace=1.0)
 
@@ -70,6 +75,7 @@ async def _lead(
     health: health_aio.HealthServicer,
     address: str,
     stop: asyncio.Event,
+    metrics: SchedulerMetrics,
 ) -> int:
     store, lease, epoch = None, None, 0
     if config.redis_url:
@@ -91,6 +97,7 @@ async def _lead(
         store,
         StatsRing(config.max_stats),
         session_grace_s=config.session_grace_s,
+        metrics=metrics,
     )
     if store is not None:
         loop.recover(await store.load_inflight())

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from sarathi_serve.common.errors import ServiceError
 from sarathi_serve.common.step import StepResult
 from sarathi_serve.scheduler.core import PlannedStep, RequestUpdate, SchedulerCore
+from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import SessionHub
@@ -34,6 +35,7 @@ class IterationLoop:
         stats: StatsRing,
         clock: Callable[[], float] = time.time,
         session_grace_s: float = 30.0,
+        metrics: SchedulerMetrics | None = None,
     ):
         self.core = core
         self.hub = hub
@@ -47,6 +49,7 @@ class IterationLoop:
         self._step_id = 0  # the id of the next plan
         self._last_result_at: float | None = None
         self.session_grace_s = session_grace_s
+        self.metrics = metrics
         self._expiries: dict[str, asyncio.TimerHandle] = {}
 
     # ---- inputs (called from the gRPC handlers, same event loop) ----------
@@ -208,6 +211,19 @@ class IterationLoop:
         t_persisted: float,
     ) -> None:
         delay = 0.0 if self._last_result_at is None else (t_planned - self._last_result_at)
+        if self.metrics is not None:
+            self.metrics.iteration(
+                planned.policy,
+                planned.num_prefill_tokens,
+                planned.num_decode_tokens,
+                result.execution_ms / 1e3,
+                (t_planned - t_start) + (t_persisted - t_result),
+                [
+                    r.first_scheduled_time - r.arrival_time
+                    for r in planned.admitted
+                    if r.first_scheduled_time is not None
+                ],
+            )
         self.stats.record(
             IterationStats(
                 step_id=planned.plan.step_id,

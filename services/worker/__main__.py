@@ -14,10 +14,12 @@ import torch
 
 from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
+from sarathi_serve.common.metrics import serve_metrics
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.worker.attach import attach_forever
 from sarathi_serve.worker.config import WorkerConfig
 from sarathi_serve.worker.group import start_engine
+from sarathi_serve.worker.metrics import MeteredEngine
 
 log = logging.getLogger("sarathi_serve.worker")
 
@@ -26,6 +28,8 @@ async def serve(config: WorkerConfig) -> None:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     engine, runner, stop_group = start_engine(config)
+    metered = MeteredEngine(engine, runner.kv_cache.num_blocks)
+    serve_metrics(metered.registry, config.host, config.metrics_port)
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     hello = pb.WorkerHello(
         worker_id=worker_id,
@@ -53,7 +57,7 @@ async def serve(config: WorkerConfig) -> None:
         config.scheduler_addr,
     )
     try:
-        await asyncio.to_thread(attach_forever, engine, config.scheduler_addrs, hello, stop)
+        await asyncio.to_thread(attach_forever, metered, config.scheduler_addrs, hello, stop)
     finally:
         stop_group()
         await server.stop(grace=0.5)

@@ -30,6 +30,7 @@ class WorkerConfig:
     tensor_parallel_size: int = 1
     null_model: bool = False  # benchmarks of the control plane: no model, a fixed token
     seed: int | None = None
+    metrics_port: int = 0  # Prometheus /metrics; 0: off
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -75,6 +76,7 @@ _HELPS = {
     "kv_cache_gb": "memory for the paged KV cache; 0: 1 GiB on CPU, measured on CUDA",
     "gpu_memory_utilization": "CUDA: fraction of the GPU for weights, activations and KV cache",
     "num_threads": "torch threads; 0: torch's default",
+    "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "null_model": "no model: answer each step at once with a fixed token (control-plane bench)",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",

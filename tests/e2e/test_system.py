@@ -165,3 +165,30 @@ def test_logprobs_and_penalties_through_the_system(system):
         )
         repeat_free = [t for r in stub.Generate(penalized, timeout=60) for t in r.token_ids]
         assert len(set(repeat_free)) == len(repeat_free)  # a huge penalty forbids any repeat
+
+
+def test_every_service_exposes_prometheus_metrics(system):
+    import urllib.request
+
+    generated = cli("generate", "Hi", "--addr", system.gateway_addr, "--max-tokens", "4")
+    assert generated.returncode == 0, generated.stderr
+    rows = json.loads(cli("status", "--json", "--run-dir", str(system.run_dir)).stdout)
+    endpoints = {row["role"]: row["metrics"] for row in rows if row["metrics"]}
+    assert set(endpoints) == {"scheduler", "worker", "gateway"}
+    expected = {
+        "gateway": ["sarathi_time_to_first_token_seconds_bucket{", 'variant="default"'],
+        "scheduler": [
+            'sarathi_scheduler_running_requests{policy="sarathi"}',
+            "sarathi_scheduler_kv_usage_ratio",
+            "sarathi_scheduler_preemptions_total",
+            'sarathi_scheduler_queue_seconds_count{policy="sarathi"} ',
+            'sarathi_scheduler_tokens_total{kind="decode",policy="sarathi"}',
+            'sarathi_scheduler_is_leader{scheduler_id="scheduler-0"} 1.0',
+        ],
+        "worker": ["sarathi_worker_step_seconds_count ", "sarathi_worker_kv_blocks "],
+    }
+    for role, url in endpoints.items():
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        for series in expected[role]:
+            assert series in text, (role, series)

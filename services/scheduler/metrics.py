@@ -1,0 +1,114 @@
+"""The scheduler's Prometheus series.
+
+Occupancy (running, waiting, KV blocks, preemptions, leadership) is read from
+the live state at scrape time, so the iteration loop pays nothing for it; the
+per-iteration histograms are observed once per iteration, labelled by policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sarathi_serve.common.metrics import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from sarathi_serve.scheduler.loop import IterationLoop
+
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS[1:])
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
+
+
+class SchedulerMetrics:
+    def __init__(self, scheduler_id: str, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.iterations = Counter(
+            "sarathi_scheduler_iterations", "Iterations run", ["policy"], registry=r
+        )
+        self.tokens = Counter(
+            "sarathi_scheduler_tokens", "Tokens scheduled", ["policy", "kind"], registry=r
+        )
+        self.step_time = Histogram(
+            "sarathi_scheduler_batch_execution_seconds", "Worker time of an iteration",
+            ["policy"], buckets=_STEP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.overhead = Histogram(
+            "sarathi_scheduler_overhead_seconds",
+            "Control-plane time of an iteration (planning + Redis)",
+            ["policy"], buckets=_OVERHEAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_time = Histogram(
+            "sarathi_scheduler_queue_seconds", "Arrival to first scheduled", ["policy"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._occupancy = _Occupancy(scheduler_id)
+        r.register(self._occupancy)
+
+    def watch(self, loop: Callable[[], IterationLoop | None]) -> None:
+        """Occupancy comes from `loop()` at scrape time (None: a standby)."""
+        self._occupancy.loop = loop
+
+    def iteration(
+        self,
+        policy: str,
+        num_prefill: int,
+        num_decode: int,
+        execution_s: float,
+        overhead_s: float,
+        queue_times: list[float],
+    ) -> None:
+        self.iterations.labels(policy).inc()
+        self.tokens.labels(policy, "prefill").inc(num_prefill)
+        self.tokens.labels(policy, "decode").inc(num_decode)
+        self.step_time.labels(policy).observe(execution_s)
+        self.overhead.labels(policy).observe(overhead_s)
+        queue = self.queue_time.labels(policy)
+        for seconds in queue_times:
+            queue.observe(seconds)
+
+
+class _Occupancy(Collector):
+    def __init__(self, scheduler_id: str):
+        self.scheduler_id = scheduler_id
+        self.loop: Callable[[], IterationLoop | None] = lambda: None
+
+    def collect(self) -> Iterator[Metric]:
+        loop = self.loop()
+        leader = GaugeMetricFamily(
+            "sarathi_scheduler_is_leader", "1 on the leader", labels=["scheduler_id"]
+        )
+        leader.add_metric([self.scheduler_id], float(loop is not None))
+        yield leader
+        if loop is None:
+            return
+        core = loop.core
+        labels = [core.policy.name]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=["policy"])
+            family.add_metric(labels, value)
+            return family
+
+        yield gauge("sarathi_scheduler_running_requests", "Running", len(core.state.running))
+        yield gauge("sarathi_scheduler_waiting_requests", "Waiting", len(core.state.waiting))
+        blocks = core.blocks
+        total = blocks.num_blocks if blocks else 0
+        used = total - blocks.num_free_blocks if blocks else 0
+        yield gauge("sarathi_scheduler_kv_blocks_total", "KV blocks of the worker", total)
+        yield gauge(
+            "sarathi_scheduler_kv_usage_ratio", "Fraction of KV blocks in use", used / max(total, 1)
+        )
+        yield gauge("sarathi_scheduler_workers", "Attached workers", int(loop.worker is not None))
+        for name, doc, value in (
+            ("sarathi_scheduler_preemptions", "Recomputes forced by a lack of KV blocks",
+             core.state.num_preemptions),
+            ("sarathi_scheduler_finished_requests", "Requests ended", loop.stats.num_finished),
+        ):  # fmt: skip
+            counter = CounterMetricFamily(name, doc, labels=["policy"])
+            counter.add_metric(labels, value)
+            yield counter

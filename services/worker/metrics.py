@@ -1,0 +1,38 @@
+"""The worker's Prometheus series: an Engine wrapper that times every step."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sarathi_serve.common.step import StepPlan, StepResult
+from sarathi_serve.worker.parallel import Engine
+
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3,
+                 0.5, 0.75, 1.0, 2.0, 5.0)  # fmt: skip
+
+
+class MeteredEngine:
+    def __init__(
+        self, engine: Engine, num_kv_blocks: int, registry: CollectorRegistry | None = None
+    ):
+        self.engine = engine
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.step_time = Histogram(
+            "sarathi_worker_step_seconds", "Forward + sampling of one plan",
+            buckets=_STEP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter("sarathi_worker_tokens", "Tokens computed", registry=r)
+        self.sampled = Counter("sarathi_worker_sampled_tokens", "Tokens sampled", registry=r)
+        Gauge("sarathi_worker_kv_blocks", "KV cache blocks", registry=r).set(num_kv_blocks)
+
+    def step(self, plan: StepPlan) -> StepResult:
+        result = self.engine.step(plan)
+        if plan.chunks:
+            self.step_time.observe(result.execution_ms / 1e3)
+            self.tokens.inc(sum(c.num_tokens for c in plan.chunks))
+            self.sampled.inc(len(result.sampled))
+        return result
+
+    def reset(self) -> None:
+        self.engine.reset()
