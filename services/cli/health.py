@@ -42,13 +42,13 @@ def scheduler_stats(
         )
 
 
-def leads_with_a_worker(address: str) -> bool:
-    """Whether the scheduler at `address` leads and has a worker attached (ready to serve)."""
+def leads_with_a_worker(address: str, min_workers: int = 1) -> bool:
+    """Whether the scheduler at `address` leads and has workers attached (ready to serve)."""
     try:
         stats = scheduler_stats(address, timeout=1.0)
     except grpc.RpcError:
         return False
-    return stats.is_leader and stats.num_workers >= 1
+    return stats.is_leader and stats.num_workers >= min_workers
 
 
 def probe(role: str, address: str) -> str:

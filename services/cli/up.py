@@ -118,6 +118,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks of the worker group")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="model replicas (workers) per scheduler; new requests go to the least loaded",
+    )
+    p.add_argument(
         "--schedulers", type=int, default=1, help="scheduler processes: a leader and standbys (HA)"
     )
     p.add_argument("--run-dir", type=Path, default=default_run_dir())
@@ -200,6 +206,8 @@ def parse_variant(text: str) -> VariantPlan:
 def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
+    if args.workers < 1 or args.schedulers < 1:
+        raise StartupError("--workers and --schedulers must be >= 1")
     for what, port in (("--port", args.port), ("--http-port", args.http_port)):
         if port and not port_free(args.host, port):
             raise StartupError(f"gateway port {port} is in use: pass {what}")
@@ -219,8 +227,12 @@ def _plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
         ports += [_pick_port(taken) for _ in range(args.schedulers - 1)]
         scheduler_addr = ",".join(f"127.0.0.1:{port}" for port in ports)
         children += _scheduler_children(args, variant, ports, redis_url, logs, taken)
-        port = worker_port if i == 0 else _pick_port(taken)
-        children.append(_worker_child(args, variant, scheduler_addr, port, logs, _pick_port(taken)))
+        for w in range(args.workers):
+            port = worker_port if i == 0 and w == 0 else _pick_port(taken)
+            name = "-".join(p for p in (variant.name, str(w) if args.workers > 1 else "") if p)
+            children.append(
+                _worker_child(args, variant, name, scheduler_addr, port, logs, _pick_port(taken))
+            )
         routes.append(
             {"name": variant.name, "weight": variant.weight, "scheduler_addr": scheduler_addr}
         )
@@ -342,12 +354,12 @@ def _scheduler_children(
 def _worker_child(
     args: argparse.Namespace,
     variant: VariantPlan,
+    name: str,
     scheduler_addr: str,
     port: int,
     logs: Path,
     metrics_port: int,
 ) -> Child:
-    suffix = f"-{variant.name}" if variant.name else ""
     return Child(
         "worker",
         [
@@ -369,7 +381,7 @@ def _worker_child(
             str(metrics_port),
         ],
         f"127.0.0.1:{port}",
-        logs / f"worker{suffix}.log",
+        logs / f"worker{'-' + name if name else ''}.log",
         variant=variant.name,
         metrics=f"http://127.0.0.1:{metrics_port}/metrics",
     )
@@ -396,7 +408,12 @@ def _start_all(children: list[Child], stop: threading.Event) -> None:
         if c.role == "scheduler":
             by_variant.setdefault(c.variant, []).append(c.address)
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not all(any(map(health.leads_with_a_worker, addrs)) for addrs in by_variant.values()):
+
+    def ready(addrs: list[str]) -> bool:
+        return any(health.leads_with_a_worker(a, min_workers=workers) for a in addrs)
+
+    workers = sum(c.role == "worker" for c in children) // max(len(by_variant), 1)
+    while not all(ready(addrs) for addrs in by_variant.values()):
         _check_alive(children, stop, deadline)
         time.sleep(0.2)
 

@@ -138,6 +138,13 @@ class Generation:
     def _finish(self, reason: str) -> None:
         self._finish_reason = reason
         self._tracker.finish(reason, self._num_output)
+        log.info(
+            "request %s ended (%s): %d output tokens",
+            self.request_id,
+            reason,
+            self._num_output,
+            extra={"request_id": self.request_id, "variant": self.variant},
+        )
 
     def _logprobs(self, token_ids: list[int], event: pb.RequestEvent) -> list[Logprob]:
         decode = self._tokenizer.decode
@@ -190,6 +197,7 @@ class Generator:
             request_id,
             len(prepared.prompt_token_ids),
             variant.name,
+            extra={"request_id": request_id, "variant": variant.name},
         )
         self._num_pending += 1
         tracker = self.metrics.tracker(variant.name, len(prepared.prompt_token_ids))

@@ -237,7 +237,7 @@ class IterationStats(_message.Message):
     def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., inter_batch_delay_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished", "num_preemptions", "scheduler_id", "is_leader", "epoch")
+    __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished", "num_preemptions", "scheduler_id", "is_leader", "epoch", "replicas")
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,7 @@ class GetStatsResponse(_message.Message):
     SCHEDULER_ID_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     iterations: _containers.RepeatedCompositeFieldContainer[IterationStats]
     num_waiting: int
     num_running: int
@@ -264,7 +265,24 @@ class GetStatsResponse(_message.Message):
     scheduler_id: str
     is_leader: bool
     epoch: int
-    def __init__(self, iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., num_workers: _Optional[int] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., num_finished: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., scheduler_id: _Optional[str] = ..., is_leader: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStats]
+    def __init__(self, iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., num_workers: _Optional[int] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., num_finished: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., scheduler_id: _Optional[str] = ..., is_leader: _Optional[bool] = ..., epoch: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ...) -> None: ...
+
+class ReplicaStats(_message.Message):
+    __slots__ = ("index", "worker_id", "num_running", "num_waiting", "num_free_kv_blocks", "num_total_kv_blocks")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    NUM_FREE_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOTAL_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    worker_id: str
+    num_running: int
+    num_waiting: int
+    num_free_kv_blocks: int
+    num_total_kv_blocks: int
+    def __init__(self, index: _Optional[int] = ..., worker_id: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
     __slots__ = ("policy", "token_budget", "max_num_seqs")

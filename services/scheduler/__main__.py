@@ -87,12 +87,17 @@ async def _lead(
             return 0
         epoch = acquired
         store = RedisStore(client, prefix=config.redis_prefix, epoch=epoch)
-    policy = make_policy(
-        config.policy, token_budget=config.token_budget, max_num_seqs=config.max_num_seqs
-    )
-    core = SchedulerCore(policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark)
+
+    def make_core() -> SchedulerCore:  # one per model replica (worker)
+        policy = make_policy(
+            config.policy, token_budget=config.token_budget, max_num_seqs=config.max_num_seqs
+        )
+        return SchedulerCore(
+            policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark
+        )
+
     loop = IterationLoop(
-        core,
+        make_core,
         SessionHub(),
         store,
         StatsRing(config.max_stats),
@@ -108,8 +113,8 @@ async def _lead(
         scheduler_id,
         address,
         epoch,
-        policy.name,
-        policy.token_budget,
+        loop.policy.name,
+        loop.policy.token_budget,
         config.redis_url or "off",
     )
     tasks = {asyncio.ensure_future(loop.run()), asyncio.ensure_future(stop.wait())}

@@ -1,35 +1,36 @@
-"""The iteration loop: schedule, run on the worker, apply, persist, stream out."""
+"""The scheduler's iteration loops: one per model replica (worker), fed from one front.
+
+New requests go to the replica with the least outstanding work; a replica
+whose worker died hands its requests to one that has a worker (they are
+recomputed there), or keeps them until a worker attaches again. Sessions,
+recovery after a failover and policy swaps are handled here, for all replicas.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from redis.exceptions import RedisError
-
-from sarathi_serve.common.errors import ServiceError
-from sarathi_serve.common.step import StepResult
-from sarathi_serve.scheduler.core import PlannedStep, RequestUpdate, SchedulerCore
+from sarathi_serve.common.errors import InvalidArgument
+from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.policies import Policy
+from sarathi_serve.scheduler.replica import Outputs, Replica
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import SessionHub
-from sarathi_serve.scheduler.stats import IterationStats, StatsRing
+from sarathi_serve.scheduler.stats import StatsRing
 from sarathi_serve.scheduler.store import RedisStore, StoredRequest
-from sarathi_serve.scheduler.workers import WorkerLink, WorkerLost
+from sarathi_serve.scheduler.workers import WorkerLink
 
 log = logging.getLogger(__name__)
-
-_MAX_PERSIST_BACKOFF_S = 2.0
 
 
 class IterationLoop:
     def __init__(
         self,
-        core: SchedulerCore,
+        make_core: Callable[[], SchedulerCore],
         hub: SessionHub,
         store: RedisStore | None,
         stats: StatsRing,
@@ -37,45 +38,81 @@ class IterationLoop:
         session_grace_s: float = 30.0,
         metrics: SchedulerMetrics | None = None,
     ):
-        self.core = core
+        self.make_core = make_core
         self.hub = hub
         self.store = store
         self.stats = stats
         self.clock = clock
-        self.worker: WorkerLink | None = None
-        self._wake = asyncio.Event()
-        self._accepted: list[Request] = []  # to persist with the next iteration
-        self._ended: list[Request] = []  # ended without a token (aborts)
-        self._step_id = 0  # the id of the next plan
-        self._last_result_at: float | None = None
         self.session_grace_s = session_grace_s
         self.metrics = metrics
+        self._outputs = Outputs(hub, store, stats, clock, metrics)
+        self.replicas: list[Replica] = []
+        self._replicas_changed = asyncio.Event()
         self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._add_replica()  # requests have a home before any worker attaches
+
+    # ---- views ------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self.replicas[0].core.policy
+
+    @property
+    def num_workers(self) -> int:
+        return sum(r.has_worker for r in self.replicas)
+
+    def cores(self) -> Iterator[SchedulerCore]:
+        return (r.core for r in self.replicas)
+
+    def find(self, request_id: str) -> Request | None:
+        for core in self.cores():
+            request = core.requests.get(request_id)
+            if request is not None:
+                return request
+        return None
 
     # ---- inputs (called from the gRPC handlers, same event loop) ----------
 
     def submit(self, request: Request) -> None:
-        self.core.add(request)
-        self._accepted.append(request)
-        self._wake.set()
+        if self.find(request.request_id) is not None:
+            raise InvalidArgument(f"request_id {request.request_id!r} is already in flight")
+        replica = self._least_loaded()
+        replica.core.add(request)
+        replica.accepted.append(request)
+        replica.wake.set()
+        log.info(
+            "request %s accepted: %d prompt tokens, replica %d",
+            request.request_id,
+            len(request.prompt_token_ids),
+            replica.index,
+            extra={"request_id": request.request_id},
+        )
 
     def abort(self, request_id: str) -> None:
-        request = self.core.abort(request_id, self.clock())
-        if request is not None:
-            self._ended.append(request)
-            self._wake.set()
+        for replica in self.replicas:
+            request = replica.core.abort(request_id, self.clock())
+            if request is not None:
+                replica.ended.append(request)
+                replica.wake.set()
+                return
 
     def abort_session(self, session_id: str) -> None:
-        for request in [r for r in self.core.requests.values() if r.session_id == session_id]:
-            self.abort(request.request_id)
+        for core in list(self.cores()):
+            for request in [r for r in core.requests.values() if r.session_id == session_id]:
+                self.abort(request.request_id)
+
+    def _least_loaded(self) -> Replica:
+        candidates = [r for r in self.replicas if r.has_worker] or self.replicas
+        return min(candidates, key=lambda r: (r.outstanding_tokens(), r.index))
 
     # ---- sessions that come and go ------------------------------------------
 
     def recover(self, stored: list[StoredRequest]) -> None:
         """Takes over the in-flight requests a previous leader left in Redis; they
         are recomputed (prompt + tokens so far) and held until their gateway resumes."""
+        home = self.replicas[0]
         for item in stored:
-            self.core.restore(
+            home.core.restore(
                 Request(
                     request_id=item.request_id,
                     prompt_token_ids=item.prompt_token_ids,
@@ -90,7 +127,7 @@ class IterationLoop:
             self.expire_session_later(gateway_id)
         if stored:
             log.info("recovered %d in-flight requests from Redis", len(stored))
-            self._wake.set()
+            home.wake.set()
 
     def expire_session_later(self, gateway_id: str) -> None:
         """Aborts the gateway's requests unless it reconnects within the grace period."""
@@ -113,134 +150,100 @@ class IterationLoop:
             log.warning("gateway %s did not come back: aborting its requests", gateway_id)
             self.abort_session(gateway_id)
 
-    def set_policy(self, policy: Policy) -> int:
-        """Takes effect at the next plan: the iteration in flight (if any) was
-        planned whole by the old policy. Returns the first step of the new one."""
-        old = self.core.policy
-        self.core.policy = policy
+    def set_policy(self, make_policy: Callable[[], Policy]) -> int:
+        """Takes effect at each replica's next plan: an iteration in flight was planned
+        whole by the old policy. Returns the first step of the new one (of replica 0)."""
+        old = self.policy
+        for replica in self.replicas:
+            replica.core.policy = make_policy()
+        new = self.policy
+        first_step = self.replicas[0].step_id
         log.info(
             "policy %s/%d -> %s/%d from step %d",
             old.name,
             old.token_budget,
-            policy.name,
-            policy.token_budget,
-            self._step_id,
+            new.name,
+            new.token_budget,
+            first_step,
         )
-        return self._step_id
+        return first_step
+
+    # ---- workers -------------------------------------------------------------
 
     def attach(self, link: WorkerLink) -> None:
-        if self.worker is not None and not self.worker.closed:
-            raise ServiceError(f"worker {self.worker.worker_id} is already attached")
-        self.core.attach_worker(link.geometry)
-        self.worker = link
-        self._wake.set()
-        log.info("worker %s attached: %s", link.worker_id, link.geometry)
+        """A worker takes a replica without one (the one holding most requests), or a new one."""
+        free = [r for r in self.replicas if not r.has_worker]
+        if free:
+            replica = max(free, key=lambda r: (len(r.core.requests), -r.index))
+        else:
+            replica = self._add_replica()
+        replica.attach(link)
+        log.info(
+            "worker %s attached as replica %d: %s", link.worker_id, replica.index, link.geometry
+        )
+        self._rebalance()
 
     def detach(self, link: WorkerLink, reason: str) -> None:
         link.close(reason)
-        worker_id = link.worker_id
-        if self.worker is link:
-            self.worker = None
-            self.core.detach_worker()
-            log.warning("worker %s detached (%s); requests wait for recompute", worker_id, reason)
+        replica = next((r for r in self.replicas if r.worker is link), None)
+        if replica is None:
+            return
+        requests = replica.detach()
+        log.warning(
+            "worker %s (replica %d) detached (%s); %d requests wait for recompute",
+            link.worker_id,
+            replica.index,
+            reason,
+            len(requests),
+        )
+        self._rebalance()
 
-    # ---- the loop ----------------------------------------------------------
+    def _rebalance(self) -> None:
+        """Moves the requests of replicas without a worker to replicas with one."""
+        if not any(r.has_worker for r in self.replicas):
+            return
+        for orphan in [r for r in self.replicas if not r.has_worker and r.core.requests]:
+            requests, accepted, ended = orphan.take_all()
+            for request in requests:
+                target = self._least_loaded()
+                target.core.restore(request)
+                if request in accepted:
+                    target.accepted.append(request)
+                target.wake.set()
+            if ended:
+                self._least_loaded().ended.extend(ended)
+            log.info("moved %d requests off replica %d", len(requests), orphan.index)
+
+    def _add_replica(self) -> Replica:
+        core = self.make_core()
+        if self.replicas:
+            core.policy = self.policy
+        replica = Replica(len(self.replicas), core, self._outputs, self._worker_lost)
+        self.replicas.append(replica)
+        self._replicas_changed.set()
+        return replica
+
+    def _worker_lost(self, link: WorkerLink, reason: str) -> None:
+        self.detach(link, reason)
+
+    # ---- the loops -------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            worker = self.worker
-            if worker is None or not (self.core.has_work or self._accepted or self._ended):
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                await self._iterate(worker)
-            except WorkerLost as exc:
-                self.detach(worker, str(exc))
-
-    async def _iterate(self, worker: WorkerLink) -> None:
-        t_start = time.perf_counter()
-        start_time = self.clock()
-        planned = self.core.plan(self._step_id, start_time)
-        self._step_id += 1
-        t_planned = time.perf_counter()
-        if planned.plan.chunks or planned.plan.freed_request_ids:
-            result = await worker.step(planned.plan)
-        else:
-            result = StepResult(planned.plan.step_id)
-        t_result = time.perf_counter()
-        updates = self.core.apply(result, self.clock())
-        accepted, self._accepted = self._accepted, []
-        ended, self._ended = self._ended, []
-        await self._persist(accepted, updates, ended)
-        t_persisted = time.perf_counter()
-        self.hub.dispatch(updates, ended)
-        self.stats.num_finished += sum(1 for u in updates if u.stop_reason) + len(ended)
-        if planned.plan.chunks:
-            self._record(planned, result, start_time, t_start, t_planned, t_result, t_persisted)
-        else:
-            self._wake.clear()  # nothing schedulable now: wait for a change
-            if not (self._accepted or self._ended):
-                await _wait(self._wake, timeout=0.05)
-        self._last_result_at = t_result
-
-    async def _persist(
-        self, accepted: list[Request], updates: list[RequestUpdate], ended: list[Request]
-    ) -> None:
-        """Tokens are released only once they are in Redis: retry while it is down."""
-        if self.store is None:
-            return
-        backoff = 0.05
-        while True:
-            try:
-                await self.store.persist_iteration(accepted, updates, ended)
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("redis write failed (%s); holding tokens, retry in %.2fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_PERSIST_BACKOFF_S)
-
-    def _record(
-        self,
-        planned: PlannedStep,
-        result: StepResult,
-        start_time: float,
-        t_start: float,
-        t_planned: float,
-        t_result: float,
-        t_persisted: float,
-    ) -> None:
-        delay = 0.0 if self._last_result_at is None else (t_planned - self._last_result_at)
-        if self.metrics is not None:
-            self.metrics.iteration(
-                planned.policy,
-                planned.num_prefill_tokens,
-                planned.num_decode_tokens,
-                result.execution_ms / 1e3,
-                (t_planned - t_start) + (t_persisted - t_result),
-                [
-                    r.first_scheduled_time - r.arrival_time
-                    for r in planned.admitted
-                    if r.first_scheduled_time is not None
-                ],
-            )
-        self.stats.record(
-            IterationStats(
-                step_id=planned.plan.step_id,
-                batch_size=len(planned.plan.chunks),
-                num_prefill_tokens=planned.num_prefill_tokens,
-                num_decode_tokens=planned.num_decode_tokens,
-                execution_ms=result.execution_ms,
-                scheduling_ms=(t_planned - t_start) * 1e3,
-                persist_ms=(t_persisted - t_result) * 1e3,
-                inter_batch_delay_ms=delay * 1e3,
-                policy=planned.policy,
-                token_budget=planned.token_budget,
-                start_time=start_time,
-            )
-        )
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        """Runs every replica's iteration loop (replicas join as workers attach)."""
+        try:
+            while True:
+                for replica in self.replicas:
+                    if replica.task is None:
+                        replica.task = asyncio.ensure_future(replica.run())
+                self._replicas_changed.clear()
+                changed = asyncio.ensure_future(self._replicas_changed.wait())
+                tasks = [r.task for r in self.replicas if r.task is not None]
+                done, _ = await asyncio.wait([changed, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                for task in done:
+                    if task is not changed:
+                        task.result()  # a replica loop never returns: raise its error
+        finally:
+            for replica in self.replicas:
+                if replica.task is not None:
+                    replica.task.cancel()

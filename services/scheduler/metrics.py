@@ -86,27 +86,30 @@ class _Occupancy(Collector):
         yield leader
         if loop is None:
             return
-        core = loop.core
-        labels = [core.policy.name]
+        cores = list(loop.cores())
+        labels = [loop.policy.name]
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, doc, labels=["policy"])
             family.add_metric(labels, value)
             return family
 
-        yield gauge("sarathi_scheduler_running_requests", "Running", len(core.state.running))
-        yield gauge("sarathi_scheduler_waiting_requests", "Waiting", len(core.state.waiting))
-        blocks = core.blocks
-        total = blocks.num_blocks if blocks else 0
-        used = total - blocks.num_free_blocks if blocks else 0
-        yield gauge("sarathi_scheduler_kv_blocks_total", "KV blocks of the worker", total)
+        running = sum(len(c.state.running) for c in cores)
+        waiting = sum(len(c.state.waiting) for c in cores)
+        total = sum(c.blocks.num_blocks for c in cores if c.blocks)
+        free = sum(c.blocks.num_free_blocks for c in cores if c.blocks)
+        yield gauge("sarathi_scheduler_running_requests", "Running", running)
+        yield gauge("sarathi_scheduler_waiting_requests", "Waiting", waiting)
+        yield gauge("sarathi_scheduler_kv_blocks_total", "KV blocks of all workers", total)
         yield gauge(
-            "sarathi_scheduler_kv_usage_ratio", "Fraction of KV blocks in use", used / max(total, 1)
-        )
-        yield gauge("sarathi_scheduler_workers", "Attached workers", int(loop.worker is not None))
+            "sarathi_scheduler_kv_usage_ratio", "Fraction of KV blocks in use",
+            (total - free) / max(total, 1),
+        )  # fmt: skip
+        yield gauge("sarathi_scheduler_workers", "Attached workers", loop.num_workers)
+        preemptions = sum(c.state.num_preemptions for c in cores)
         for name, doc, value in (
             ("sarathi_scheduler_preemptions", "Recomputes forced by a lack of KV blocks",
-             core.state.num_preemptions),
+             preemptions),
             ("sarathi_scheduler_finished_requests", "Requests ended", loop.stats.num_finished),
         ):  # fmt: skip
             counter = CounterMetricFamily(name, doc, labels=["policy"])

@@ -111,7 +111,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def _resume(self, loop: IterationLoop, gateway_id: str, msg: pb.Resume) -> None:
         """Catches a reconnected gateway up on a request, then lets it stream on."""
         request_id, received = msg.submit.request_id, msg.num_received_tokens
-        request = loop.core.requests.get(request_id)
+        request = loop.find(request_id)
         if request is not None:
             request.session_id = gateway_id
             request.awaiting_resume = False
@@ -155,10 +155,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             eos_token_id=hello.eos_token_id,
         )
         link = WorkerLink(hello.worker_id, geometry)
-        try:
-            loop.attach(link)
-        except ServiceError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        loop.attach(link)
         reader = asyncio.create_task(self._read_results(loop, link, context))
         try:
             while (plan := await link.outbox.get()) is not None:
@@ -183,20 +180,24 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetPolicyResponse:
         loop = await self._leader_loop(context)
-        current = loop.core.policy
+        current = loop.policy
+        token_budget = (
+            request.token_budget if request.HasField("token_budget") else current.token_budget
+        )
+        max_num_seqs = (
+            request.max_num_seqs if request.HasField("max_num_seqs") else current.max_num_seqs
+        )
         try:
             policy = make_policy(
-                request.policy,
-                token_budget=request.token_budget
-                if request.HasField("token_budget")
-                else current.token_budget,
-                max_num_seqs=request.max_num_seqs
-                if request.HasField("max_num_seqs")
-                else current.max_num_seqs,
+                request.policy, token_budget=token_budget, max_num_seqs=max_num_seqs
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        first_step = loop.set_policy(policy)
+        first_step = loop.set_policy(
+            lambda: make_policy(
+                request.policy, token_budget=token_budget, max_num_seqs=max_num_seqs
+            )
+        )
         return pb.SetPolicyResponse(
             policy=policy.name,
             token_budget=policy.token_budget,
@@ -210,19 +211,31 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         reply = pb.GetStatsResponse(scheduler_id=self.scheduler_id, is_leader=self.loop is not None)
         if self.loop is None:
             return reply
-        core, blocks, policy = self.loop.core, self.loop.core.blocks, self.loop.core.policy
+        loop = self.loop
+        cores = list(loop.cores())
         reply.iterations.extend(
-            pb.IterationStats(**vars_of(s)) for s in self.loop.stats.recent(request.max_iterations)
+            pb.IterationStats(**vars_of(s)) for s in loop.stats.recent(request.max_iterations)
         )
-        reply.num_waiting = len(core.state.waiting)
-        reply.num_running = len(core.state.running)
-        reply.num_free_kv_blocks = blocks.num_free_blocks if blocks else 0
-        reply.num_total_kv_blocks = blocks.num_blocks if blocks else 0
-        reply.num_workers = int(self.loop.worker is not None)
-        reply.policy = policy.name
-        reply.token_budget = policy.token_budget
-        reply.num_finished = self.loop.stats.num_finished
-        reply.num_preemptions = core.state.num_preemptions
+        reply.num_waiting = sum(len(c.state.waiting) for c in cores)
+        reply.num_running = sum(len(c.state.running) for c in cores)
+        reply.num_free_kv_blocks = sum(c.blocks.num_free_blocks for c in cores if c.blocks)
+        reply.num_total_kv_blocks = sum(c.blocks.num_blocks for c in cores if c.blocks)
+        reply.num_workers = loop.num_workers
+        reply.policy = loop.policy.name
+        reply.token_budget = loop.policy.token_budget
+        reply.num_finished = loop.stats.num_finished
+        reply.num_preemptions = sum(c.state.num_preemptions for c in cores)
+        reply.replicas.extend(
+            pb.ReplicaStats(
+                index=r.index,
+                worker_id=r.worker.worker_id if r.has_worker and r.worker else "",
+                num_running=len(r.core.state.running),
+                num_waiting=len(r.core.state.waiting),
+                num_free_kv_blocks=r.core.blocks.num_free_blocks if r.core.blocks else 0,
+                num_total_kv_blocks=r.core.blocks.num_blocks if r.core.blocks else 0,
+            )
+            for r in loop.replicas
+        )
         reply.epoch = self.epoch
         return reply
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from sarathi_serve.common.step import StepPlan, StepResult
 from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence, StepOutput
+
+log = logging.getLogger(__name__)
 
 
 class WorkerEngine:
@@ -22,6 +25,12 @@ class WorkerEngine:
         for request_id in plan.freed_request_ids:
             self.sequences.pop(request_id, None)
         for new in plan.new_requests:
+            log.debug(
+                "request %s: %d tokens to compute",
+                new.request_id,
+                len(new.token_ids),
+                extra={"request_id": new.request_id},
+            )
             self.sequences[new.request_id] = Sequence(
                 request_id=new.request_id,
                 token_ids=list(new.token_ids),

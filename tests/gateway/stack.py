@@ -8,6 +8,7 @@ the real one, with the real tokenizer.
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +23,15 @@ _PY = [sys.executable, "-m"]
 
 
 class NullStack:
-    def __init__(self, tmp: Path, *gateway_args: str, variants: dict[str, float] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        *gateway_args: str,
+        variants: dict[str, float] | None = None,
+        tls: tuple[Path, Path] | None = None,  # (certificate, key)
+        workers: int = 1,  # null workers (model replicas) per variant
+    ):
+        self.workers: dict[str, list[subprocess.Popen[bytes]]] = {}
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs = tmp / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -33,20 +42,37 @@ class NullStack:
             self.scheduler_addrs[name] = addr
             routes.append({"name": name, "weight": weight, "scheduler_addr": addr})
             self._spawn(f"scheduler-{name}", "scheduler", "--port", addr.split(":")[1])
-            self._spawn(
-                f"worker-{name}",
-                "worker",
-                "--null-model",
-                "--scheduler-addr",
-                addr,
-                "--port",
-                str(free_port()),
-            )
+            self.workers[name] = [
+                self._spawn(
+                    f"worker-{name}-{i}",
+                    "worker",
+                    "--null-model",
+                    "--worker-id",
+                    f"worker-{name}-{i}",
+                    "--scheduler-addr",
+                    addr,
+                    "--port",
+                    str(free_port()),
+                )
+                for i in range(workers)
+            ]
+        self.num_workers = workers
         variants_file = tmp / "variants.json"
         variants_file.write_text(json.dumps(routes))
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.http_port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.http_port}"
+        self.verify: Path | bool = True
+        scheme = "http"
+        if tls is not None:
+            gateway_args = (
+                *gateway_args,
+                "--tls-cert-file",
+                str(tls[0]),
+                "--tls-key-file",
+                str(tls[1]),
+            )
+            self.verify, scheme = tls[0], "https"
+        self.base_url = f"{scheme}://127.0.0.1:{self.http_port}"
         self._spawn(
             "gateway",
             "gateway",
@@ -58,13 +84,17 @@ class NullStack:
             str(variants_file),
             *gateway_args,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
-    def _spawn(self, name: str, role: str, *args: str) -> None:
+    def _spawn(self, name: str, role: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (kept by the child)
-        self.processes.append(
-            subprocess.Popen([*_PY, f"sarathi_serve.{role}", *args], stdout=log, stderr=log)
-        )
+        process = subprocess.Popen([*_PY, f"sarathi_serve.{role}", *args], stdout=log, stderr=log)
+        self.processes.append(process)
+        return process
 
     def _wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -72,12 +102,12 @@ class NullStack:
             if any(p.poll() is not None for p in self.processes):
                 break
             ready = all(
-                health.leads_with_a_worker(addr) for addr in self.scheduler_addrs.values()
-            ) and _http_ok(f"{self.base_url}/health")
+                health.leads_with_a_worker(addr, self.num_workers)
+                for addr in self.scheduler_addrs.values()
+            ) and _http_ok(f"{self.base_url}/health", self.verify)
             if ready:
                 return
             time.sleep(0.2)
-        self.stop()
         raise RuntimeError("null stack did not start:\n" + self.log_tail())
 
     def log_tail(self) -> str:
@@ -103,8 +133,9 @@ class NullStack:
                 p.kill()
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, verify: Path | bool) -> bool:
+    context = ssl.create_default_context(cafile=verify) if isinstance(verify, Path) else verify
     try:
-        return httpx.get(url, timeout=1.0).status_code == 200
+        return httpx.get(url, timeout=1.0, verify=context).status_code == 200
     except httpx.HTTPError:
         return False

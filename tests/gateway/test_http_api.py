@@ -5,6 +5,7 @@ metrics and A/B routing. (The real model's outputs: tests/e2e/test_openai.py.)""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -430,5 +431,70 @@ def test_ab_routing_split_stickiness_pinning_and_report(tmp_path, default_model_
             low, high = row["ttft_median_ms"]["ci95"]
             assert low <= row["ttft_median_ms"]["value"] <= high
         assert set(parsed["ratios"]) == {"b"}
+    finally:
+        stack.stop()
+
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_on_both_ports(tmp_path, default_model_dir):
+    cert, key = _self_signed(tmp_path)
+    stack = NullStack(tmp_path, tls=(cert, key))
+    try:
+        response = httpx.post(
+            f"{stack.base_url}/v1/completions",
+            json=OK,
+            verify=ssl.create_default_context(cafile=cert),
+        )
+        assert response.status_code == 200
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
+            httpx.post(stack.base_url.replace("https", "http") + "/v1/completions", json=OK)
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(stack.grpc_addr, credentials) as channel:
+            stub = gpb_grpc.GenerationStub(channel)
+            answers = list(
+                stub.Generate(gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=2)))
+            )
+            assert answers[-1].usage.completion_tokens == 2
     finally:
         stack.stop()

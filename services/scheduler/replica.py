@@ -1,0 +1,211 @@
+"""One model replica: a worker, the scheduler core that plans for it, and its iteration loop.
+
+Every replica has its own KV blocks and requests; the IterationLoop
+(`loop.py`) owns the replicas, routes new requests to them and moves the
+requests of a replica whose worker died to one that has a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from sarathi_serve.common.step import StepResult
+from sarathi_serve.scheduler.core import PlannedStep, RequestUpdate, SchedulerCore
+from sarathi_serve.scheduler.metrics import SchedulerMetrics
+from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.sessions import SessionHub
+from sarathi_serve.scheduler.stats import IterationStats, StatsRing
+from sarathi_serve.scheduler.store import RedisStore
+from sarathi_serve.scheduler.workers import WorkerLink, WorkerLost
+
+log = logging.getLogger(__name__)
+
+_MAX_PERSIST_BACKOFF_S = 2.0
+
+
+@dataclass(slots=True)
+class Outputs:
+    """Where every replica's iterations go: the same for all of them."""
+
+    hub: SessionHub
+    store: RedisStore | None
+    stats: StatsRing
+    clock: Callable[[], float]
+    metrics: SchedulerMetrics | None = None
+
+
+class Replica:
+    def __init__(
+        self,
+        index: int,
+        core: SchedulerCore,
+        outputs: Outputs,
+        on_worker_lost: Callable[[WorkerLink, str], None],
+    ):
+        self.index = index
+        self.on_worker_lost = on_worker_lost
+        self.core = core
+        self.out = outputs
+        self.worker: WorkerLink | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.accepted: list[Request] = []  # to persist with the next iteration
+        self.ended: list[Request] = []  # ended without a token (aborts)
+        self.step_id = 0  # the id of the next plan
+        self._last_result_at: float | None = None
+
+    @property
+    def has_worker(self) -> bool:
+        return self.worker is not None and not self.worker.closed
+
+    def outstanding_tokens(self) -> int:
+        """Work left: prompt tokens to compute plus tokens still to generate."""
+        return sum(
+            max(r.num_prefill_tokens - r.num_computed_tokens, 0)
+            + r.sampling.max_tokens
+            - len(r.output_token_ids)
+            for r in self.core.requests.values()
+        )
+
+    def attach(self, link: WorkerLink) -> None:
+        self.core.attach_worker(link.geometry)
+        self.worker = link
+        self._last_result_at = None
+        self.wake.set()
+
+    def detach(self) -> list[Request]:
+        """The worker is gone: its requests wait to be recomputed (here or elsewhere)."""
+        self.worker = None
+        self.core.detach_worker()
+        return list(self.core.requests.values())
+
+    def take_all(self) -> tuple[list[Request], list[Request], list[Request]]:
+        """Hands over every request (to another replica): (in flight, accepted, ended)."""
+        requests = list(self.core.requests.values())
+        self.core.requests.clear()
+        self.core.state.waiting.clear()
+        accepted, self.accepted = self.accepted, []
+        ended, self.ended = self.ended, []
+        return requests, accepted, ended
+
+    async def run(self) -> None:
+        while True:
+            worker = self.worker
+            if worker is None or not (self.core.has_work or self.accepted or self.ended):
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            try:
+                await self._iterate(worker)
+            except WorkerLost as exc:
+                self.on_worker_lost(worker, str(exc))
+
+    async def _iterate(self, worker: WorkerLink) -> None:
+        t_start = time.perf_counter()
+        start_time = self.out.clock()
+        planned = self.core.plan(self.step_id, start_time)
+        self.step_id += 1
+        t_planned = time.perf_counter()
+        if planned.plan.chunks or planned.plan.freed_request_ids:
+            result = await worker.step(planned.plan)
+        else:
+            result = StepResult(planned.plan.step_id)
+        t_result = time.perf_counter()
+        updates = self.core.apply(result, self.out.clock())
+        accepted, self.accepted = self.accepted, []
+        ended, self.ended = self.ended, []
+        await self._persist(accepted, updates, ended)
+        t_persisted = time.perf_counter()
+        self.out.hub.dispatch(updates, ended)
+        for update in updates:
+            if update.stop_reason is not None:
+                _log_finished(update.request, update.stop_reason.name)
+        for request in ended:
+            _log_finished(request, "ABORTED")
+        self.out.stats.num_finished += sum(1 for u in updates if u.stop_reason) + len(ended)
+        if planned.plan.chunks:
+            self._record(planned, result, start_time, t_start, t_planned, t_result, t_persisted)
+        else:
+            self.wake.clear()  # nothing schedulable now: wait for a change
+            if not (self.accepted or self.ended):
+                await _wait(self.wake, timeout=0.05)
+        self._last_result_at = t_result
+
+    async def _persist(
+        self, accepted: list[Request], updates: list[RequestUpdate], ended: list[Request]
+    ) -> None:
+        """Tokens are released only once they are in Redis: retry while it is down."""
+        store = self.out.store
+        if store is None:
+            return
+        backoff = 0.05
+        while True:
+            try:
+                await store.persist_iteration(accepted, updates, ended)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("redis write failed (%s); holding tokens, retry in %.2fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_PERSIST_BACKOFF_S)
+
+    def _record(
+        self,
+        planned: PlannedStep,
+        result: StepResult,
+        start_time: float,
+        t_start: float,
+        t_planned: float,
+        t_result: float,
+        t_persisted: float,
+    ) -> None:
+        delay = 0.0 if self._last_result_at is None else (t_planned - self._last_result_at)
+        if self.out.metrics is not None:
+            self.out.metrics.iteration(
+                planned.policy,
+                planned.num_prefill_tokens,
+                planned.num_decode_tokens,
+                result.execution_ms / 1e3,
+                (t_planned - t_start) + (t_persisted - t_result),
+                [
+                    r.first_scheduled_time - r.arrival_time
+                    for r in planned.admitted
+                    if r.first_scheduled_time is not None
+                ],
+            )
+        self.out.stats.record(
+            IterationStats(
+                step_id=planned.plan.step_id,
+                batch_size=len(planned.plan.chunks),
+                num_prefill_tokens=planned.num_prefill_tokens,
+                num_decode_tokens=planned.num_decode_tokens,
+                execution_ms=result.execution_ms,
+                scheduling_ms=(t_planned - t_start) * 1e3,
+                persist_ms=(t_persisted - t_result) * 1e3,
+                inter_batch_delay_ms=delay * 1e3,
+                policy=planned.policy,
+                token_budget=planned.token_budget,
+                start_time=start_time,
+            )
+        )
+
+
+def _log_finished(request: Request, reason: str) -> None:
+    log.info(
+        "request %s finished (%s): %d output tokens",
+        request.request_id,
+        reason,
+        len(request.output_token_ids),
+        extra={"request_id": request.request_id},
+    )
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
