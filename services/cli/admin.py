@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     swap.add_argument("policy", choices=sorted(POLICIES))
     swap.add_argument("--token-budget", type=int, default=None)
+    swap.add_argument(
+        "--target-tbt-ms", type=float, default=None, help="sarathi: SLO-driven budget (0: off)"
+    )
     swap.add_argument("--max-num-seqs", type=int, default=None)
     stats = actions.add_parser("stats", help="occupancy and the last iterations")
     stats.add_argument("--last", type=int, default=10, help="iterations to show (0: all retained)")
@@ -56,6 +59,8 @@ def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
     request = pb.SetPolicyRequest(policy=args.policy)
     if args.token_budget is not None:
         request.token_budget = args.token_budget
+    if args.target_tbt_ms is not None:
+        request.target_tbt_ms = args.target_tbt_ms
     if args.max_num_seqs is not None:
         request.max_num_seqs = args.max_num_seqs
     reply = stub.SetPolicy(request, timeout=10)

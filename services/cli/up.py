@@ -111,6 +111,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--token-budget", type=int, default=512, help="tokens per iteration (the chunk size)"
     )
     p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument(
+        "--target-tbt-ms",
+        type=float,
+        default=0.0,
+        help="sarathi: choose each iteration's budget to keep it under this (0: static budget)",
+    )
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     p.add_argument("--kv-cache-gb", type=float, default=1.0)
     p.add_argument(
@@ -337,6 +343,8 @@ def _scheduler_children(
                 str(variant.token_budget),
                 "--max-num-seqs",
                 str(args.max_num_seqs),
+                "--target-tbt-ms",
+                str(args.target_tbt_ms if variant.policy == "sarathi" else 0.0),
                 "--metrics-port",
                 str(metrics_port),
             ],

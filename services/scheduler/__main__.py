@@ -90,7 +90,10 @@ async def _lead(
 
     def make_core() -> SchedulerCore:  # one per model replica (worker)
         policy = make_policy(
-            config.policy, token_budget=config.token_budget, max_num_seqs=config.max_num_seqs
+            config.policy,
+            token_budget=config.token_budget,
+            max_num_seqs=config.max_num_seqs,
+            target_tbt_ms=config.target_tbt_ms,
         )
         return SchedulerCore(
             policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark

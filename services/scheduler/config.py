@@ -26,6 +26,7 @@ class SchedulerConfig:
     lease_ttl_ms: int = 3000  # leader lease in Redis; a standby takes over after it expires
     session_grace_s: float = 30.0  # a gateway that went away has this long to resume
     metrics_port: int = 0  # Prometheus /metrics; 0: off
+    target_tbt_ms: float = 0.0  # > 0: SLO-driven token budget (sarathi policy)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -47,6 +48,7 @@ _HELPS = {
     "token_budget": "tokens per iteration (the chunk size)",
     "max_num_waiting": "queued requests beyond which submits get RESOURCE_EXHAUSTED",
     "lease_ttl_ms": "leader lease TTL; a standby takes over within about this long",
+    "target_tbt_ms": "sarathi: pick each iteration's budget to keep iterations under this (0: off)",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "session_grace_s": "how long a disconnected gateway's requests wait for it to resume",
 }

@@ -152,8 +152,14 @@ class SchedulerCore:
             num_decode,
             tuple(admitted),
             self.policy.name,
-            self.policy.token_budget,
+            getattr(self.policy, "last_budget", 0) or self.policy.token_budget,  # adaptive
         )
+
+    def observe(self, planned: PlannedStep, execution_ms: float) -> None:
+        """Tells an adaptive policy (SLO-driven budget) how long the step took."""
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            observe(planned.num_prefill_tokens, planned.num_decode_tokens, execution_ms)
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
         """Appends sampled tokens and finishes requests that reached a stop."""

@@ -131,6 +131,7 @@ class Replica:
             _log_finished(request, "ABORTED")
         self.out.stats.num_finished += sum(1 for u in updates if u.stop_reason) + len(ended)
         if planned.plan.chunks:
+            self.core.observe(planned, result.execution_ms)
             self._record(planned, result, start_time, t_start, t_planned, t_result, t_persisted)
         else:
             self.wake.clear()  # nothing schedulable now: wait for a change

@@ -137,3 +137,38 @@ def test_make_policy_by_name():
         make_policy("nope", token_budget=1, max_num_seqs=1)
     with pytest.raises(ValueError):
         SarathiPolicy(token_budget=0)
+
+
+def test_step_time_model_recovers_an_affine_step_time():
+    from sarathi_serve.scheduler.policies.step_model import StepTimeModel
+
+    model = StepTimeModel()
+    assert model.max_prefill_tokens(4, 100.0) is None  # not fitted yet
+    for prefill, decode in [(0, 1), (64, 4), (128, 2), (256, 8), (32, 16), (512, 0), (0, 32),
+                            (200, 10), (100, 20)]:  # fmt: skip
+        model.observe(prefill, decode, 20 + 2.0 * prefill + 0.5 * decode)
+    assert model.predict_ms(100, 10) == pytest.approx(225.0, rel=1e-3)
+    assert model.max_prefill_tokens(10, 100.0) == 37  # (100 - 20 - 5) / 2
+
+
+def test_slo_driven_budget_fills_the_target_and_follows_the_machine():
+    policy = SarathiPolicy(token_budget=256, target_tbt_ms=100.0)
+    state, blocks = SchedulerState(), BlockManager(1000, 4)
+    for i in range(4):
+        decoding(f"d{i}", 4, state, blocks)
+    state.waiting.append(make_request("long", 2000))
+    assert policy.schedule(state, blocks).num_tokens == 256  # static budget until fitted
+    for prefill in range(0, 400, 40):  # a machine where a prefill token costs 1 ms
+        policy.observe(prefill, 4, 10 + 1.0 * prefill + 2.0 * 4)
+    schedule = run_step(policy, state, blocks)
+    assert ids(schedule)[-1] == ("long", 82)  # (100 - 10 - 8) / 1
+    assert policy.last_budget == 4 + 82
+    for _ in range(200):  # the machine slows down 4x (a noisy neighbour)
+        policy.observe(80, 4, 4 * (10 + 80 + 8))
+    # ~100 / (4 x 98 / 84) - 4 decodes: the chunk shrinks about 5x
+    assert 16 <= policy.schedule(state, blocks).chunks[-1][1] <= 20
+
+
+def test_slo_budget_is_only_for_sarathi():
+    with pytest.raises(ValueError, match="target_tbt_ms"):
+        make_policy("vllm", token_budget=64, max_num_seqs=8, target_tbt_ms=50.0)

@@ -18,11 +18,17 @@ POLICIES: dict[str, type] = {
 }
 
 
-def make_policy(name: str, *, token_budget: int, max_num_seqs: int) -> Policy:
+def make_policy(
+    name: str, *, token_budget: int, max_num_seqs: int, target_tbt_ms: float = 0.0
+) -> Policy:
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
+    if cls is SarathiPolicy:
+        return SarathiPolicy(token_budget, max_num_seqs, target_tbt_ms=target_tbt_ms)
+    if target_tbt_ms:
+        raise ValueError(f"target_tbt_ms: only the sarathi policy adapts its budget, not {name}")
     policy: Policy = cls(token_budget=token_budget, max_num_seqs=max_num_seqs)
     return policy
 

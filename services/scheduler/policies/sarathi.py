@@ -6,25 +6,41 @@ Every iteration carries, within `token_budget` tokens:
   3. the first chunk of new requests, first come first served.
 Running requests are capped at min(max_num_seqs, token_budget) so that every
 decode fits in every iteration.
+
+With `target_tbt_ms` (beyond the paper, which leaves the chunk size to the
+operator) the budget of each iteration is chosen from a step-time model fitted
+online to measured iteration times: the decodes, plus as many prefill tokens
+as the model says fit in the target (at least `MIN_PREFILL_TOKENS`, so
+prefills always progress; at most `MAX_BUDGET_FACTOR` x `token_budget`).
+`token_budget` is used until the model has seen enough iterations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.policies.base import Schedule, schedule_decodes, validate_limits
+from sarathi_serve.scheduler.policies.step_model import StepTimeModel
 from sarathi_serve.scheduler.state import SchedulerState
+
+MIN_PREFILL_TOKENS = 16
+MAX_BUDGET_FACTOR = 4
 
 
 @dataclass(slots=True)
 class SarathiPolicy:
     token_budget: int = 512
     max_num_seqs: int = 128
+    target_tbt_ms: float = 0.0  # > 0: an SLO-driven budget per iteration
     name: str = "sarathi"
+    step_model: StepTimeModel = field(default_factory=StepTimeModel)
+    last_budget: int = 0  # the budget of the latest schedule
 
     def __post_init__(self) -> None:
         validate_limits(self.token_budget, self.max_num_seqs)
+        if self.target_tbt_ms < 0:
+            raise ValueError(f"target_tbt_ms must be >= 0, got {self.target_tbt_ms}")
 
     @property
     def max_running(self) -> int:
@@ -32,10 +48,27 @@ class SarathiPolicy:
 
     def schedule(self, state: SchedulerState, blocks: BlockManager) -> Schedule:
         out = Schedule()
-        budget = schedule_decodes(state, blocks, out, self.token_budget)
-        budget = self._schedule_running_prefills(state, blocks, out, budget)
+        left = schedule_decodes(state, blocks, out, self.token_budget)
+        num_decodes = self.token_budget - left
+        prefill = self._prefill_budget(num_decodes, left)
+        self.last_budget = num_decodes + prefill
+        budget = self._schedule_running_prefills(state, blocks, out, prefill)
         self._admit_waiting(state, blocks, out, budget)
         return out
+
+    def observe(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
+        """Feeds the step-time model with a measured iteration."""
+        if self.target_tbt_ms > 0:
+            self.step_model.observe(num_prefill, num_decode, execution_ms)
+
+    def _prefill_budget(self, num_decodes: int, static_left: int) -> int:
+        if self.target_tbt_ms <= 0:
+            return static_left
+        fit = self.step_model.max_prefill_tokens(num_decodes, self.target_tbt_ms)
+        if fit is None:
+            return static_left
+        cap = MAX_BUDGET_FACTOR * self.token_budget - num_decodes
+        return max(min(fit, cap), MIN_PREFILL_TOKENS)
 
     def _schedule_running_prefills(
         self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
