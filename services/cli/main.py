@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sarathi_serve.bench import compare as bench_compare
 from sarathi_serve.bench import control_plane as bench_control_plane
+from sarathi_serve.bench import serving as bench_serving
 from sarathi_serve.bench import worker as bench_worker
 from sarathi_serve.cli import ab, admin, generate, status, up
 
@@ -29,9 +31,20 @@ def main(argv: list[str] | None = None) -> None:
     bench_control_plane.add_arguments(
         bench_kinds.add_parser("control-plane", help="scheduler iterations/s with a null worker")
     )
+    bench_serving.add_arguments(
+        bench_kinds.add_parser("serve", help="open-loop load against a running server")
+    )
+    bench_compare.add_arguments(
+        bench_kinds.add_parser("compare", help="configurations side by side, or their capacity")
+    )
     args = parser.parse_args(argv)
     if args.command == "bench":
-        handler = {"worker": bench_worker.run, "control-plane": bench_control_plane.run}[args.bench]
+        handler = {
+            "worker": bench_worker.run,
+            "control-plane": bench_control_plane.run,
+            "serve": bench_serving.run,
+            "compare": bench_compare.run,
+        }[args.bench]
     else:
         handler = {
             "up": up.run,

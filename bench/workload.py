@@ -1,0 +1,106 @@
+"""Open-loop workloads: when requests arrive and how long they are.
+
+Arrivals: Poisson, gamma (burstiness = 1 / cv^2, as vLLM's benchmark), or all at
+once. Lengths: a trace CSV with `num_prefill_tokens,num_decode_tokens` columns
+(the paper's sharegpt / arxiv traces), or synthetic `fixed:P:D`,
+`uniform:PMIN:PMAX:DMIN:DMAX`, `zipf:PMAX:DMAX[:A]`. Trace lengths are scaled
+(`length_scale`) and capped for small machines; the output says so.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VOCAB_LOW, VOCAB_HIGH = 100, 40_000  # random prompt token ids stay clear of special tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    arrival_s: float  # offset from the start of the run
+    prompt_token_ids: list[int]
+    output_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    lengths: str  # a CSV path or fixed:/uniform:/zipf:
+    rate: float  # requests per second; inf: all at once
+    num_requests: int
+    arrival: str = "poisson"  # poisson | gamma
+    burstiness: float = 1.0
+    length_scale: float = 1.0
+    max_prompt_len: int = 4096
+    max_output_len: int = 1024
+    min_len: int = 2
+    seed: int = 0
+
+    def describe(self) -> str:
+        scaled = f", lengths x{self.length_scale:g}" if self.length_scale != 1 else ""
+        return (
+            f"{self.num_requests} requests, {self.arrival} arrivals at {self.rate:g}/s, "
+            f"lengths {Path(self.lengths).name if ':' not in self.lengths else self.lengths}"
+            f"{scaled}, capped at {self.max_prompt_len}/{self.max_output_len}"
+        )
+
+
+def make_requests(spec: WorkloadSpec) -> list[RequestSpec]:
+    rng = np.random.default_rng(spec.seed)
+    prompts, outputs = _lengths(spec, rng)
+    arrivals = _arrivals(spec, rng)
+    return [
+        RequestSpec(float(t), rng.integers(VOCAB_LOW, VOCAB_HIGH, size=int(p)).tolist(), int(d))
+        for t, p, d in zip(arrivals, prompts, outputs, strict=True)
+    ]
+
+
+def _arrivals(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray:
+    n = spec.num_requests
+    if not np.isfinite(spec.rate):
+        return np.zeros(n)
+    if spec.arrival == "poisson":
+        gaps = rng.exponential(1.0 / spec.rate, size=n)
+    elif spec.arrival == "gamma":
+        shape = spec.burstiness
+        gaps = rng.gamma(shape, 1.0 / (spec.rate * shape), size=n)
+    else:
+        raise ValueError(f"arrival must be poisson or gamma, got {spec.arrival!r}")
+    gaps[0] = 0.0
+    return np.cumsum(gaps)
+
+
+def _lengths(spec: WorkloadSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n = spec.num_requests
+    kind, _, rest = spec.lengths.partition(":")
+    args = [float(a) for a in rest.split(":")] if rest else []
+    if kind == "fixed":
+        prompts, outputs = np.full(n, args[0]), np.full(n, args[1])
+    elif kind == "uniform":
+        prompts = rng.integers(int(args[0]), int(args[1]) + 1, size=n)
+        outputs = rng.integers(int(args[2]), int(args[3]) + 1, size=n)
+    elif kind == "zipf":
+        a = args[2] if len(args) > 2 else 1.5
+        prompts = np.minimum(rng.zipf(a, size=n) * 16, args[0])
+        outputs = np.minimum(rng.zipf(a, size=n) * 8, args[1])
+    else:
+        prompts, outputs = _trace(Path(spec.lengths), n, rng)
+        prompts, outputs = prompts * spec.length_scale, outputs * spec.length_scale
+    prompts = np.clip(np.round(prompts), spec.min_len, spec.max_prompt_len).astype(int)
+    outputs = np.clip(np.round(outputs), 1, spec.max_output_len).astype(int)
+    return prompts, outputs
+
+
+def _trace(path: Path, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = [
+            (float(r["num_prefill_tokens"]), float(r["num_decode_tokens"]))
+            for r in csv.DictReader(f)
+        ]
+    if not rows:
+        raise ValueError(f"{path}: no rows with num_prefill_tokens,num_decode_tokens")
+    picked = rng.choice(len(rows), size=n, replace=n > len(rows))
+    table = np.asarray(rows)[picked]
+    return table[:, 0], table[:, 1]

@@ -1,0 +1,71 @@
+"""The benchmark package's pure parts: workloads, summaries, histogram quantiles."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sarathi_serve.bench.serving import RequestResult, _histogram_quantile, summarize
+from sarathi_serve.bench.workload import WorkloadSpec, make_requests
+
+TRACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces"
+
+
+def test_poisson_arrivals_have_the_asked_rate_and_are_reproducible():
+    spec = WorkloadSpec("fixed:32:8", rate=4.0, num_requests=2000, seed=3)
+    requests = make_requests(spec)
+    gaps = np.diff([r.arrival_s for r in requests])
+    assert np.mean(gaps) == pytest.approx(0.25, rel=0.08)
+    assert [r.prompt_token_ids for r in make_requests(spec)[:3]] == [
+        r.prompt_token_ids for r in requests[:3]
+    ]
+    assert all(len(r.prompt_token_ids) == 32 and r.output_len == 8 for r in requests)
+
+
+def test_gamma_burstiness_changes_the_spread_not_the_rate():
+    bursty = WorkloadSpec(
+        "fixed:8:8", rate=2.0, num_requests=4000, arrival="gamma", burstiness=0.25
+    )
+    gaps = np.diff([r.arrival_s for r in make_requests(bursty)])
+    assert np.mean(gaps) == pytest.approx(0.5, rel=0.1)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(2.0, rel=0.15)  # cv = 1/sqrt(shape)
+
+
+@pytest.mark.skipif(not TRACES.exists(), reason="the paper's traces are not beside the checkout")
+def test_trace_lengths_are_scaled_and_capped():
+    spec = WorkloadSpec(
+        str(TRACES / "sharegpt_8k.csv"), rate=1.0, num_requests=500, length_scale=0.125,
+        max_prompt_len=512, max_output_len=64,
+    )  # fmt: skip
+    requests = make_requests(spec)
+    prompts = [len(r.prompt_token_ids) for r in requests]
+    assert max(prompts) <= 512 and max(r.output_len for r in requests) <= 64
+    assert 100 < np.median(prompts) < 400  # sharegpt's median 1730 x 0.125 ~ 216
+
+
+def test_summary_uses_vllm_names_and_definitions():
+    results = [
+        RequestResult(10, 3, ok=True, output_len=3, ttft=0.1, e2el=0.5, itl=[0.2, 0.2]),
+        RequestResult(20, 5, ok=True, output_len=5, ttft=0.3, e2el=1.1, itl=[0.2] * 4),
+        RequestResult(30, 5, error="HTTP 429"),
+    ]
+    s = summarize(results, duration=2.0, slo_tpot_ms=150)
+    assert (s["completed"], s["failed"]) == (2, 1)
+    assert s["total_output_tokens"] == 8 and s["output_throughput"] == 4.0
+    assert s["median_ttft_ms"] == pytest.approx(200.0)
+    assert s["mean_tpot_ms"] == pytest.approx(200.0)
+    assert s["p99_itl_ms"] == pytest.approx(200.0)
+    assert s["request_goodput"] == 0.0 and s["errors"] == ["HTTP 429"]
+
+
+def test_histogram_quantile_interpolates_like_promql():
+    buckets = {
+        'q_bucket{le="0.1",policy="a"}': 10.0,
+        'q_bucket{le="1.0",policy="a"}': 30.0,
+        'q_bucket{le="+Inf",policy="a"}': 40.0,
+    }
+    assert _histogram_quantile(buckets, 0.5) == pytest.approx(0.1 + 0.9 * (20 - 10) / 20)
+    assert math.isnan(_histogram_quantile({}, 0.5))
