@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our system on the way out
     ours = [c for c in args.config if c.policy]
     system = LocalSystem(*args.up_args.split()) if ours else None
     try:
@@ -115,7 +117,7 @@ def _trial(
         summary["server"] = server_figures(before, scrape(metrics_url))
     if system is not None:
         system.drain()
-    summary["itl_ms"] = [gap * 1000 for r in results if r.ok for gap in r.itl]
+    summary["itl_ms"] = [round(gap * 1000, 1) for r in results if r.ok for gap in r.itl]
     summary.update(config=config.name, rate=rate)
     return summary
 
@@ -208,7 +210,8 @@ def plot(report: dict[str, Any], out: Path) -> None:
         print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
         return
     runs = report["runs"]
-    for rate in sorted({r["rate"] for r in runs}):
+    cdf_rates = sorted({r["rate"] for r in runs}) if report["mode"] == "fixed" else []
+    for rate in cdf_rates:
         fig, ax = plt.subplots(figsize=(6, 4))
         for run in (r for r in runs if r["rate"] == rate):
             values = np.sort(np.asarray(run["itl_ms"]))

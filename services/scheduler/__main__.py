@@ -94,6 +94,9 @@ async def _lead(
             token_budget=config.token_budget,
             max_num_seqs=config.max_num_seqs,
             target_tbt_ms=config.target_tbt_ms,
+            low_chunk_size=config.low_chunk_size,
+            chunk_schedule_max_tokens=config.chunk_schedule_max_tokens,
+            chunk_schedule_stages=config.chunk_schedule_stages,
         )
         return SchedulerCore(
             policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark

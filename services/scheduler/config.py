@@ -27,6 +27,9 @@ class SchedulerConfig:
     session_grace_s: float = 30.0  # a gateway that went away has this long to resume
     metrics_port: int = 0  # Prometheus /metrics; 0: off
     target_tbt_ms: float = 0.0  # > 0: SLO-driven token budget (sarathi policy)
+    low_chunk_size: int = 0  # > 0: the paper's dynamic chunk schedule (sarathi policy)
+    chunk_schedule_max_tokens: int = 8192
+    chunk_schedule_stages: int = 16
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -49,6 +52,10 @@ _HELPS = {
     "max_num_waiting": "queued requests beyond which submits get RESOURCE_EXHAUSTED",
     "lease_ttl_ms": "leader lease TTL; a standby takes over within about this long",
     "target_tbt_ms": "sarathi: pick each iteration's budget to keep iterations under this (0: off)",
+    "low_chunk_size": "sarathi: chunks shrink from token_budget to this as a prompt's prefill "
+    "progresses (the paper's dynamic chunk schedule; 0: off)",
+    "chunk_schedule_max_tokens": "dynamic chunk schedule: prefill progress of the last stage",
+    "chunk_schedule_stages": "dynamic chunk schedule: number of chunk sizes",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "session_grace_s": "how long a disconnected gateway's requests wait for it to resume",
 }

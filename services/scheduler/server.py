@@ -23,6 +23,7 @@ from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.scheduler.core import WorkerGeometry
 from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.policies import Policy, make_policy
+from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 from sarathi_serve.scheduler.request import Request, StopReason
 from sarathi_serve.scheduler.sessions import STOP_TO_PB, Outbox
 from sarathi_serve.scheduler.workers import WorkerLink
@@ -187,20 +188,17 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         max_num_seqs = (
             request.max_num_seqs if request.HasField("max_num_seqs") else current.max_num_seqs
         )
-        target = (
-            request.target_tbt_ms
-            if request.HasField("target_tbt_ms")
-            else getattr(current, "target_tbt_ms", 0.0)
-            if request.policy == "sarathi"
-            else 0.0
+        options = (
+            current.options()
+            if isinstance(current, SarathiPolicy) and request.policy == "sarathi"
+            else {}
         )
+        if request.HasField("target_tbt_ms"):
+            options["target_tbt_ms"] = request.target_tbt_ms
 
         def make() -> Policy:
             return make_policy(
-                request.policy,
-                token_budget=token_budget,
-                max_num_seqs=max_num_seqs,
-                target_tbt_ms=target,
+                request.policy, token_budget=token_budget, max_num_seqs=max_num_seqs, **options
             )
 
         try:

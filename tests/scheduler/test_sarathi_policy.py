@@ -172,3 +172,28 @@ def test_slo_driven_budget_fills_the_target_and_follows_the_machine():
 def test_slo_budget_is_only_for_sarathi():
     with pytest.raises(ValueError, match="target_tbt_ms"):
         make_policy("vllm", token_budget=64, max_num_seqs=8, target_tbt_ms=50.0)
+
+
+def test_dynamic_chunk_schedule_shrinks_chunks_as_the_prefill_progresses():
+    # 4 stages of 256 computed tokens each: caps 256, 192, 128, 64
+    policy = SarathiPolicy(
+        token_budget=256, low_chunk_size=64, chunk_schedule_max_tokens=1024, chunk_schedule_stages=4
+    )
+    assert [policy.chunk_cap(c) for c in (0, 255, 256, 512, 768, 10_000)] == [
+        256, 256, 192, 128, 64, 64,
+    ]  # fmt: skip
+    state, blocks = SchedulerState(), BlockManager(1000, 4)
+    long = make_request("long", 1000)
+    state.waiting.append(long)
+    chunks = [ids(run_step(policy, state, blocks))[0][1] for _ in range(4)]
+    assert chunks == [256, 192, 192, 128]  # computed 0 -> 256 -> 448 -> 640 -> 768
+    decoding("d", 4, state, blocks)
+    assert ids(run_step(policy, state, blocks)) == [("d", 1), ("long", 63)]  # cap counts decodes
+
+
+def test_swapping_policies_keeps_sarathi_options():
+    policy = make_policy("sarathi", token_budget=128, max_num_seqs=8, low_chunk_size=32)
+    rebuilt = make_policy("sarathi", token_budget=64, max_num_seqs=8, **policy.options())
+    assert rebuilt.low_chunk_size == 32 and rebuilt.token_budget == 64
+    with pytest.raises(ValueError, match="low_chunk_size"):
+        make_policy("orca", token_budget=64, max_num_seqs=8, low_chunk_size=32)

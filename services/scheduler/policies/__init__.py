@@ -19,16 +19,19 @@ POLICIES: dict[str, type] = {
 
 
 def make_policy(
-    name: str, *, token_budget: int, max_num_seqs: int, target_tbt_ms: float = 0.0
+    name: str, *, token_budget: int, max_num_seqs: int, **sarathi_options: float
 ) -> Policy:
+    """`sarathi_options`: SarathiPolicy's target_tbt_ms, low_chunk_size,
+    chunk_schedule_max_tokens, chunk_schedule_stages (falsy values: the defaults)."""
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
+    options = {k: v for k, v in sarathi_options.items() if v}
     if cls is SarathiPolicy:
-        return SarathiPolicy(token_budget, max_num_seqs, target_tbt_ms=target_tbt_ms)
-    if target_tbt_ms:
-        raise ValueError(f"target_tbt_ms: only the sarathi policy adapts its budget, not {name}")
+        return SarathiPolicy(token_budget, max_num_seqs, **options)  # type: ignore[arg-type]
+    if options:
+        raise ValueError(f"{', '.join(options)}: only the sarathi policy has these, not {name}")
     policy: Policy = cls(token_budget=token_budget, max_num_seqs=max_num_seqs)
     return policy
 

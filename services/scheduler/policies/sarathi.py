@@ -13,6 +13,12 @@ online to measured iteration times: the decodes, plus as many prefill tokens
 as the model says fit in the target (at least `MIN_PREFILL_TOKENS`, so
 prefills always progress; at most `MAX_BUDGET_FACTOR` x `token_budget`).
 `token_budget` is used until the model has seen enough iterations.
+
+With `low_chunk_size` > 0, the paper's dynamic chunk schedule (as in its code):
+a prompt's chunks shrink as its prefill progresses, because the attention of a
+chunk grows with the context before it. The batch's token cap for a request
+whose prefill has computed `c` tokens is stage `c // (max_tokens / stages)` of
+`stages` sizes going linearly from `token_budget` down to `low_chunk_size`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.policies.base import Schedule, schedule_decodes, validate_limits
 from sarathi_serve.scheduler.policies.step_model import StepTimeModel
+from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.state import SchedulerState
 
 MIN_PREFILL_TOKENS = 16
@@ -33,6 +40,9 @@ class SarathiPolicy:
     token_budget: int = 512
     max_num_seqs: int = 128
     target_tbt_ms: float = 0.0  # > 0: an SLO-driven budget per iteration
+    low_chunk_size: int = 0  # > 0: the dynamic chunk schedule, from token_budget down to this
+    chunk_schedule_max_tokens: int = 8192
+    chunk_schedule_stages: int = 16
     name: str = "sarathi"
     step_model: StepTimeModel = field(default_factory=StepTimeModel)
     last_budget: int = 0  # the budget of the latest schedule
@@ -41,6 +51,32 @@ class SarathiPolicy:
         validate_limits(self.token_budget, self.max_num_seqs)
         if self.target_tbt_ms < 0:
             raise ValueError(f"target_tbt_ms must be >= 0, got {self.target_tbt_ms}")
+        if not 0 <= self.low_chunk_size <= self.token_budget:
+            raise ValueError(
+                f"low_chunk_size must be in [0, token_budget={self.token_budget}], "
+                f"got {self.low_chunk_size}"
+            )
+        if self.chunk_schedule_stages < 1 or self.chunk_schedule_max_tokens < 1:
+            raise ValueError("chunk_schedule_stages and chunk_schedule_max_tokens must be >= 1")
+
+    def options(self) -> dict[str, float]:
+        """What make_policy needs to build the same policy with another budget."""
+        return {
+            "target_tbt_ms": self.target_tbt_ms,
+            "low_chunk_size": self.low_chunk_size,
+            "chunk_schedule_max_tokens": self.chunk_schedule_max_tokens,
+            "chunk_schedule_stages": self.chunk_schedule_stages,
+        }
+
+    def chunk_cap(self, num_computed: int) -> int:
+        """The batch's token cap for a prompt that has `num_computed` tokens computed."""
+        if not self.low_chunk_size:
+            return self.token_budget
+        stages = self.chunk_schedule_stages
+        per_stage = -(-self.chunk_schedule_max_tokens // stages)
+        stage = min(num_computed // per_stage, stages - 1)
+        step = (self.token_budget - self.low_chunk_size) / max(stages - 1, 1)
+        return round(self.token_budget - stage * step)
 
     @property
     def max_running(self) -> int:
@@ -70,12 +106,20 @@ class SarathiPolicy:
         cap = MAX_BUDGET_FACTOR * self.token_budget - num_decodes
         return max(min(fit, cap), MIN_PREFILL_TOKENS)
 
+    def _chunk(self, request: Request, out: Schedule, budget: int) -> int:
+        num_tokens = min(request.num_pending_tokens, budget)
+        if self.low_chunk_size:
+            num_tokens = min(
+                num_tokens, self.chunk_cap(request.num_computed_tokens) - out.num_tokens
+            )
+        return num_tokens
+
     def _schedule_running_prefills(
         self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
     ) -> int:
         for request in [r for r in state.running if r.is_prefilling]:
-            num_tokens = min(request.num_pending_tokens, budget)
-            if num_tokens == 0 or not blocks.can_allocate(request, num_tokens):
+            num_tokens = self._chunk(request, out, budget)
+            if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens):
                 break
             blocks.allocate(request, num_tokens)
             out.chunks.append((request, num_tokens))
@@ -87,8 +131,8 @@ class SarathiPolicy:
     ) -> None:
         while state.waiting and budget > 0 and len(state.running) < self.max_running:
             request = state.waiting[0]
-            num_tokens = min(request.num_pending_tokens, budget)
-            if not blocks.can_allocate(request, num_tokens, admit=True):
+            num_tokens = self._chunk(request, out, budget)
+            if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens, admit=True):
                 break
             state.admit(request)
             blocks.allocate(request, num_tokens)
