@@ -83,13 +83,20 @@ def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
         f"waiting {reply.num_waiting}, finished {reply.num_finished}; KV blocks free "
         f"{reply.num_free_kv_blocks}/{reply.num_total_kv_blocks}; workers {reply.num_workers}"
     )
+    for r in reply.replicas:
+        print(
+            f"  replica {r.index}: worker {r.worker_id or '(none)'}; running {r.num_running}, "
+            f"waiting {r.num_waiting}; KV blocks free {r.num_free_kv_blocks}/"
+            f"{r.num_total_kv_blocks}"
+        )
     print(
-        f"{'step':>6} {'policy':>18} {'batch':>5} {'prefill':>7} {'decode':>6} "
+        f"{'step':>6} {'budget':>6} {'policy':>18} {'batch':>5} {'prefill':>7} {'decode':>6} "
         f"{'exec ms':>8} {'gap ms':>7}"
     )
     for it in reply.iterations:
         print(
-            f"{it.step_id:>6} {it.policy:>18} {it.batch_size:>5} {it.num_prefill_tokens:>7} "
-            f"{it.num_decode_tokens:>6} {it.execution_ms:>8.1f} {it.inter_batch_delay_ms:>7.2f}"
+            f"{it.step_id:>6} {it.token_budget:>6} {it.policy:>18} {it.batch_size:>5} "
+            f"{it.num_prefill_tokens:>7} {it.num_decode_tokens:>6} {it.execution_ms:>8.1f} "
+            f"{it.inter_batch_delay_ms:>7.2f}"
         )
     return 0
