@@ -6,6 +6,7 @@ worker results, as vLLM's scheduler tests do.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted
@@ -40,6 +41,21 @@ class RequestUpdate:
     token_ids: tuple[int, ...]
     stop_reason: StopReason | None
     logprobs: tuple[TokenLogprobs, ...] = ()  # parallel to token_ids, when requested
+
+
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """How full a core (or, summed, the scheduler) is."""
+
+    running: int = 0
+    waiting: int = 0
+    free_kv_blocks: int = 0
+    total_kv_blocks: int = 0
+    preemptions: int = 0
+
+    def __add__(self, other: Occupancy) -> Occupancy:
+        mine, theirs = dataclasses.astuple(self), dataclasses.astuple(other)
+        return Occupancy(*(a + b for a, b in zip(mine, theirs, strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +107,16 @@ class SchedulerCore:
             return None
         self._finish(request, StopReason.ABORTED, now)
         return request
+
+    @property
+    def occupancy(self) -> Occupancy:
+        return Occupancy(
+            running=len(self.state.running),
+            waiting=len(self.state.waiting),
+            free_kv_blocks=self.blocks.num_free_blocks if self.blocks else 0,
+            total_kv_blocks=self.blocks.num_blocks if self.blocks else 0,
+            preemptions=self.state.num_preemptions,
+        )
 
     @property
     def has_work(self) -> bool:
@@ -152,14 +178,12 @@ class SchedulerCore:
             num_decode,
             tuple(admitted),
             self.policy.name,
-            getattr(self.policy, "last_budget", 0) or self.policy.token_budget,  # adaptive
+            self.policy.last_budget,
         )
 
     def observe(self, planned: PlannedStep, execution_ms: float) -> None:
-        """Tells an adaptive policy (SLO-driven budget) how long the step took."""
-        observe = getattr(self.policy, "observe", None)
-        if observe is not None:
-            observe(planned.num_prefill_tokens, planned.num_decode_tokens, execution_ms)
+        """Tells the policy (an SLO-driven budget adapts) how long the step took."""
+        self.policy.observe(planned.num_prefill_tokens, planned.num_decode_tokens, execution_ms)
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
         """Appends sampled tokens and finishes requests that reached a stop."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from sarathi_serve.common.errors import InvalidArgument
-from sarathi_serve.scheduler.core import SchedulerCore
+from sarathi_serve.scheduler.core import Occupancy, SchedulerCore
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.replica import Outputs, Replica
@@ -60,6 +60,10 @@ class IterationLoop:
     @property
     def num_workers(self) -> int:
         return sum(r.has_worker for r in self.replicas)
+
+    @property
+    def occupancy(self) -> Occupancy:
+        return sum((c.occupancy for c in self.cores()), Occupancy())
 
     def cores(self) -> Iterator[SchedulerCore]:
         return (r.core for r in self.replicas)

@@ -86,7 +86,7 @@ class _Occupancy(Collector):
         yield leader
         if loop is None:
             return
-        cores = list(loop.cores())
+        total = loop.occupancy
         labels = [loop.policy.name]
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -94,22 +94,19 @@ class _Occupancy(Collector):
             family.add_metric(labels, value)
             return family
 
-        running = sum(len(c.state.running) for c in cores)
-        waiting = sum(len(c.state.waiting) for c in cores)
-        total = sum(c.blocks.num_blocks for c in cores if c.blocks)
-        free = sum(c.blocks.num_free_blocks for c in cores if c.blocks)
-        yield gauge("sarathi_scheduler_running_requests", "Running", running)
-        yield gauge("sarathi_scheduler_waiting_requests", "Waiting", waiting)
-        yield gauge("sarathi_scheduler_kv_blocks_total", "KV blocks of all workers", total)
+        yield gauge("sarathi_scheduler_running_requests", "Running", total.running)
+        yield gauge("sarathi_scheduler_waiting_requests", "Waiting", total.waiting)
+        yield gauge(
+            "sarathi_scheduler_kv_blocks_total", "KV blocks of all workers", total.total_kv_blocks
+        )
         yield gauge(
             "sarathi_scheduler_kv_usage_ratio", "Fraction of KV blocks in use",
-            (total - free) / max(total, 1),
+            (total.total_kv_blocks - total.free_kv_blocks) / max(total.total_kv_blocks, 1),
         )  # fmt: skip
         yield gauge("sarathi_scheduler_workers", "Attached workers", loop.num_workers)
-        preemptions = sum(c.state.num_preemptions for c in cores)
         for name, doc, value in (
             ("sarathi_scheduler_preemptions", "Recomputes forced by a lack of KV blocks",
-             preemptions),
+             total.preemptions),
             ("sarathi_scheduler_finished_requests", "Requests ended", loop.stats.num_finished),
         ):  # fmt: skip
             counter = CounterMetricFamily(name, doc, labels=["policy"])

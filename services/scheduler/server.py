@@ -220,30 +220,29 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         if self.loop is None:
             return reply
         loop = self.loop
-        cores = list(loop.cores())
+        total = loop.occupancy
         reply.iterations.extend(
             pb.IterationStats(**vars_of(s)) for s in loop.stats.recent(request.max_iterations)
         )
-        reply.num_waiting = sum(len(c.state.waiting) for c in cores)
-        reply.num_running = sum(len(c.state.running) for c in cores)
-        reply.num_free_kv_blocks = sum(c.blocks.num_free_blocks for c in cores if c.blocks)
-        reply.num_total_kv_blocks = sum(c.blocks.num_blocks for c in cores if c.blocks)
+        reply.num_waiting = total.waiting
+        reply.num_running = total.running
+        reply.num_free_kv_blocks = total.free_kv_blocks
+        reply.num_total_kv_blocks = total.total_kv_blocks
         reply.num_workers = loop.num_workers
         reply.policy = loop.policy.name
         reply.token_budget = loop.policy.token_budget
         reply.num_finished = loop.stats.num_finished
-        reply.num_preemptions = sum(c.state.num_preemptions for c in cores)
-        reply.replicas.extend(
-            pb.ReplicaStats(
+        reply.num_preemptions = total.preemptions
+        for r in loop.replicas:
+            occupancy = r.core.occupancy
+            reply.replicas.add(
                 index=r.index,
                 worker_id=r.worker.worker_id if r.has_worker and r.worker else "",
-                num_running=len(r.core.state.running),
-                num_waiting=len(r.core.state.waiting),
-                num_free_kv_blocks=r.core.blocks.num_free_blocks if r.core.blocks else 0,
-                num_total_kv_blocks=r.core.blocks.num_blocks if r.core.blocks else 0,
+                num_running=occupancy.running,
+                num_waiting=occupancy.waiting,
+                num_free_kv_blocks=occupancy.free_kv_blocks,
+                num_total_kv_blocks=occupancy.total_kv_blocks,
             )
-            for r in loop.replicas
-        )
         reply.epoch = self.epoch
         return reply
 

@@ -922,7 +922,16 @@ def test_values_files_cover_gpu_ab_external_redis_and_service_monitor(chart: hel
 
 def test_values_files_pass_the_schema(chart: helm.Chart) -> None:
     for name in SCENARIOS:
-        chart.validate_schema(scenario_values(name))
+        values = scenario_values(name)
+        errors = []
+        try:
+            chart.validate_schema(values)
+        except helm.HelmValuesError as exc:
+            errors.append(str(exc))
+        assert errors == [], f"{name}: {errors}"
+        # and the schema is really applied to this file: one bad key breaks it
+        with pytest.raises(helm.HelmValuesError, match="/scheduler/replicas"):
+            chart.validate_schema({**values, "scheduler": {"replicas": -1}})
 
 
 def test_readme_documents_every_value(defaults: dict[str, Any]) -> None:

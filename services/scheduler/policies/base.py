@@ -35,6 +35,29 @@ class Policy(Protocol):
 
     def schedule(self, state: SchedulerState, blocks: BlockManager) -> Schedule: ...
 
+    @property
+    def last_budget(self) -> int:
+        """The token budget the latest `schedule` used (adaptive policies vary it)."""
+        ...
+
+    def observe(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
+        """Feedback: how long the worker took for an iteration of this shape."""
+        ...
+
+
+class StaticBudget:
+    """For policies whose budget never changes: the feedback is ignored."""
+
+    __slots__ = ()
+    token_budget: int
+
+    @property
+    def last_budget(self) -> int:
+        return self.token_budget
+
+    def observe(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
+        return None
+
 
 def validate_limits(token_budget: int, max_num_seqs: int) -> None:
     if token_budget < 1:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.policies.base import (
     Schedule,
+    StaticBudget,
     schedule_decodes,
     schedule_whole_prefills,
     validate_limits,
@@ -27,7 +28,7 @@ from sarathi_serve.scheduler.state import SchedulerState
 
 
 @dataclass(slots=True)
-class VllmPolicy:
+class VllmPolicy(StaticBudget):
     token_budget: int = 2048
     max_num_seqs: int = 128
     name: str = "vllm"
@@ -46,7 +47,7 @@ class VllmPolicy:
 
 
 @dataclass(slots=True)
-class OrcaPolicy:
+class OrcaPolicy(StaticBudget):
     token_budget: int = 2048
     max_num_seqs: int = 128
     name: str = "orca"
@@ -64,7 +65,7 @@ class OrcaPolicy:
 
 
 @dataclass(slots=True)
-class FasterTransformerPolicy:
+class FasterTransformerPolicy(StaticBudget):
     token_budget: int = 2048
     max_num_seqs: int = 128
     name: str = "faster_transformer"
