@@ -19,8 +19,14 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 # gRPC binds with SO_REUSEPORT by default: two servers on one port then split its
-# connections silently. A port already taken must fail the start instead.
-SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+# connections silently. A port already taken must fail the start instead. A server
+# by default allows a ping without data only every 5 minutes and answers a third one
+# with GOAWAY "too_many_pings", which dropped idle sessions: accept the peers' 10 s.
+SERVER_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.so_reuseport", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+]
 
 
 def add_health_and_reflection(
