@@ -132,12 +132,14 @@ async def measure(addr: str, num_running: int, seconds: float) -> dict[str, floa
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)  # past the prefills
     before = await asyncio.to_thread(health.scheduler_stats, addr, 2.0, 1)
-    start = time.perf_counter()
     await asyncio.sleep(seconds)
-    after = await asyncio.to_thread(health.scheduler_stats, addr, 2.0, 0)
-    elapsed = time.perf_counter() - start
+    after = await asyncio.to_thread(health.scheduler_stats, addr, 10.0, 0)
     first = before.iterations[-1].step_id
-    window = [it for it in after.iterations if it.step_id > first]
+    window = [it for it in after.iterations if it.step_id >= first]
+    # The iterations' own start times: the GetStats calls (which run on the scheduler's
+    # loop) fall outside the window.
+    elapsed = window[-1].start_time - window[0].start_time
+    window = window[1:]
     for i in range(num_running):
         client.abort(f"r{num_running}-{i}")
     for task in drains:

@@ -34,8 +34,10 @@ def redis_health(address: str, timeout: float = 1.0) -> str:
 
 
 def scheduler_stats(
-    address: str, timeout: float = 2.0, max_iterations: int = 0
+    address: str, timeout: float = 2.0, max_iterations: int = 1
 ) -> pb.GetStatsResponse:
+    """The scheduler's counters and its last `max_iterations` iterations (0: all it keeps;
+    polling for counters with 0 would copy up to 10,000 iterations on its event loop)."""
     with grpc.insecure_channel(address) as channel:
         return pb_grpc.SchedulerStub(channel).GetStats(
             pb.GetStatsRequest(max_iterations=max_iterations), timeout=timeout
