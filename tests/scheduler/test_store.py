@@ -58,6 +58,30 @@ def test_requests_and_tokens_persist_in_one_round_trip(redis_server):
     asyncio.run(scenario())
 
 
+def test_packed_appends_keep_each_request_s_tokens_apart(redis_server):
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = RedisStore(client, prefix="packed")
+        ids = ["r", "request-with-a-longer-id", "zürich-é", "x" * 300]
+        requests = [make_request(rid, 2) for rid in ids]
+        await store.persist_iteration(requests, [])
+        await store.persist_iteration(
+            [],
+            [
+                RequestUpdate(requests[0], (1,), None),
+                RequestUpdate(requests[1], (), None),  # no token this iteration
+                RequestUpdate(requests[2], (2**32 - 1, 0, 3), None),  # a resume catch-up
+                RequestUpdate(requests[3], (4, 5), None),
+            ],
+        )
+        await store.persist_iteration([], [RequestUpdate(requests[0], (6,), None)])
+        outputs = {r.request_id: r.output_token_ids for r in await store.load_inflight()}
+        assert outputs == {ids[0]: [1, 6], ids[1]: [], ids[2]: [2**32 - 1, 0, 3], ids[3]: [4, 5]}
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_inflight_set_tracks_unfinished(redis_server):
     async def scenario():
         client = aioredis.from_url(redis_server.url)
