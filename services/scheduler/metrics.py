@@ -39,7 +39,8 @@ class SchedulerMetrics:
         )  # fmt: skip
         self.overhead = Histogram(
             "sarathi_scheduler_overhead_seconds",
-            "Control-plane time of an iteration (planning + Redis)",
+            "Control-plane time on an iteration's critical path (planning, applying the "
+            "result, waiting for the previous iteration's Redis write)",
             ["policy"], buckets=_OVERHEAD_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_time = Histogram(

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
@@ -30,6 +30,27 @@ log = logging.getLogger(__name__)
 _MAX_PERSIST_BACKOFF_S = 2.0
 
 
+class ReleaseChain:
+    """Runs the iterations' releases (persist, then send the tokens) one after another,
+    in the order the iterations ended, whichever replica ran them: a request moved to
+    another replica never has a later token sent before an earlier one. A release that
+    fails fails every release after it (a fenced-off leader writes nothing more)."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Task[None] | None = None
+
+    def add(self, release: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        previous = self._last
+
+        async def in_order() -> None:
+            if previous is not None:
+                await previous
+            await release()
+
+        self._last = asyncio.ensure_future(in_order())
+        return self._last
+
+
 @dataclass(slots=True)
 class Outputs:
     """Where every replica's iterations go: the same for all of them."""
@@ -39,6 +60,7 @@ class Outputs:
     stats: StatsRing
     clock: Callable[[], float]
     metrics: SchedulerMetrics | None = None
+    releases: ReleaseChain = field(default_factory=ReleaseChain)
 
 
 class Replica:
@@ -60,6 +82,7 @@ class Replica:
         self.ended: list[Request] = []  # ended without a token (aborts)
         self.step_id = 0  # the id of the next plan
         self._last_result_at: float | None = None
+        self._release: asyncio.Task[None] | None = None  # the last iteration's
 
     @property
     def has_worker(self) -> bool:
@@ -99,6 +122,9 @@ class Replica:
         while True:
             worker = self.worker
             if worker is None or not (self.core.has_work or self.accepted or self.ended):
+                if self._release is not None:  # idle: finish the last release first
+                    await self._released()
+                    continue
                 self.wake.clear()
                 await self.wake.wait()
                 continue
@@ -107,7 +133,17 @@ class Replica:
             except WorkerLost as exc:
                 self.on_worker_lost(worker, str(exc))
 
+    async def _released(self) -> None:
+        """Waits for the last iteration's release (raising what it raised)."""
+        release, self._release = self._release, None
+        if release is not None:
+            await release
+
     async def _iterate(self, worker: WorkerLink) -> None:
+        """Plans, runs the step, applies its result; the release (Redis, then the tokens to
+        the gateways) runs while the next iteration plans and steps, so the Redis round
+        trip is off the critical path. Tokens still leave only once they are in Redis, and
+        at most one iteration per replica waits for its release."""
         t_start = time.perf_counter()
         start_time = self.out.clock()
         planned = self.core.plan(self.step_id, start_time)
@@ -121,19 +157,32 @@ class Replica:
         updates = self.core.apply(result, self.out.clock())
         accepted, self.accepted = self.accepted, []
         ended, self.ended = self.ended, []
-        await self._persist(accepted, updates, ended)
-        t_persisted = time.perf_counter()
-        self.out.hub.dispatch(updates, ended)
-        for update in updates:
-            if update.stop_reason is not None:
-                _log_finished(update.request, update.stop_reason.name)
-        for request in ended:
-            _log_finished(request, "ABORTED")
-        self.out.stats.num_finished += sum(1 for u in updates if u.stop_reason) + len(ended)
         if planned.plan.chunks:
             self.core.observe(planned, result.execution_ms)
-            self._record(planned, result, start_time, t_start, t_planned, t_result, t_persisted)
-        else:
+        await self._released()  # one release in flight per replica
+        # on the critical path: planning, applying, waiting for the previous release
+        control_s = (t_planned - t_start) + (time.perf_counter() - t_result)
+        delay_s = 0.0 if self._last_result_at is None else (t_planned - self._last_result_at)
+        if updates or accepted or ended or planned.plan.chunks:
+
+            async def release() -> None:
+                t_release = time.perf_counter()
+                await self._persist(accepted, updates, ended)
+                persist_s = time.perf_counter() - t_release
+                self.out.stats.num_finished += sum(1 for u in updates if u.stop_reason)
+                self.out.stats.num_finished += len(ended)
+                if planned.plan.chunks:
+                    timings = (t_planned - t_start, control_s, persist_s, delay_s)
+                    self._record(planned, result, start_time, *timings)
+                self.out.hub.dispatch(updates, ended)
+                for update in updates:
+                    if update.stop_reason is not None:
+                        _log_finished(update.request, update.stop_reason.name)
+                for request in ended:
+                    _log_finished(request, "ABORTED")
+
+            self._release = self.out.releases.add(release)
+        if not planned.plan.chunks:
             self.wake.clear()  # nothing schedulable now: wait for a change
             if not (self.accepted or self.ended):
                 await _wait(self.wake, timeout=0.05)
@@ -161,19 +210,18 @@ class Replica:
         planned: PlannedStep,
         result: StepResult,
         start_time: float,
-        t_start: float,
-        t_planned: float,
-        t_result: float,
-        t_persisted: float,
+        scheduling_s: float,
+        control_s: float,
+        persist_s: float,
+        delay_s: float,
     ) -> None:
-        delay = 0.0 if self._last_result_at is None else (t_planned - self._last_result_at)
         if self.out.metrics is not None:
             self.out.metrics.iteration(
                 planned.policy,
                 planned.num_prefill_tokens,
                 planned.num_decode_tokens,
                 result.execution_ms / 1e3,
-                (t_planned - t_start) + (t_persisted - t_result),
+                control_s,
                 [
                     r.first_scheduled_time - r.arrival_time
                     for r in planned.admitted
@@ -187,9 +235,9 @@ class Replica:
                 num_prefill_tokens=planned.num_prefill_tokens,
                 num_decode_tokens=planned.num_decode_tokens,
                 execution_ms=result.execution_ms,
-                scheduling_ms=(t_planned - t_start) * 1e3,
-                persist_ms=(t_persisted - t_result) * 1e3,
-                inter_batch_delay_ms=delay * 1e3,
+                scheduling_ms=scheduling_s * 1e3,
+                persist_ms=persist_s * 1e3,
+                inter_batch_delay_ms=delay_s * 1e3,
                 policy=planned.policy,
                 token_budget=planned.token_budget,
                 start_time=start_time,
