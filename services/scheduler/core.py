@@ -101,6 +101,16 @@ class SchedulerCore:
         self.requests[request.request_id] = request
         self.state.waiting.append(request)
 
+    def take_waiting(self) -> list[Request]:
+        """Hands over every waiting request: none holds KV blocks or a place on the worker
+        (never scheduled, preempted, or recovered), so another replica can take it as is."""
+        taken = list(self.state.waiting)
+        self.state.waiting.clear()
+        for request in taken:
+            assert not request.block_ids and not request.on_worker
+            del self.requests[request.request_id]
+        return taken
+
     def abort(self, request_id: str, now: float) -> Request | None:
         request = self.requests.get(request_id)
         if request is None:

@@ -203,20 +203,35 @@ class IterationLoop:
         self._rebalance()
 
     def _rebalance(self) -> None:
-        """Moves the requests of replicas without a worker to replicas with one."""
+        """Moves the requests of replicas without a worker to replicas with one, then
+        deals the waiting requests out again over all of them (a worker that attaches
+        after a failover, or after the others, takes its share of the queue)."""
         if not any(r.has_worker for r in self.replicas):
             return
         for orphan in [r for r in self.replicas if not r.has_worker and r.core.requests]:
             requests, accepted, ended = orphan.take_all()
             for request in requests:
-                target = self._least_loaded()
-                target.core.restore(request)
-                if request in accepted:
-                    target.accepted.append(request)
-                target.wake.set()
+                self._place(request, orphan, accepted)
             if ended:
                 self._least_loaded().ended.extend(ended)
             log.info("moved %d requests off replica %d", len(requests), orphan.index)
+        live = [r for r in self.replicas if r.has_worker]
+        if len(live) < 2:
+            return
+        waiting = [
+            (request, replica) for replica in live for request in replica.core.take_waiting()
+        ]
+        for request, source in sorted(waiting, key=lambda item: item[0].arrival_time):
+            self._place(request, source, source.accepted)
+
+    def _place(self, request: Request, source: Replica, accepted: list[Request]) -> None:
+        """Queues a request that holds nothing on the least loaded replica with a worker."""
+        target = self._least_loaded()
+        target.core.restore(request)
+        if request in accepted and target is not source:  # not persisted yet: goes along
+            accepted.remove(request)
+            target.accepted.append(request)
+        target.wake.set()
 
     def _add_replica(self) -> Replica:
         core = self.make_core()
