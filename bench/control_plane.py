@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -63,7 +64,7 @@ class Services:
             )
             args = ["--redis-url", f"redis://127.0.0.1:{port}/0"]
         self.addr = f"127.0.0.1:{free_port()}"
-        self._spawn(
+        self.scheduler_pid = self._spawn(
             [
                 sys.executable,
                 "-m",
@@ -103,10 +104,10 @@ class Services:
                 raise RuntimeError("the scheduler or the null worker did not start")
             time.sleep(0.2)
 
-    def _spawn(self, argv: list[str]) -> None:
-        self.processes.append(
-            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
+    def _spawn(self, argv: list[str]) -> int:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes.append(process)
+        return process.pid
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -115,7 +116,15 @@ class Services:
         self.tmp.cleanup()
 
 
-async def measure(addr: str, num_running: int, seconds: float) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    addr: str, num_running: int, seconds: float, scheduler_pid: int
+) -> dict[str, float]:
     client = SchedulerClient([addr], f"bench-{num_running}")
     client.start()
     sampling = SamplingParams(temperature=0.0, max_tokens=1 << 19, ignore_eos=True)
@@ -132,7 +141,9 @@ async def measure(addr: str, num_running: int, seconds: float) -> dict[str, floa
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)  # past the prefills
     before = await asyncio.to_thread(health.scheduler_stats, addr, 2.0, 1)
+    cpu_before = cpu_seconds(scheduler_pid)
     await asyncio.sleep(seconds)
+    cpu = cpu_seconds(scheduler_pid) - cpu_before
     after = await asyncio.to_thread(health.scheduler_stats, addr, 10.0, 0)
     first = before.iterations[-1].step_id
     window = [it for it in after.iterations if it.step_id >= first]
@@ -152,6 +163,9 @@ async def measure(addr: str, num_running: int, seconds: float) -> dict[str, floa
         "running": num_running,
         "iterations_per_s": len(window) / elapsed,
         "ms_per_iteration": 1e3 * elapsed / n,
+        # the scheduler's own CPU per iteration: what it costs, whatever its neighbours
+        # on a small machine (the client, the worker, Redis) take from the cores
+        "scheduler_cpu_ms": 1e3 * cpu / max(1, round(seconds * len(window) / elapsed)),
         "worker_ms": sum(it.execution_ms for it in window) / n,
         "scheduling_ms": sum(it.scheduling_ms for it in window) / n,
         "persist_ms": sum(it.persist_ms for it in window) / n,
@@ -163,14 +177,16 @@ def run(args: argparse.Namespace) -> int:
     loads = [int(x) for x in args.running.split(",")]
     rows = []
     print(
-        f"{'redis':>5} {'running':>7} {'iter/s':>8} {'ms/iter':>8} {'worker':>7} {'plan':>6} "
-        f"{'redis':>6} {'gap':>6}   (ms per iteration)"
+        f"{'redis':>5} {'running':>7} {'iter/s':>8} {'ms/iter':>8} {'sched cpu':>9} "
+        f"{'worker':>7} {'plan':>6} {'redis':>6} {'gap':>6}   (ms per iteration)"
     )
     for with_redis in (False, True):
         services = Services(with_redis, max(loads))
         try:
             for num_running in loads:
-                row = asyncio.run(measure(services.addr, num_running, args.seconds))
+                row = asyncio.run(
+                    measure(services.addr, num_running, args.seconds, services.scheduler_pid)
+                )
                 row["redis"] = with_redis
                 rows.append(row)
                 print(_format(row), flush=True)
@@ -194,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     worst = max((r for r in rows if r["redis"]), key=lambda r: r["running"])
     print(
         f"control plane at {worst['running']} running, Redis on: "
-        f"{worst['ms_per_iteration']:.2f} ms/iteration"
+        f"{worst['ms_per_iteration']:.2f} ms/iteration, of it {worst['scheduler_cpu_ms']:.2f} ms "
+        "of scheduler CPU"
     )
     return 0
 
@@ -202,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
 def _format(row: dict[str, float]) -> str:
     return (
         f"{'on' if row['redis'] else 'off':>5} {row['running']:>7} "
-        f"{row['iterations_per_s']:>8.0f} {row['ms_per_iteration']:>8.2f} {row['worker_ms']:>7.2f} "
+        f"{row['iterations_per_s']:>8.0f} {row['ms_per_iteration']:>8.2f} "
+        f"{row['scheduler_cpu_ms']:>9.2f} {row['worker_ms']:>7.2f} "
         f"{row['scheduling_ms']:>6.2f} {row['persist_ms']:>6.2f} "
         f"{row['inter_batch_delay_ms']:>6.2f}"
     )

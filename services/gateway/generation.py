@@ -8,28 +8,24 @@ the scheduler client and the edges; this module speaks dataclasses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sarathi_serve.common.errors import ResourceExhausted, error_from_code
+from sarathi_serve.common.errors import ResourceExhausted
+from sarathi_serve.common.step import TokenLogprobs
 from sarathi_serve.gateway.detokenizer import IncrementalDetokenizer
 from sarathi_serve.gateway.metrics import GatewayMetrics, RequestTracker
 from sarathi_serve.gateway.router import Router
-from sarathi_serve.gateway.scheduler_client import SchedulerClient
+from sarathi_serve.gateway.scheduler_client import SchedulerClient, TokenEvent
 from sarathi_serve.gateway.stop_strings import StopStringMatcher
 from sarathi_serve.gateway.validation import PreparedRequest
-from sarathi_serve.protocol import scheduler_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-_FINISH_REASON = {
-    pb.STOP_REASON_EOS: "stop",
-    pb.STOP_REASON_LENGTH: "length",
-    pb.STOP_REASON_CONTEXT: "length",
-    pb.STOP_REASON_ABORTED: "abort",
-}
+_FINISH_REASON = {"eos": "stop", "length": "length", "context": "length", "aborted": "abort"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +56,7 @@ class Generation:
         request_id: str,
         variant: str,
         prepared: PreparedRequest,
-        events: Any,
+        events: asyncio.Queue[TokenEvent],
         client: SchedulerClient,
         tokenizer: Any,
         tracker: RequestTracker,
@@ -92,16 +88,16 @@ class Generation:
             self.close()
 
     async def _next(self) -> Delta:
-        event: pb.RequestEvent = await self._events.get()
-        if event.stop_reason == pb.STOP_REASON_ERROR:
+        event: TokenEvent = await self._events.get()
+        if event.error is not None:
             self._scheduler_done = True
             self._finish("error")
-            raise error_from_code(event.error_code, event.error_message)
-        token_ids = list(event.token_ids)
+            raise event.error
+        token_ids = event.token_ids
         self._num_output += len(token_ids)
         self._tracker.tokens(len(token_ids))
         text = self._detokenizer.add(token_ids)
-        finish_reason = _FINISH_REASON.get(event.stop_reason)
+        finish_reason = None if event.stop is None else _FINISH_REASON[event.stop]
         self._scheduler_done = finish_reason is not None
         if finish_reason is not None:
             text += self._detokenizer.flush()
@@ -115,7 +111,7 @@ class Generation:
         return Delta(
             text=text,
             token_ids=token_ids,
-            logprobs=self._logprobs(token_ids, event),
+            logprobs=self._logprobs(token_ids, event.logprobs),
             finish_reason=finish_reason,
             num_prompt_tokens=self.num_prompt_tokens,
             num_output_tokens=self._num_output,
@@ -146,19 +142,16 @@ class Generation:
             extra={"request_id": self.request_id, "variant": self.variant},
         )
 
-    def _logprobs(self, token_ids: list[int], event: pb.RequestEvent) -> list[Logprob]:
+    def _logprobs(self, token_ids: list[int], logprobs: list[TokenLogprobs]) -> list[Logprob]:
         decode = self._tokenizer.decode
         return [
             Logprob(
                 token_id=token,
                 token=decode([token]),
                 logprob=lp.logprob,
-                top=tuple(
-                    (t, decode([t]), v)
-                    for t, v in zip(lp.top_token_ids, lp.top_logprobs, strict=True)
-                ),
+                top=tuple((t, decode([t]), v) for t, v in lp.top),
             )
-            for token, lp in zip(token_ids, event.logprobs, strict=False)
+            for token, lp in zip(token_ids, logprobs, strict=False)
         ]
 
 

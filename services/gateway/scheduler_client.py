@@ -13,14 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
-from sarathi_serve.common.convert import sampling_to_pb
-from sarathi_serve.common.errors import InvalidArgument, Unavailable
+from sarathi_serve.common.convert import logprobs_from_pb, sampling_to_pb
+from sarathi_serve.common.errors import (
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+    error_from_code,
+)
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
 from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.step import TokenLogprobs
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 
@@ -29,10 +35,28 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 1.0
 
 
+_STOP_NAMES = {
+    pb.STOP_REASON_EOS: "eos",
+    pb.STOP_REASON_LENGTH: "length",
+    pb.STOP_REASON_CONTEXT: "context",
+    pb.STOP_REASON_ABORTED: "aborted",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """New tokens of one request, as the gateway's core reads them."""
+
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs] = field(default_factory=list)  # parallel, when asked
+    stop: str | None = None  # the last event: "eos", "length", "context" or "aborted"
+    error: ServiceError | None = None  # the request failed (the last event too)
+
+
 @dataclass(slots=True)
 class _InFlight:
     submit: pb.Submit
-    events: asyncio.Queue[pb.RequestEvent]
+    events: asyncio.Queue[TokenEvent]
     num_received: int = 0
 
 
@@ -68,7 +92,7 @@ class SchedulerClient:
         prompt_token_ids: list[int],
         sampling: SamplingParams,
         timeout: float = 10.0,
-    ) -> asyncio.Queue[pb.RequestEvent]:
+    ) -> asyncio.Queue[TokenEvent]:
         """Sends a request; returns the queue its events arrive on."""
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
@@ -157,26 +181,34 @@ class SchedulerClient:
         log.info("session with scheduler %s open (%d requests resumed)", addr, len(self._inflight))
 
     def _dispatch(self, batch: pb.SessionEvents) -> None:
+        """Hands each request its new tokens. After a failover the new leader recomputes
+        tokens the client already has: they carry their index, and are dropped here."""
+        for request_id, token, index in zip(
+            batch.token_request_ids, batch.token_ids, batch.token_indexes, strict=True
+        ):
+            entry = self._inflight.get(request_id)
+            if entry is None or index < entry.num_received:
+                continue
+            entry.num_received += 1
+            entry.events.put_nowait(TokenEvent([token]))
         for event in batch.events:
             entry = self._inflight.get(event.request_id)
             if entry is None:
                 continue
-            overlap = entry.num_received - event.first_token_index
-            if overlap > 0:  # recomputed after a failover: the client has these already
-                del event.token_ids[:overlap]
-                del event.logprobs[: min(overlap, len(event.logprobs))]
-                if not event.token_ids and event.stop_reason == pb.STOP_REASON_UNSPECIFIED:
-                    continue
-            entry.num_received += len(event.token_ids)
-            entry.events.put_nowait(event)
+            if event.stop_reason == pb.STOP_REASON_ERROR:
+                error = error_from_code(event.error_code, event.error_message)
+                entry.events.put_nowait(TokenEvent([], error=error))
+                continue
+            overlap = max(entry.num_received - event.first_token_index, 0)
+            token_ids = list(event.token_ids)[overlap:]
+            stop = _STOP_NAMES.get(event.stop_reason)
+            if not token_ids and stop is None:
+                continue
+            entry.num_received += len(token_ids)
+            logprobs = [logprobs_from_pb(lp) for lp in event.logprobs[overlap:]]
+            entry.events.put_nowait(TokenEvent(token_ids, logprobs, stop))
 
     def _fail_all(self, message: str) -> None:
         for entry in self._inflight.values():
-            entry.events.put_nowait(
-                pb.RequestEvent(
-                    stop_reason=pb.STOP_REASON_ERROR,
-                    error_code=grpc.StatusCode.UNAVAILABLE.name,
-                    error_message=message,
-                )
-            )
+            entry.events.put_nowait(TokenEvent([], error=Unavailable(message)))
         self._inflight.clear()

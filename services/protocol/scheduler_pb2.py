@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&sarathi_serve/protocol/scheduler.proto\x12\nsarathi.v1\"\xb7\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\r\n\x05min_p\x18\t \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\n \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x15\n\x08logprobs\x18\r \x01(\rH\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"M\n\rTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x02 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\"\xb3\x01\n\x0eSessionRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.sarathi.v1.SessionHelloH\x00\x12$\n\x06submit\x18\x02 \x01(\x0b\x32\x12.sarathi.v1.SubmitH\x00\x12\"\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x11.sarathi.v1.AbortH\x00\x12$\n\x06resume\x18\x04 \x01(\x0b\x32\x12.sarathi.v1.ResumeH\x00\x42\x06\n\x04kind\"\"\n\x0cSessionHello\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"I\n\x06Resume\x12\"\n\x06submit\x18\x01 \x01(\x0b\x32\x12.sarathi.v1.Submit\x12\x1b\n\x13num_received_tokens\x18\x02 \x01(\r\"d\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"9\n\rSessionEvents\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sarathi.v1.RequestEvent\"\xd5\x01\n\x0cRequestEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11\x66irst_token_index\x18\x07 \x01(\r\x12+\n\x08logprobs\x18\x06 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\x12+\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x16.sarathi.v1.StopReason\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"k\n\rWorkerMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.sarathi.v1.WorkerHelloH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.sarathi.v1.StepResultH\x00\x42\x06\n\x04kind\"\x87\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x14\n\x0c\x65os_token_id\x18\x06 \x01(\r\"|\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_output_tokens\x18\x03 \x01(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\"O\n\x0eScheduledChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x15\n\rnew_block_ids\x18\x03 \x03(\r\"\x90\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12,\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x16.sarathi.v1.NewRequest\x12*\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x1a.sarathi.v1.ScheduledChunk\x12\x19\n\x11\x66reed_request_ids\x18\x04 \x03(\t\"\xad\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x14\n\x0c\x65xecution_ms\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0clogprob_rows\x18\x06 \x03(\r\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\")\n\x0fGetStatsRequest\x12\x16\n\x0emax_iterations\x18\x01 \x01(\r\"\x85\x02\n\x0eIterationStats\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x1a\n\x12num_prefill_tokens\x18\x03 \x01(\r\x12\x19\n\x11num_decode_tokens\x18\x04 \x01(\r\x12\x14\n\x0c\x65xecution_ms\x18\x05 \x01(\x01\x12\x15\n\rscheduling_ms\x18\x06 \x01(\x01\x12\x12\n\npersist_ms\x18\x07 \x01(\x01\x12\x1c\n\x14inter_batch_delay_ms\x18\x08 \x01(\x01\x12\x0e\n\x06policy\x18\t \x01(\t\x12\x14\n\x0ctoken_budget\x18\n \x01(\r\x12\x12\n\nstart_time\x18\x0b \x01(\x01\"\xf3\x02\n\x10GetStatsResponse\x12.\n\niterations\x18\x01 \x03(\x0b\x32\x1a.sarathi.v1.IterationStats\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x04 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x05 \x01(\r\x12\x13\n\x0bnum_workers\x18\x06 \x01(\r\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x08 \x01(\r\x12\x14\n\x0cnum_finished\x18\t \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\n \x01(\x04\x12\x14\n\x0cscheduler_id\x18\x0b \x01(\t\x12\x11\n\tis_leader\x18\x0c \x01(\x08\x12\r\n\x05\x65poch\x18\r \x01(\x04\x12*\n\x08replicas\x18\x0e \x03(\x0b\x32\x18.sarathi.v1.ReplicaStats\"\x93\x01\n\x0cReplicaStats\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x04 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x05 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x06 \x01(\r\"\xa8\x01\n\x10SetPolicyRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x19\n\x0ctoken_budget\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_num_seqs\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rtarget_tbt_ms\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\x0f\n\r_token_budgetB\x0f\n\r_max_num_seqsB\x10\n\x0e_target_tbt_ms\"f\n\x11SetPolicyResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x02 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x03 \x01(\r\x12\x15\n\rfirst_step_id\x18\x04 \x01(\x04*\x9f\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTOP_REASON_EOS\x10\x01\x12\x16\n\x12STOP_REASON_LENGTH\x10\x02\x12\x17\n\x13STOP_REASON_CONTEXT\x10\x03\x12\x17\n\x13STOP_REASON_ABORTED\x10\x04\x12\x15\n\x11STOP_REASON_ERROR\x10\x05\x32\xa1\x02\n\tScheduler\x12\x44\n\x07Session\x12\x1a.sarathi.v1.SessionRequest\x1a\x19.sarathi.v1.SessionEvents(\x01\x30\x01\x12=\n\x06\x41ttach\x12\x19.sarathi.v1.WorkerMessage\x1a\x14.sarathi.v1.StepPlan(\x01\x30\x01\x12\x45\n\x08GetStats\x12\x1b.sarathi.v1.GetStatsRequest\x1a\x1c.sarathi.v1.GetStatsResponse\x12H\n\tSetPolicy\x12\x1c.sarathi.v1.SetPolicyRequest\x1a\x1d.sarathi.v1.SetPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&sarathi_serve/protocol/scheduler.proto\x12\nsarathi.v1\"\xb7\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\r\n\x05min_p\x18\t \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\n \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x15\n\x08logprobs\x18\r \x01(\rH\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"M\n\rTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x02 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\"\xb3\x01\n\x0eSessionRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.sarathi.v1.SessionHelloH\x00\x12$\n\x06submit\x18\x02 \x01(\x0b\x32\x12.sarathi.v1.SubmitH\x00\x12\"\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x11.sarathi.v1.AbortH\x00\x12$\n\x06resume\x18\x04 \x01(\x0b\x32\x12.sarathi.v1.ResumeH\x00\x42\x06\n\x04kind\"\"\n\x0cSessionHello\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"I\n\x06Resume\x12\"\n\x06submit\x18\x01 \x01(\x0b\x32\x12.sarathi.v1.Submit\x12\x1b\n\x13num_received_tokens\x18\x02 \x01(\r\"d\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"~\n\rSessionEvents\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sarathi.v1.RequestEvent\x12\x19\n\x11token_request_ids\x18\x02 \x03(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x15\n\rtoken_indexes\x18\x04 \x03(\r\"\xd5\x01\n\x0cRequestEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11\x66irst_token_index\x18\x07 \x01(\r\x12+\n\x08logprobs\x18\x06 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\x12+\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x16.sarathi.v1.StopReason\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"k\n\rWorkerMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.sarathi.v1.WorkerHelloH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.sarathi.v1.StepResultH\x00\x42\x06\n\x04kind\"\x87\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x14\n\x0c\x65os_token_id\x18\x06 \x01(\r\"|\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_output_tokens\x18\x03 \x01(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\"O\n\x0eScheduledChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x15\n\rnew_block_ids\x18\x03 \x03(\r\"\x90\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12,\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x16.sarathi.v1.NewRequest\x12*\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x1a.sarathi.v1.ScheduledChunk\x12\x19\n\x11\x66reed_request_ids\x18\x04 \x03(\t\"\xad\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x14\n\x0c\x65xecution_ms\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0clogprob_rows\x18\x06 \x03(\r\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\")\n\x0fGetStatsRequest\x12\x16\n\x0emax_iterations\x18\x01 \x01(\r\"\x85\x02\n\x0eIterationStats\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x1a\n\x12num_prefill_tokens\x18\x03 \x01(\r\x12\x19\n\x11num_decode_tokens\x18\x04 \x01(\r\x12\x14\n\x0c\x65xecution_ms\x18\x05 \x01(\x01\x12\x15\n\rscheduling_ms\x18\x06 \x01(\x01\x12\x12\n\npersist_ms\x18\x07 \x01(\x01\x12\x1c\n\x14inter_batch_delay_ms\x18\x08 \x01(\x01\x12\x0e\n\x06policy\x18\t \x01(\t\x12\x14\n\x0ctoken_budget\x18\n \x01(\r\x12\x12\n\nstart_time\x18\x0b \x01(\x01\"\xf3\x02\n\x10GetStatsResponse\x12.\n\niterations\x18\x01 \x03(\x0b\x32\x1a.sarathi.v1.IterationStats\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x04 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x05 \x01(\r\x12\x13\n\x0bnum_workers\x18\x06 \x01(\r\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x08 \x01(\r\x12\x14\n\x0cnum_finished\x18\t \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\n \x01(\x04\x12\x14\n\x0cscheduler_id\x18\x0b \x01(\t\x12\x11\n\tis_leader\x18\x0c \x01(\x08\x12\r\n\x05\x65poch\x18\r \x01(\x04\x12*\n\x08replicas\x18\x0e \x03(\x0b\x32\x18.sarathi.v1.ReplicaStats\"\x93\x01\n\x0cReplicaStats\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x04 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x05 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x06 \x01(\r\"\xa8\x01\n\x10SetPolicyRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x19\n\x0ctoken_budget\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_num_seqs\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rtarget_tbt_ms\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\x0f\n\r_token_budgetB\x0f\n\r_max_num_seqsB\x10\n\x0e_target_tbt_ms\"f\n\x11SetPolicyResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x02 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x03 \x01(\r\x12\x15\n\rfirst_step_id\x18\x04 \x01(\x04*\x9f\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTOP_REASON_EOS\x10\x01\x12\x16\n\x12STOP_REASON_LENGTH\x10\x02\x12\x17\n\x13STOP_REASON_CONTEXT\x10\x03\x12\x17\n\x13STOP_REASON_ABORTED\x10\x04\x12\x15\n\x11STOP_REASON_ERROR\x10\x05\x32\xa1\x02\n\tScheduler\x12\x44\n\x07Session\x12\x1a.sarathi.v1.SessionRequest\x1a\x19.sarathi.v1.SessionEvents(\x01\x30\x01\x12=\n\x06\x41ttach\x12\x19.sarathi.v1.WorkerMessage\x1a\x14.sarathi.v1.StepPlan(\x01\x30\x01\x12\x45\n\x08GetStats\x12\x1b.sarathi.v1.GetStatsRequest\x1a\x1c.sarathi.v1.GetStatsResponse\x12H\n\tSetPolicy\x12\x1c.sarathi.v1.SetPolicyRequest\x1a\x1d.sarathi.v1.SetPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sarathi_serve.protocol.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=3030
-  _globals['_STOPREASON']._serialized_end=3189
+  _globals['_STOPREASON']._serialized_start=3099
+  _globals['_STOPREASON']._serialized_end=3258
   _globals['_SAMPLINGPARAMS']._serialized_start=55
   _globals['_SAMPLINGPARAMS']._serialized_end=366
   _globals['_TOKENLOGPROBS']._serialized_start=368
@@ -48,33 +48,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ABORT']._serialized_start=842
   _globals['_ABORT']._serialized_end=869
   _globals['_SESSIONEVENTS']._serialized_start=871
-  _globals['_SESSIONEVENTS']._serialized_end=928
-  _globals['_REQUESTEVENT']._serialized_start=931
-  _globals['_REQUESTEVENT']._serialized_end=1144
-  _globals['_WORKERMESSAGE']._serialized_start=1146
-  _globals['_WORKERMESSAGE']._serialized_end=1253
-  _globals['_WORKERHELLO']._serialized_start=1256
-  _globals['_WORKERHELLO']._serialized_end=1391
-  _globals['_NEWREQUEST']._serialized_start=1393
-  _globals['_NEWREQUEST']._serialized_end=1517
-  _globals['_SCHEDULEDCHUNK']._serialized_start=1519
-  _globals['_SCHEDULEDCHUNK']._serialized_end=1598
-  _globals['_STEPPLAN']._serialized_start=1601
-  _globals['_STEPPLAN']._serialized_end=1745
-  _globals['_STEPRESULT']._serialized_start=1748
-  _globals['_STEPRESULT']._serialized_end=1921
-  _globals['_GETSTATSREQUEST']._serialized_start=1923
-  _globals['_GETSTATSREQUEST']._serialized_end=1964
-  _globals['_ITERATIONSTATS']._serialized_start=1967
-  _globals['_ITERATIONSTATS']._serialized_end=2228
-  _globals['_GETSTATSRESPONSE']._serialized_start=2231
-  _globals['_GETSTATSRESPONSE']._serialized_end=2602
-  _globals['_REPLICASTATS']._serialized_start=2605
-  _globals['_REPLICASTATS']._serialized_end=2752
-  _globals['_SETPOLICYREQUEST']._serialized_start=2755
-  _globals['_SETPOLICYREQUEST']._serialized_end=2923
-  _globals['_SETPOLICYRESPONSE']._serialized_start=2925
-  _globals['_SETPOLICYRESPONSE']._serialized_end=3027
-  _globals['_SCHEDULER']._serialized_start=3192
-  _globals['_SCHEDULER']._serialized_end=3481
+  _globals['_SESSIONEVENTS']._serialized_end=997
+  _globals['_REQUESTEVENT']._serialized_start=1000
+  _globals['_REQUESTEVENT']._serialized_end=1213
+  _globals['_WORKERMESSAGE']._serialized_start=1215
+  _globals['_WORKERMESSAGE']._serialized_end=1322
+  _globals['_WORKERHELLO']._serialized_start=1325
+  _globals['_WORKERHELLO']._serialized_end=1460
+  _globals['_NEWREQUEST']._serialized_start=1462
+  _globals['_NEWREQUEST']._serialized_end=1586
+  _globals['_SCHEDULEDCHUNK']._serialized_start=1588
+  _globals['_SCHEDULEDCHUNK']._serialized_end=1667
+  _globals['_STEPPLAN']._serialized_start=1670
+  _globals['_STEPPLAN']._serialized_end=1814
+  _globals['_STEPRESULT']._serialized_start=1817
+  _globals['_STEPRESULT']._serialized_end=1990
+  _globals['_GETSTATSREQUEST']._serialized_start=1992
+  _globals['_GETSTATSREQUEST']._serialized_end=2033
+  _globals['_ITERATIONSTATS']._serialized_start=2036
+  _globals['_ITERATIONSTATS']._serialized_end=2297
+  _globals['_GETSTATSRESPONSE']._serialized_start=2300
+  _globals['_GETSTATSRESPONSE']._serialized_end=2671
+  _globals['_REPLICASTATS']._serialized_start=2674
+  _globals['_REPLICASTATS']._serialized_end=2821
+  _globals['_SETPOLICYREQUEST']._serialized_start=2824
+  _globals['_SETPOLICYREQUEST']._serialized_end=2992
+  _globals['_SETPOLICYRESPONSE']._serialized_start=2994
+  _globals['_SETPOLICYRESPONSE']._serialized_end=3096
+  _globals['_SCHEDULER']._serialized_start=3261
+  _globals['_SCHEDULER']._serialized_end=3550
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,9 @@ class RequestUpdate:
     token_ids: tuple[int, ...]
     stop_reason: StopReason | None
     logprobs: tuple[TokenLogprobs, ...] = ()  # parallel to token_ids, when requested
+    # index of token_ids[0] in the request's output (fixed here: the output grows on
+    # while the update waits for its release)
+    first_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +213,13 @@ class SchedulerCore:
                 self._finish(request, stop, now)
             logprobs = result.logprobs.get(request_id)
             updates.append(
-                RequestUpdate(request, (token,), stop, () if logprobs is None else (logprobs,))
+                RequestUpdate(
+                    request,
+                    (token,),
+                    stop,
+                    () if logprobs is None else (logprobs,),
+                    len(request.output_token_ids) - 1,
+                )
             )
         return updates
 

@@ -125,6 +125,7 @@ class IterationLoop:
                     arrival_time=item.arrival_time,
                     output_token_ids=list(item.output_token_ids),
                     awaiting_resume=True,
+                    num_released=len(item.output_token_ids),
                 )
             )
         for gateway_id in {item.session_id for item in stored}:

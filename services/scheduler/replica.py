@@ -169,6 +169,8 @@ class Replica:
                 t_release = time.perf_counter()
                 await self._persist(accepted, updates, ended)
                 persist_s = time.perf_counter() - t_release
+                for update in updates:
+                    update.request.num_released = update.first_index + len(update.token_ids)
                 self.out.stats.num_finished += sum(1 for u in updates if u.stop_reason)
                 self.out.stats.num_finished += len(ended)
                 if planned.plan.chunks:

@@ -40,6 +40,7 @@ class Request:
     on_worker: bool = False  # the worker holds this request's tokens
     num_preemptions: int = 0
     awaiting_resume: bool = False  # recovered by a new leader; its gateway has not resumed it yet
+    num_released: int = 0  # output tokens in Redis and free to send (a resume sends no more)
     stop_reason: StopReason | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None

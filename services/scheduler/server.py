@@ -116,7 +116,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         if request is not None:
             request.session_id = gateway_id
             request.awaiting_resume = False
-            missing = request.output_token_ids[received:]
+            missing = request.output_token_ids[received : request.num_released]
             event = pb.RequestEvent(
                 request_id=request_id, token_ids=missing, first_token_index=received
             )

@@ -137,6 +137,7 @@ class Gateway:
             iter(self.outbox.get, None)
         )
         self.batches: queue.Queue[pb.SessionEvents] = queue.Queue()
+        self.violations: list[str] = []
         self.events: collections.defaultdict[str, queue.Queue[pb.RequestEvent]] = (
             collections.defaultdict(queue.Queue)
         )
@@ -146,6 +147,18 @@ class Gateway:
         try:
             for batch in self.call:
                 self.batches.put(batch)
+                packed = list(
+                    zip(batch.token_request_ids, batch.token_ids, batch.token_indexes, strict=True)
+                )
+                named = [rid for rid, _, _ in packed] + [e.request_id for e in batch.events]
+                if len(named) != len(set(named)):
+                    self.violations.append(f"a request twice in one SessionEvents: {named}")
+                for request_id, token, index in packed:  # as events, to read them alike
+                    self.events[request_id].put(
+                        pb.RequestEvent(
+                            request_id=request_id, token_ids=[token], first_token_index=index
+                        )
+                    )
                 for event in batch.events:
                     self.events[event.request_id].put(event)
         except grpc.RpcError:
@@ -245,3 +258,4 @@ def test_concurrent_requests_share_iterations_within_the_budget(scheduler_addr, 
     assert worker.max_step_tokens <= stats.token_budget
     assert any(it.num_prefill_tokens and it.num_decode_tokens for it in stats.iterations)
     assert not worker.violations, worker.violations
+    assert not gateway.violations, gateway.violations

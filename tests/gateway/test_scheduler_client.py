@@ -1,0 +1,103 @@
+"""The gateway's reading of SessionEvents: packed tokens and events, deduplicated by index."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sarathi_serve.common.errors import ResourceExhausted
+from sarathi_serve.gateway.scheduler_client import SchedulerClient, TokenEvent, _InFlight
+from sarathi_serve.protocol import scheduler_pb2 as pb
+
+
+def _client(*request_ids: str) -> tuple[SchedulerClient, dict[str, asyncio.Queue[TokenEvent]]]:
+    client = SchedulerClient(["127.0.0.1:1"], "gw")
+    queues = {}
+    for rid in request_ids:
+        entry = _InFlight(pb.Submit(request_id=rid), asyncio.Queue())
+        client._inflight[rid] = entry
+        queues[rid] = entry.events
+    return client, queues
+
+
+def _drain(queue: asyncio.Queue[TokenEvent]) -> list[TokenEvent]:
+    events = []
+    while not queue.empty():
+        events.append(queue.get_nowait())
+    return events
+
+
+def test_packed_tokens_and_events_reach_their_requests():
+    client, queues = _client("a", "b", "c")
+    client._dispatch(
+        pb.SessionEvents(
+            token_request_ids=["a", "b", "unknown"],
+            token_ids=[11, 21, 99],
+            token_indexes=[0, 0, 0],
+            events=[
+                pb.RequestEvent(
+                    request_id="c",
+                    token_ids=[31, 32],
+                    first_token_index=0,
+                    logprobs=[pb.TokenLogprobs(logprob=-0.5), pb.TokenLogprobs(logprob=-1.0)],
+                    stop_reason=pb.STOP_REASON_LENGTH,
+                )
+            ],
+        )
+    )
+    assert _drain(queues["a"]) == [TokenEvent([11])]
+    assert _drain(queues["b"]) == [TokenEvent([21])]
+    (c,) = _drain(queues["c"])
+    assert c.token_ids == [31, 32] and c.stop == "length"
+    assert [lp.logprob for lp in c.logprobs] == [-0.5, -1.0]
+
+
+def test_tokens_a_client_already_has_are_dropped_after_a_failover():
+    client, queues = _client("a", "b")
+    client._dispatch(
+        pb.SessionEvents(token_request_ids=["a", "b"], token_ids=[1, 1], token_indexes=[0, 0])
+    )
+    client._dispatch(pb.SessionEvents(token_request_ids=["a"], token_ids=[2], token_indexes=[1]))
+    _drain(queues["a"]), _drain(queues["b"])
+    # the new leader recomputed them: a catch-up event from index 0, a packed repeat
+    client._dispatch(
+        pb.SessionEvents(
+            token_request_ids=["b"],
+            token_ids=[1],
+            token_indexes=[0],
+            events=[pb.RequestEvent(request_id="a", token_ids=[1, 2, 3], first_token_index=0)],
+        )
+    )
+    assert _drain(queues["a"]) == [TokenEvent([3])]
+    assert _drain(queues["b"]) == []
+    client._dispatch(
+        pb.SessionEvents(
+            events=[
+                pb.RequestEvent(
+                    request_id="b",
+                    token_ids=[1],
+                    first_token_index=0,
+                    stop_reason=pb.STOP_REASON_EOS,
+                )
+            ]
+        )
+    )
+    assert _drain(queues["b"]) == [TokenEvent([], stop="eos")]  # the end is never dropped
+
+
+def test_an_error_event_carries_the_error():
+    client, queues = _client("a")
+    client._dispatch(
+        pb.SessionEvents(
+            events=[
+                pb.RequestEvent(
+                    request_id="a",
+                    stop_reason=pb.STOP_REASON_ERROR,
+                    error_code="RESOURCE_EXHAUSTED",
+                    error_message="waiting queue is full",
+                )
+            ]
+        )
+    )
+    (event,) = _drain(queues["a"])
+    assert isinstance(event.error, ResourceExhausted)
+    assert str(event.error) == "waiting queue is full"
