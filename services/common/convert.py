@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.step import (
     NewRequest,
@@ -65,13 +67,11 @@ def plan_to_pb(plan: StepPlan) -> pb.StepPlan:
             )
             for r in plan.new_requests
         ],
-        chunks=[
-            pb.ScheduledChunk(
-                request_id=c.request_id, num_tokens=c.num_tokens, new_block_ids=c.new_block_ids
-            )
-            for c in plan.chunks
-        ],
         freed_request_ids=plan.freed_request_ids,
+        chunk_request_ids=[c.request_id for c in plan.chunks],
+        chunk_num_tokens=[c.num_tokens for c in plan.chunks],
+        chunk_num_new_blocks=[len(c.new_block_ids) for c in plan.chunks],
+        new_block_ids=[b for c in plan.chunks for b in c.new_block_ids],
     )
 
 
@@ -87,11 +87,21 @@ def plan_from_pb(msg: pb.StepPlan) -> StepPlan:
             )
             for r in msg.new_requests
         ),
-        chunks=tuple(
-            ScheduledChunk(c.request_id, c.num_tokens, tuple(c.new_block_ids)) for c in msg.chunks
-        ),
+        chunks=tuple(_chunks_from_pb(msg)),
         freed_request_ids=tuple(msg.freed_request_ids),
     )
+
+
+def _chunks_from_pb(msg: pb.StepPlan) -> Iterator[ScheduledChunk]:
+    block_ids = list(msg.new_block_ids)
+    at = 0
+    for request_id, num_tokens, num_blocks in zip(
+        msg.chunk_request_ids, msg.chunk_num_tokens, msg.chunk_num_new_blocks, strict=True
+    ):
+        yield ScheduledChunk(request_id, num_tokens, tuple(block_ids[at : at + num_blocks]))
+        at += num_blocks
+    if at != len(block_ids):
+        raise ValueError(f"plan {msg.step_id}: {len(block_ids) - at} block ids belong to no chunk")
 
 
 def logprobs_to_pb(lp: TokenLogprobs) -> pb.TokenLogprobs:

@@ -170,27 +170,23 @@ class NewRequest(_message.Message):
     sampling: SamplingParams
     def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_output_tokens: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
-class ScheduledChunk(_message.Message):
-    __slots__ = ("request_id", "num_tokens", "new_block_ids")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    NEW_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    num_tokens: int
-    new_block_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., new_block_ids: _Optional[_Iterable[int]] = ...) -> None: ...
-
 class StepPlan(_message.Message):
-    __slots__ = ("step_id", "new_requests", "chunks", "freed_request_ids")
+    __slots__ = ("step_id", "new_requests", "freed_request_ids", "chunk_request_ids", "chunk_num_tokens", "chunk_num_new_blocks", "new_block_ids")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     FREED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_NUM_NEW_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NEW_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     new_requests: _containers.RepeatedCompositeFieldContainer[NewRequest]
-    chunks: _containers.RepeatedCompositeFieldContainer[ScheduledChunk]
     freed_request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, step_id: _Optional[int] = ..., new_requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[ScheduledChunk, _Mapping]]] = ..., freed_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    chunk_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    chunk_num_tokens: _containers.RepeatedScalarFieldContainer[int]
+    chunk_num_new_blocks: _containers.RepeatedScalarFieldContainer[int]
+    new_block_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step_id: _Optional[int] = ..., new_requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., freed_request_ids: _Optional[_Iterable[str]] = ..., chunk_request_ids: _Optional[_Iterable[str]] = ..., chunk_num_tokens: _Optional[_Iterable[int]] = ..., chunk_num_new_blocks: _Optional[_Iterable[int]] = ..., new_block_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepResult(_message.Message):
     __slots__ = ("step_id", "request_ids", "token_ids", "execution_ms", "error", "logprob_rows", "logprobs")

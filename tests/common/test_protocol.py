@@ -1,5 +1,7 @@
 """The generated protobuf code is fresh, and every conversion pair round-trips."""
 
+import pytest
+
 from sarathi_serve.common.convert import (
     plan_from_pb,
     plan_to_pb,
@@ -53,11 +55,25 @@ def test_plan_round_trip():
     plan = StepPlan(
         step_id=42,
         new_requests=(NewRequest("a", (1, 2, 3), 1, SamplingParams(temperature=0.0)),),
-        chunks=(ScheduledChunk("a", 3, (7, 8)), ScheduledChunk("b", 1, ())),
+        chunks=(
+            ScheduledChunk("a", 3, (7, 8)),
+            ScheduledChunk("b", 1, ()),
+            ScheduledChunk("e", 16, (9,)),
+        ),
         freed_request_ids=("c", "d"),
     )
     assert plan_from_pb(plan_to_pb(plan)) == plan
-    assert plan.num_tokens == 4
+    assert plan.num_tokens == 20
+
+
+def test_a_plan_whose_block_ids_do_not_add_up_is_refused():
+    msg = plan_to_pb(StepPlan(step_id=1, chunks=(ScheduledChunk("a", 3, (7, 8)),)))
+    msg.new_block_ids.append(9)
+    with pytest.raises(ValueError, match="belong to no chunk"):
+        plan_from_pb(msg)
+    msg.chunk_num_tokens.append(1)
+    with pytest.raises(ValueError):
+        plan_from_pb(msg)
 
 
 def test_result_round_trip():

@@ -103,14 +103,20 @@ class ContractWorker(threading.Thread):
             self.blocks[new.request_id] = []
             self.new_requests.append(new.request_id)
         result = pb.StepResult(step_id=plan.step_id)
-        self.max_step_tokens = max(self.max_step_tokens, sum(c.num_tokens for c in plan.chunks))
-        for chunk in plan.chunks:
-            rid = chunk.request_id
+        self.max_step_tokens = max(self.max_step_tokens, sum(plan.chunk_num_tokens))
+        self.check(
+            sum(plan.chunk_num_new_blocks) == len(plan.new_block_ids), "block ids of no chunk"
+        )
+        block_ids = iter(plan.new_block_ids)
+        for rid, num_tokens, num_blocks in zip(
+            plan.chunk_request_ids, plan.chunk_num_tokens, plan.chunk_num_new_blocks, strict=True
+        ):
+            new_block_ids = [next(block_ids) for _ in range(num_blocks)]
             self.check(rid in self.tokens, f"chunk of unknown request {rid}")
             if rid not in self.tokens:
                 continue
-            self.blocks[rid] += chunk.new_block_ids
-            self.computed[rid] += chunk.num_tokens
+            self.blocks[rid] += new_block_ids
+            self.computed[rid] += num_tokens
             self.check(
                 self.computed[rid] <= self.tokens[rid], f"{rid}: computes tokens it does not have"
             )
