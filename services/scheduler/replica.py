@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,16 @@ class ReleaseChain:
         return self._last
 
 
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    """When an iteration started and what its control plane cost (seconds)."""
+
+    start_time: float  # unix seconds
+    scheduling_s: float  # policy + plan building
+    control_s: float  # planning, applying, waiting for the previous release
+    delay_s: float  # previous result received -> this plan built
+
+
 @dataclass(slots=True)
 class Outputs:
     """Where every replica's iterations go: the same for all of them."""
@@ -82,7 +93,7 @@ class Replica:
         self.ended: list[Request] = []  # ended without a token (aborts)
         self.step_id = 0  # the id of the next plan
         self._last_result_at: float | None = None
-        self._release: asyncio.Task[None] | None = None  # the last iteration's
+        self._releasing: asyncio.Task[None] | None = None  # the last iteration's release
 
     @property
     def has_worker(self) -> bool:
@@ -122,7 +133,7 @@ class Replica:
         while True:
             worker = self.worker
             if worker is None or not (self.core.has_work or self.accepted or self.ended):
-                if self._release is not None:  # idle: finish the last release first
+                if self._releasing is not None:  # idle: finish the last release first
                     await self._released()
                     continue
                 self.wake.clear()
@@ -135,9 +146,9 @@ class Replica:
 
     async def _released(self) -> None:
         """Waits for the last iteration's release (raising what it raised)."""
-        release, self._release = self._release, None
-        if release is not None:
-            await release
+        releasing, self._releasing = self._releasing, None
+        if releasing is not None:
+            await releasing
 
     async def _iterate(self, worker: WorkerLink) -> None:
         """Plans, runs the step, applies its result; the release (Redis, then the tokens to
@@ -160,35 +171,47 @@ class Replica:
         if planned.plan.chunks:
             self.core.observe(planned, result.execution_ms)
         await self._released()  # one release in flight per replica
-        # on the critical path: planning, applying, waiting for the previous release
-        control_s = (t_planned - t_start) + (time.perf_counter() - t_result)
-        delay_s = 0.0 if self._last_result_at is None else (t_planned - self._last_result_at)
+        timing = _Timing(
+            start_time=start_time,
+            scheduling_s=t_planned - t_start,
+            # on the critical path: planning, applying, waiting for the previous release
+            control_s=(t_planned - t_start) + (time.perf_counter() - t_result),
+            delay_s=0.0 if self._last_result_at is None else t_planned - self._last_result_at,
+        )
         if updates or accepted or ended or planned.plan.chunks:
-
-            async def release() -> None:
-                t_release = time.perf_counter()
-                await self._persist(accepted, updates, ended)
-                persist_s = time.perf_counter() - t_release
-                for update in updates:
-                    update.request.num_released = update.first_index + len(update.token_ids)
-                self.out.stats.num_finished += sum(1 for u in updates if u.stop_reason)
-                self.out.stats.num_finished += len(ended)
-                if planned.plan.chunks:
-                    timings = (t_planned - t_start, control_s, persist_s, delay_s)
-                    self._record(planned, result, start_time, *timings)
-                self.out.hub.dispatch(updates, ended)
-                for update in updates:
-                    if update.stop_reason is not None:
-                        _log_finished(update.request, update.stop_reason.name)
-                for request in ended:
-                    _log_finished(request, "ABORTED")
-
-            self._release = self.out.releases.add(release)
+            self._releasing = self.out.releases.add(
+                functools.partial(self._release, planned, result, timing, accepted, updates, ended)
+            )
         if not planned.plan.chunks:
             self.wake.clear()  # nothing schedulable now: wait for a change
             if not (self.accepted or self.ended):
                 await _wait(self.wake, timeout=0.05)
         self._last_result_at = t_result
+
+    async def _release(
+        self,
+        planned: PlannedStep,
+        result: StepResult,
+        timing: _Timing,
+        accepted: list[Request],
+        updates: list[RequestUpdate],
+        ended: list[Request],
+    ) -> None:
+        """Persists an iteration, then sends its tokens (in the release chain's order)."""
+        t_release = time.perf_counter()
+        await self._persist(accepted, updates, ended)
+        persist_s = time.perf_counter() - t_release
+        for update in updates:
+            update.request.num_released = update.first_index + len(update.token_ids)
+            if update.stop_reason is not None:
+                self.out.stats.num_finished += 1
+                _log_finished(update.request, update.stop_reason.name)
+        for request in ended:
+            self.out.stats.num_finished += 1
+            _log_finished(request, "ABORTED")
+        if planned.plan.chunks:
+            self._record(planned, result, timing, persist_s)
+        self.out.hub.dispatch(updates, ended)
 
     async def _persist(
         self, accepted: list[Request], updates: list[RequestUpdate], ended: list[Request]
@@ -208,14 +231,7 @@ class Replica:
             backoff = min(backoff * 2, _MAX_PERSIST_BACKOFF_S)
 
     def _record(
-        self,
-        planned: PlannedStep,
-        result: StepResult,
-        start_time: float,
-        scheduling_s: float,
-        control_s: float,
-        persist_s: float,
-        delay_s: float,
+        self, planned: PlannedStep, result: StepResult, timing: _Timing, persist_s: float
     ) -> None:
         if self.out.metrics is not None:
             self.out.metrics.iteration(
@@ -223,7 +239,7 @@ class Replica:
                 planned.num_prefill_tokens,
                 planned.num_decode_tokens,
                 result.execution_ms / 1e3,
-                control_s,
+                timing.control_s,
                 [
                     r.first_scheduled_time - r.arrival_time
                     for r in planned.admitted
@@ -237,12 +253,12 @@ class Replica:
                 num_prefill_tokens=planned.num_prefill_tokens,
                 num_decode_tokens=planned.num_decode_tokens,
                 execution_ms=result.execution_ms,
-                scheduling_ms=scheduling_s * 1e3,
+                scheduling_ms=timing.scheduling_s * 1e3,
                 persist_ms=persist_s * 1e3,
-                inter_batch_delay_ms=delay_s * 1e3,
+                inter_batch_delay_ms=timing.delay_s * 1e3,
                 policy=planned.policy,
                 token_budget=planned.token_budget,
-                start_time=start_time,
+                start_time=timing.start_time,
             )
         )
 

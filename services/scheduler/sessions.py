@@ -104,14 +104,16 @@ class SessionHub:
                 )
             )
         for session_id, batch in by_session.items():
-            queue = self._queues.get(session_id)
-            if queue is not None:
-                queue.put_nowait(batch.to_pb())
+            self._put(session_id, batch.to_pb())
 
     def send(self, gateway_id: str, events: list[pb.RequestEvent]) -> None:
+        if events:
+            self._put(gateway_id, pb.SessionEvents(events=events))
+
+    def _put(self, gateway_id: str, message: pb.SessionEvents) -> None:
         queue = self._queues.get(gateway_id)
-        if queue is not None and events:
-            queue.put_nowait(pb.SessionEvents(events=events))
+        if queue is not None:  # else the gateway is gone; a resume catches it up
+            queue.put_nowait(message)
 
     def reject(self, gateway_id: str, request_id: str, code: str, message: str) -> None:
         event = pb.RequestEvent(
