@@ -8,6 +8,7 @@ import torch
 
 from sarathi_serve.common.config import parse_config, split_addrs
 from sarathi_serve.common.models import DEFAULT_MODEL
+from sarathi_serve.worker.linear import LINEAR_BACKENDS
 
 DEFAULT_HEALTH_PORT = 50053
 DTYPES = {"auto", "float32", "bfloat16", "float16"}
@@ -27,6 +28,7 @@ class WorkerConfig:
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"
     attention_backend: str = "auto"
+    linear_backend: str = "auto"
     tensor_parallel_size: int = 1
     null_model: bool = False  # benchmarks of the control plane: no model, a fixed token
     seed: int | None = None
@@ -45,6 +47,10 @@ class WorkerConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.linear_backend not in LINEAR_BACKENDS:
+            raise ValueError(
+                f"linear_backend must be one of {LINEAR_BACKENDS}, got {self.linear_backend!r}"
+            )
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
 
@@ -79,5 +85,6 @@ _HELPS = {
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "null_model": "no model: answer each step at once with a fixed token (control-plane bench)",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
+    "linear_backend": "auto (oneDNN with packed weights on CPU where torch has it), onednn, torch",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",
 }

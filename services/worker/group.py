@@ -83,6 +83,7 @@ def build_runner(config: WorkerConfig, tp: TensorParallel, seed: int | None) -> 
         device=device,
         seed=seed,
         attention_backend=config.attention_backend,
+        linear_backend=config.linear_backend,
         tp=tp,
     )
 

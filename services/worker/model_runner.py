@@ -23,6 +23,7 @@ from sarathi_serve.worker import attention
 from sarathi_serve.worker.attention import AttentionMetadata
 from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
+from sarathi_serve.worker.linear import pack_linears, use_onednn
 from sarathi_serve.worker.parallel import TensorParallel, check_divisible, shard_model
 from sarathi_serve.worker.sampler import Sampler, SamplingRow
 
@@ -80,6 +81,7 @@ class ModelRunner:
         device: str = "cpu",
         seed: int | None = None,
         attention_backend: str = "auto",
+        linear_backend: str = "auto",
         tp: TensorParallel | None = None,
         gpu_memory_utilization: float = 0.9,
         profile_tokens: int = 2048,
@@ -102,6 +104,11 @@ class ModelRunner:
             shard_model(model, tp)
         self.model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` narrowly
         self.model.eval()
+        self.device = torch.device(device)
+        self.linear_backend = "torch"
+        if use_onednn(linear_backend, self.device, dtype):
+            pack_linears(self.model)
+            self.linear_backend = "onednn"
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         spec = KVCacheSpec(
             num_layers=cfg.num_hidden_layers,
@@ -110,7 +117,6 @@ class ModelRunner:
             block_size=block_size,
             dtype=dtype,
         )
-        self.device = torch.device(device)
         self.backend = attention.select_backend(attention_backend, self.device, block_size)
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id
@@ -123,12 +129,13 @@ class ModelRunner:
         )
         self.kv_cache.fill_(0.0)  # commit the pages now rather than inside the first steps
         log.info(
-            "model %s: %d layers, KV cache %d blocks x %d tokens, %s attention",
+            "model %s: %d layers, KV cache %d blocks x %d tokens, %s attention, %s linears",
             model_path,
             spec.num_layers,
             self.kv_cache.num_blocks,
             block_size,
             self.backend.name,
+            self.linear_backend,
         )
 
     def _measured_kv_budget(

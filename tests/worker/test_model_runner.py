@@ -22,20 +22,28 @@ def make_sequences(runner, lengths, seed=0):
 
 
 @pytest.mark.parametrize(
-    ("arch", "backend"),
+    ("arch", "backend", "linear"),
     [
-        ("llama", "torch"),
-        ("mistral", "torch"),
-        ("qwen2", "torch"),
-        ("qwen3", "torch"),
-        ("llama", "flex"),
-        ("mistral", "flex"),
+        ("llama", "torch", "auto"),
+        ("llama", "torch", "torch"),
+        ("mistral", "torch", "auto"),
+        ("qwen2", "torch", "auto"),  # attention bias: packed with its bias
+        ("qwen2", "torch", "torch"),
+        ("qwen3", "torch", "auto"),
+        ("llama", "flex", "auto"),
+        ("mistral", "flex", "auto"),
     ],
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend):
+def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend, linear):
     path = tiny_checkpoint(arch)
-    runner = ModelRunner(path, kv_cache_bytes=4 << 20, block_size=4, attention_backend=backend)
+    runner = ModelRunner(
+        path,
+        kv_cache_bytes=4 << 20,
+        block_size=4,
+        attention_backend=backend,
+        linear_backend=linear,
+    )
     ref = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     seqs = make_sequences(runner, [13, 5, 30, 9])
     captured = {}
@@ -79,7 +87,7 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend):
         for seq in seqs:
             if seq.request_id in sampled:
                 seq.token_ids.append(sampled[seq.request_id])
-    print(f"{arch}/{backend}: max relative logit error {max_err:.2e}")
+    print(f"{arch}/{backend}/{runner.linear_backend}: max relative logit error {max_err:.2e}")
     assert max_err < 1e-4
     assert all(len(s.token_ids) > s.num_prompt_tokens for s in seqs)
 

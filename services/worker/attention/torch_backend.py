@@ -37,6 +37,16 @@ class TorchMetadata:
     block_size: int
     first_chunks: list[torch.Tensor]  # [P, n] flat token indices of first chunks of length n
     _masks: dict[tuple[str, int, int | None], torch.Tensor] = field(default_factory=dict)
+    _rows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def pool_rows(self, i: int, kv_heads: int, num_blocks: int) -> torch.Tensor:
+        """[KVH * n] rows of a `[KVH * num_blocks, bs * D]` pool view holding the
+        blocks of the decodes (i = -1) or of continuing chunk i, head by head."""
+        if i not in self._rows:
+            blocks = self.decode_blocks.view(-1) if i < 0 else self.chunks[i].blocks
+            heads = torch.arange(kv_heads, device=blocks.device)[:, None] * num_blocks
+            self._rows[i] = (heads + blocks[None, :]).view(-1)
+        return self._rows[i]
 
     def decode_mask(self, window: int | None) -> torch.Tensor:
         """[Sd, 1, 1, L]: the keys each decode query sees (padding is past its position)."""
@@ -78,21 +88,23 @@ class TorchBackend:
         # CPU allocator returns big blocks to the OS) than the copy itself.
         self._workspace: dict[str, torch.Tensor] = {}
 
-    def _gather(self, name: str, blocks: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """blocks[:, index] -> [KVH, len(index), bs*D], into a reused buffer."""
-        shape = (blocks.shape[0], index.numel(), blocks.shape[2])
-        size = shape[0] * shape[1] * shape[2]
+    def _gather(self, name: str, pool_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """pool_rows[rows] -> [len(rows), bs*D], into a reused buffer. Rows of a 2-D
+        view are contiguous runs: index_select over dim 0 copies them at close to
+        memory speed (about twice as fast as selecting blocks along dim 1 of the pool)."""
+        shape = (rows.numel(), pool_rows.shape[1])
+        size = shape[0] * shape[1]
         buf = self._workspace.get(name)
         if (
             buf is None
             or buf.numel() < size
-            or buf.dtype != blocks.dtype
-            or buf.device != blocks.device
+            or buf.dtype != pool_rows.dtype
+            or buf.device != pool_rows.device
         ):
-            buf = torch.empty(size, dtype=blocks.dtype, device=blocks.device)
+            buf = torch.empty(size, dtype=pool_rows.dtype, device=pool_rows.device)
             self._workspace[name] = buf
         out = buf[:size].view(shape)
-        torch.index_select(blocks, 1, index, out=out)
+        torch.index_select(pool_rows, 0, rows, out=out)
         return out
 
     def prepare(self, layout: BatchLayout) -> TorchMetadata:
@@ -155,16 +167,17 @@ class TorchBackend:
                 enable_gqa=True,
             )
             out[idx] = o1.transpose(1, 2)
-        kv_heads, _, head_dim = k_pool.shape
-        # Blocks along dim 1: index_select copies whole [bs, D] runs per head,
-        # several times faster on CPU than advanced indexing by token.
-        k_blocks = k_pool.view(kv_heads, -1, meta.block_size * head_dim)  # [KVH, blocks, bs*D]
-        v_blocks = v_pool.view(kv_heads, -1, meta.block_size * head_dim)
+        kv_heads, num_slots, head_dim = k_pool.shape
+        num_blocks = num_slots // meta.block_size
+        # One row per (head, block): whole [bs, D] runs, several times faster on CPU
+        # than advanced indexing by token.
+        k_rows = k_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
+        v_rows = v_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
         if meta.decode_idx.numel():
             num_decodes = meta.decode_blocks.shape[0]
-            flat = meta.decode_blocks.view(-1)
-            kd = self._gather("k", k_blocks, flat).view(kv_heads, num_decodes, -1, head_dim)
-            vd = self._gather("v", v_blocks, flat).view(kv_heads, num_decodes, -1, head_dim)
+            rows = meta.pool_rows(-1, kv_heads, num_blocks)
+            kd = self._gather("k", k_rows, rows).view(kv_heads, num_decodes, -1, head_dim)
+            vd = self._gather("v", v_rows, rows).view(kv_heads, num_decodes, -1, head_dim)
             od = F.scaled_dot_product_attention(
                 q[meta.decode_idx].unsqueeze(2),  # [Sd, H, 1, D]
                 kd.permute(1, 0, 2, 3),  # [Sd, KVH, B * bs, D], each [L, D] contiguous
@@ -176,8 +189,9 @@ class TorchBackend:
             out[meta.decode_idx] = od.squeeze(2)
         for i, c in enumerate(meta.chunks):
             ctx = c.key_pos.numel()
-            kp = self._gather("k", k_blocks, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
-            vp = self._gather("v", v_blocks, c.blocks).view(kv_heads, -1, head_dim)[:, :ctx]
+            rows = meta.pool_rows(i, kv_heads, num_blocks)
+            kp = self._gather("k", k_rows, rows).view(kv_heads, -1, head_dim)[:, :ctx]
+            vp = self._gather("v", v_rows, rows).view(kv_heads, -1, head_dim)[:, :ctx]
             op = F.scaled_dot_product_attention(
                 q[c.start : c.end].transpose(0, 1).unsqueeze(0),  # [1, H, n, D]
                 kp.unsqueeze(0),  # [1, KVH, ctx, D]
