@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from sarathi_serve.worker.attention import select_backend
+from sarathi_serve.worker.attention.cpu_kernel import load_paged_decode
 from sarathi_serve.worker.attention.layout import BatchLayout
+from sarathi_serve.worker.attention.torch_backend import TorchBackend
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 
 H, KVH, D, BLOCK = 4, 2, 16, 4
@@ -76,8 +78,8 @@ def dense_reference(cache, layout, q, scale, window):
     return out
 
 
-def check_backend(name, device, dtype=torch.float32, tol=1e-5):
-    backend = select_backend(name, torch.device(device))
+def check_backend(name, device, dtype=torch.float32, tol=1e-5, backend=None):
+    backend = backend or select_backend(name, torch.device(device))
     for seed, window in [(0, None), (1, None), (2, 6), (3, 16)]:
         cache, layout, q = random_case(seed, device, backend.kv_layout, dtype)
         meta = backend.prepare(layout)
@@ -89,7 +91,20 @@ def check_backend(name, device, dtype=torch.float32, tol=1e-5):
 
 
 def test_torch_backend_cpu():
-    check_backend("torch", "cpu")
+    backend = select_backend("torch", torch.device("cpu"))
+    assert backend.decode_kernel is not None, "the C++ decode kernel did not build (see log)"
+    check_backend("torch", "cpu", backend=backend)  # decodes through the C++ kernel
+    check_backend("torch", "cpu", backend=TorchBackend())  # gather + SDPA
+
+
+def test_cpu_decode_kernel_refuses_bad_block_tables():
+    kernel = load_paged_decode()
+    assert kernel is not None
+    q, pool = torch.randn(1, H, D), torch.randn(KVH, 8 * BLOCK, D)
+    with pytest.raises(RuntimeError, match="block id out of the pool"):
+        kernel(q, pool, pool, torch.tensor([[8]]), torch.tensor([3]), BLOCK, 1.0, 0)
+    with pytest.raises(RuntimeError, match="context length"):
+        kernel(q, pool, pool, torch.tensor([[0]]), torch.tensor([BLOCK + 1]), BLOCK, 1.0, 0)
 
 
 def test_auto_picks_torch_on_cpu():

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
+from sarathi_serve.worker.attention.cpu_kernel import load_paged_decode
 from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.attention.torch_backend import TorchBackend
 from sarathi_serve.worker.kv_cache import KVCache
@@ -112,7 +113,7 @@ def select_backend(name: str, device: torch.device, block_size: int = 16) -> Att
         else:
             name = "flex"
     if name == "torch":
-        return TorchBackend()
+        return TorchBackend(load_paged_decode() if device.type == "cpu" else None)
     if name == "flex":
         from sarathi_serve.worker.attention.flex_backend import FlexBackend
 

@@ -1,11 +1,12 @@
-"""Paged attention in plain PyTorch: correct on CPU and GPU, the CPU's fast path.
+"""Paged attention in PyTorch: correct on CPU and GPU, the CPU's fast path.
 
-Decodes (one query token each) run as one batched SDPA call over their padded
-contexts. A prompt's first chunk needs no cache read at all (its context is the
-step's own keys); first chunks of equal length share one batched SDPA call.
-Later chunks run one call each over their gathered context (a step has few).
-Contexts are gathered a whole block at a time (block_size x KVH x D contiguous
-values) into reused buffers: on CPU that gather is most of attention's cost.
+Decodes (one query token each) run, on CPU in float32, through a C++ kernel that
+reads the paged pools in place (`paged_decode.cpp`, built on first use); elsewhere
+as one batched SDPA call over their gathered, padded contexts. A prompt's first
+chunk needs no cache read at all (its context is the step's own keys); first
+chunks of equal length share one batched SDPA call. Later chunks run one call each
+over their gathered context (a step has few). Contexts are gathered a whole block
+at a time into reused buffers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from sarathi_serve.worker.attention.cpu_kernel import PagedDecode
 from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.kv_cache import HEAD_MAJOR
 
@@ -82,7 +84,8 @@ class TorchBackend:
     name = "torch"
     kv_layout = HEAD_MAJOR
 
-    def __init__(self) -> None:
+    def __init__(self, decode_kernel: PagedDecode | None = None) -> None:
+        self.decode_kernel = decode_kernel
         # Gathered contexts land in buffers reused by every layer and step: a
         # fresh tensor of tens of MB per layer costs more in page faults (the
         # CPU allocator returns big blocks to the OS) than the copy itself.
@@ -106,6 +109,14 @@ class TorchBackend:
         out = buf[:size].view(shape)
         torch.index_select(pool_rows, 0, rows, out=out)
         return out
+
+    def _kernel_fits(self, q: torch.Tensor, k_pool: torch.Tensor) -> bool:
+        return (
+            self.decode_kernel is not None
+            and q.device.type == "cpu"
+            and q.dtype == torch.float32
+            and k_pool.dtype == torch.float32
+        )
 
     def prepare(self, layout: BatchLayout) -> TorchMetadata:
         decodes = [i for i in range(layout.num_seqs) if layout.num_query[i] == 1]
@@ -173,7 +184,19 @@ class TorchBackend:
         # than advanced indexing by token.
         k_rows = k_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
         v_rows = v_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
-        if meta.decode_idx.numel():
+        if meta.decode_idx.numel() and self._kernel_fits(q, k_pool):
+            assert self.decode_kernel is not None
+            out[meta.decode_idx] = self.decode_kernel(
+                q[meta.decode_idx],
+                k_pool,
+                v_pool,
+                meta.decode_blocks,
+                meta.decode_lens,
+                meta.block_size,
+                head_dim**-0.5 if scale is None else scale,
+                window or 0,
+            )
+        elif meta.decode_idx.numel():
             num_decodes = meta.decode_blocks.shape[0]
             rows = meta.pool_rows(-1, kv_heads, num_blocks)
             kd = self._gather("k", k_rows, rows).view(kv_heads, num_decodes, -1, head_dim)
