@@ -7,6 +7,9 @@ Two tables, measured side by side in one run:
      our one ragged forward pass (paged KV, mixed batch) vs the floor: HF's own
      forward over the same tokens, decodes as one batch with a KV cache of the
      same context plus the prefill chunk as another, no services around it.
+     Where our worker packs its linears for oneDNN (CPU), a second floor runs
+     HF's forward with the same packed linears: ours / that floor is the cost of
+     paging and ragged batching alone.
   2. decode throughput at batch 1/8/32/64: our decode loop vs HF `generate`.
 The last line printed is the worst ratio of the grid (ours / floor).
 """
@@ -24,6 +27,7 @@ import torch
 
 from sarathi_serve.common.models import DEFAULT_MODEL, resolve_model
 from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.worker.linear import pack_linears
 from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=1 << 20)
@@ -59,6 +63,12 @@ class Bench:
 
         self.runner = ModelRunner(model_dir, kv_cache_bytes=1 << 30, block_size=16)
         self.hf = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+        self.hf_packed = None  # HF's forward with our linears, where ours are packed
+        if self.runner.linear_backend == "onednn":
+            self.hf_packed = AutoModelForCausalLM.from_pretrained(
+                model_dir, attn_implementation="sdpa"
+            ).eval()
+            pack_linears(self.hf_packed)
         cfg = self.hf.config
         self.vocab = cfg.vocab_size
         self.num_layers = cfg.num_hidden_layers
@@ -86,18 +96,28 @@ class Bench:
             batch.append(BatchEntry(self._sequence(num_prefill, 0), num_prefill))
         return lambda: self.runner.execute(batch)
 
-    def step_ms(self, num_decodes: int, num_prefill: int, context: int) -> tuple[float, float]:
-        """(ours, floor) in ms; the floor is the sum of HF's forward passes."""
-        floor_parts = self.floor_steps(num_decodes, num_prefill, context)
-        ours, *floor = timed_side_by_side(
-            [self.ours_step(num_decodes, num_prefill, context), *floor_parts], self.repeats
+    def step_ms(
+        self, num_decodes: int, num_prefill: int, context: int
+    ) -> tuple[float, float, float | None]:
+        """(ours, floor, floor with packed linears or None) in ms; a floor is the
+        sum of HF's forward passes."""
+        floor_parts = self.floor_steps(self.hf, num_decodes, num_prefill, context)
+        packed_parts = (
+            self.floor_steps(self.hf_packed, num_decodes, num_prefill, context)
+            if self.hf_packed is not None
+            else []
         )
-        return ours, sum(floor)
+        ours, *times = timed_side_by_side(
+            [self.ours_step(num_decodes, num_prefill, context), *floor_parts, *packed_parts],
+            self.repeats,
+        )
+        floor, packed = times[: len(floor_parts)], times[len(floor_parts) :]
+        return ours, sum(floor), (sum(packed) if packed else None)
 
     # ---- the floor: HF's own forward -----------------------------------------
 
     def floor_steps(
-        self, num_decodes: int, num_prefill: int, context: int
+        self, model: torch.nn.Module, num_decodes: int, num_prefill: int, context: int
     ) -> list[Callable[[], object]]:
         from transformers import DynamicCache
 
@@ -112,7 +132,7 @@ class Bench:
 
             @torch.inference_mode()
             def decode() -> None:
-                self.hf(input_ids=ids, position_ids=pos, cache=cache, logits_to_keep=1)
+                model(input_ids=ids, position_ids=pos, cache=cache, logits_to_keep=1)
                 cache.crop(-1)  # drop the token just appended
 
             parts.append(decode)
@@ -121,7 +141,7 @@ class Bench:
 
             @torch.inference_mode()
             def prefill() -> None:
-                self.hf(input_ids=prompt, logits_to_keep=1, use_cache=False)
+                model(input_ids=prompt, logits_to_keep=1, use_cache=False)
 
             parts.append(prefill)
         return parts
@@ -173,14 +193,15 @@ def run(args: argparse.Namespace) -> int:
     grid = QUICK_GRID if args.quick else FULL_GRID
     print(
         f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"attention {bench.runner.backend.name}"
+        f"attention {bench.runner.backend.name}, linears {bench.runner.linear_backend}"
     )
     print(
         f"{'decode':>6} {'prefill':>7} {'context':>7} {'ours ms':>9} {'floor ms':>9} {'ratio':>6}"
+        f" {'packed floor ms':>15} {'ratio':>6}"
     )
     steps = []
     for num_decodes, num_prefill, context in grid:
-        ours, floor = bench.step_ms(num_decodes, num_prefill, context)
+        ours, floor, packed = bench.step_ms(num_decodes, num_prefill, context)
         steps.append(
             dict(
                 decode_tokens=num_decodes,
@@ -189,11 +210,14 @@ def run(args: argparse.Namespace) -> int:
                 ours_ms=ours,
                 floor_ms=floor,
                 ratio=ours / floor,
+                packed_floor_ms=packed,
+                packed_ratio=None if packed is None else ours / packed,
             )
         )
+        packed_cells = "" if packed is None else f" {packed:>15.1f} {ours / packed:>6.2f}"
         print(
             f"{num_decodes:>6} {num_prefill:>7} {context:>7} "
-            f"{ours:>9.1f} {floor:>9.1f} {ours / floor:>6.2f}",
+            f"{ours:>9.1f} {floor:>9.1f} {ours / floor:>6.2f}{packed_cells}",
             flush=True,
         )
     decode_steps, prompt_len = (16, 32) if args.quick else (32, 64)
@@ -222,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
                         "repeats": args.repeats,
                         "threads": torch.get_num_threads(),
                         "attention": bench.runner.backend.name,
+                        "linears": bench.runner.linear_backend,
                     },
                     "environment": {
                         "torch": torch.__version__,

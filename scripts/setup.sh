@@ -6,15 +6,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-        echo "redis-server is missing: install it with 'apt-get install -y redis-server' as root" >&2
-        exit 1
+if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO="none"; fi
+apt_install() {  # apt_install PACKAGE WHY
+    if [ "$SUDO" = none ]; then
+        echo "$1 is missing ($2): install it with 'apt-get install -y $1' as root" >&2
+        return 1
     fi
-    echo "installing redis-server ..."
+    echo "installing $1 ..."
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$1" >/dev/null
+}
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server "request state"
+# g++ builds the CPU decode-attention kernel on first use; without it the worker
+# falls back to a slower path, so a missing compiler is a warning, not an error.
+command -v g++ >/dev/null 2>&1 || apt_install g++ "CPU attention kernel" || true
 
 echo "installing Python packages ..."
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
