@@ -9,7 +9,9 @@ A configuration is POLICY:BUDGET[:TARGET_TBT_MS] on our system (one system is
 started with `up`; the policy is swapped live between trials, after draining),
 or NAME=URL of any OpenAI-compatible server (a peer such as vLLM). Every rate
 runs every configuration in turn (`--repeats` rounds), so slow drifts of a
-noisy machine hit all of them alike. With `--capacity`, each configuration's
+noisy machine hit all of them alike. Every configuration of a round gets the same
+prompts, and every round (and capacity trial) new ones: a server's prefix cache
+never sees a prompt twice. With `--capacity`, each configuration's
 capacity is searched instead: the highest rate with P99 TBT <= `--slo-tbt-ms`
 and median scheduling delay <= 2 s (the paper's rule), by bisection.
 
@@ -25,7 +27,7 @@ import json
 import math
 import signal
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +103,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _trial(
-    args: argparse.Namespace, system: LocalSystem | None, config: Config, rate: float
+    args: argparse.Namespace,
+    system: LocalSystem | None,
+    config: Config,
+    rate: float,
+    prompt_salt: int,
 ) -> dict[str, Any]:
-    spec = workload_from(args, rate)
+    spec = replace(workload_from(args, rate), prompt_salt=prompt_salt)
     url = config.url or (system.base_url if system else "")
     metrics_url = ""
     if config.policy and system is not None:
@@ -124,10 +130,10 @@ def _trial(
 
 def _fixed_rates(args: argparse.Namespace, system: LocalSystem | None) -> dict[str, Any]:
     runs = []
-    for rate in (float(r) for r in args.rates.split(",")):
-        for _ in range(args.repeats):
-            for config in args.config:
-                runs.append(_trial(args, system, config, rate))
+    rounds = ((float(r), n) for r in args.rates.split(",") for n in range(args.repeats))
+    for salt, (rate, _) in enumerate(rounds):  # one round: the same prompts for every config
+        for config in args.config:
+            runs.append(_trial(args, system, config, rate, salt))
     return {"mode": "fixed", "runs": runs}
 
 
@@ -147,10 +153,10 @@ def _capacity(args: argparse.Namespace, system: LocalSystem | None) -> dict[str,
         raise SystemExit("--capacity needs --slo-tbt-ms")
     start = float(args.rates.split(",")[0])
     capacities, runs = {}, []
-    for config in args.config:
+    for index, config in enumerate(args.config):
         lo, hi, rate = 0.0, math.inf, start
-        for _ in range(args.max_trials):
-            summary = _trial(args, system, config, rate)
+        for trial in range(args.max_trials):
+            summary = _trial(args, system, config, rate, index * args.max_trials + trial)
             runs.append(summary)
             if _passes(summary, args.slo_tbt_ms):
                 lo = rate

@@ -37,6 +37,10 @@ class WorkloadSpec:
     max_output_len: int = 1024
     min_len: int = 2
     seed: int = 0
+    # Varies the prompts' tokens only (lengths and arrivals stay those of `seed`): each
+    # round of a comparison sends prompts no server has seen, so a prefix cache cannot
+    # serve a replayed workload from memory.
+    prompt_salt: int = 0
 
     def describe(self) -> str:
         scaled = f", lengths x{self.length_scale:g}" if self.length_scale != 1 else ""
@@ -51,8 +55,9 @@ def make_requests(spec: WorkloadSpec) -> list[RequestSpec]:
     rng = np.random.default_rng(spec.seed)
     prompts, outputs = _lengths(spec, rng)
     arrivals = _arrivals(spec, rng)
+    tokens = np.random.default_rng((spec.seed, spec.prompt_salt))
     return [
-        RequestSpec(float(t), rng.integers(VOCAB_LOW, VOCAB_HIGH, size=int(p)).tolist(), int(d))
+        RequestSpec(float(t), tokens.integers(VOCAB_LOW, VOCAB_HIGH, size=int(p)).tolist(), int(d))
         for t, p, d in zip(arrivals, prompts, outputs, strict=True)
     ]
 

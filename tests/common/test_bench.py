@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -23,6 +24,18 @@ def test_poisson_arrivals_have_the_asked_rate_and_are_reproducible():
         r.prompt_token_ids for r in requests[:3]
     ]
     assert all(len(r.prompt_token_ids) == 32 and r.output_len == 8 for r in requests)
+
+
+def test_prompt_salt_changes_the_tokens_only():
+    """Each round of a comparison gets fresh prompts (no prefix cache can replay them)
+    with the lengths and arrival times of the same seed."""
+    spec = WorkloadSpec("uniform:4:64:2:9", rate=2.0, num_requests=50, seed=3)
+    first = make_requests(spec)
+    second = make_requests(dataclasses.replace(spec, prompt_salt=1))
+    assert [(r.arrival_s, len(r.prompt_token_ids), r.output_len) for r in first] == [
+        (r.arrival_s, len(r.prompt_token_ids), r.output_len) for r in second
+    ]
+    assert all(a.prompt_token_ids != b.prompt_token_ids for a, b in zip(first, second))
 
 
 def test_gamma_burstiness_changes_the_spread_not_the_rate():
