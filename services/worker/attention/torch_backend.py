@@ -110,13 +110,10 @@ class TorchBackend:
         torch.index_select(pool_rows, 0, rows, out=out)
         return out
 
-    def _kernel_fits(self, q: torch.Tensor, k_pool: torch.Tensor) -> bool:
-        return (
-            self.decode_kernel is not None
-            and q.device.type == "cpu"
-            and q.dtype == torch.float32
-            and k_pool.dtype == torch.float32
-        )
+    def _kernel_for(self, q: torch.Tensor, k_pool: torch.Tensor) -> PagedDecode | None:
+        """The C++ decode kernel where it applies (CPU, float32), else None."""
+        fits = q.device.type == "cpu" and q.dtype == k_pool.dtype == torch.float32
+        return self.decode_kernel if fits else None
 
     def prepare(self, layout: BatchLayout) -> TorchMetadata:
         decodes = [i for i in range(layout.num_seqs) if layout.num_query[i] == 1]
@@ -184,9 +181,9 @@ class TorchBackend:
         # than advanced indexing by token.
         k_rows = k_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
         v_rows = v_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
-        if meta.decode_idx.numel() and self._kernel_fits(q, k_pool):
-            assert self.decode_kernel is not None
-            out[meta.decode_idx] = self.decode_kernel(
+        kernel = self._kernel_for(q, k_pool)
+        if meta.decode_idx.numel() and kernel is not None:
+            out[meta.decode_idx] = kernel(
                 q[meta.decode_idx],
                 k_pool,
                 v_pool,
