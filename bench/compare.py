@@ -130,8 +130,9 @@ def _trial(
 
 def _fixed_rates(args: argparse.Namespace, system: LocalSystem | None) -> dict[str, Any]:
     runs = []
-    rounds = ((float(r), n) for r in args.rates.split(",") for n in range(args.repeats))
-    for salt, (rate, _) in enumerate(rounds):  # one round: the same prompts for every config
+    rates = [float(r) for r in args.rates.split(",")]
+    rounds = (rate for rate in rates for _ in range(args.repeats))
+    for salt, rate in enumerate(rounds):  # one round: the same prompts for every config
         for config in args.config:
             runs.append(_trial(args, system, config, rate, salt))
     return {"mode": "fixed", "runs": runs}

@@ -31,13 +31,13 @@ def use_onednn(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
         raise ValueError(f"linear backend must be one of {LINEAR_BACKENDS}, got {backend!r}")
     if backend == "torch":
         return False
-    fits = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
-    if backend == "onednn" and not (fits and onednn_available()):
+    fits = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_available()
+    if backend == "onednn" and not fits:
         raise ValueError(
             "the onednn linear backend needs a CPU device, float32 or bfloat16 weights and "
             "a torch built with oneDNN (torch.backends.mkldnn)"
         )
-    return fits and onednn_available()
+    return fits
 
 
 class PackedLinear:

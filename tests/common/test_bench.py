@@ -35,7 +35,7 @@ def test_prompt_salt_changes_the_tokens_only():
     assert [(r.arrival_s, len(r.prompt_token_ids), r.output_len) for r in first] == [
         (r.arrival_s, len(r.prompt_token_ids), r.output_len) for r in second
     ]
-    assert all(a.prompt_token_ids != b.prompt_token_ids for a, b in zip(first, second))
+    assert all(a.prompt_token_ids != b.prompt_token_ids for a, b in zip(first, second, strict=True))
 
 
 def test_gamma_burstiness_changes_the_spread_not_the_rate():
