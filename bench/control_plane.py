@@ -2,12 +2,17 @@
 when the worker computes nothing (`--null-model`), at several numbers of
 running requests, with Redis persistence off and on.
 
-    sarathi-serve bench control-plane [--running 1,64,256] [--seconds 5] [--json PATH]
+    sarathi-serve bench control-plane [--running 1,64,256] [--step-ms 0,10] [--seconds 5]
+                                      [--json PATH]
 
 Real processes and real gRPC: a scheduler, a null worker, a real redis-server,
 and an in-process gateway session (the gateway's own client). With a worker
-that answers at once, an iteration's whole wall time is control plane: plan,
-gRPC both ways, the Redis round trip, token events to the gateway.
+that answers at once (step 0 ms), an iteration's whole wall time is control plane:
+plan, gRPC both ways, the Redis round trip, token events to the gateway. With a
+worker whose steps take as long as an accelerator's (`--null-step-ms`), what
+matters is the control plane the worker still sees between its steps (`exposed`:
+wall time per iteration minus the step; `worker wait`: the worker's own count),
+since the scheduler plans step n+1 while the worker computes step n.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ PROMPT = list(range(10, 18))  # 8 tokens
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--running", default="1,64,256", help="numbers of running requests")
+    p.add_argument(
+        "--step-ms", default="0,10", help="the null worker's step times (0: answers at once)"
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="measuring window per point")
     p.add_argument("--json", type=Path, default=None)
 
@@ -43,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Services:
     """redis-server (optional), a scheduler and a null worker, as processes."""
 
-    def __init__(self, with_redis: bool, max_running: int):
+    def __init__(self, with_redis: bool, max_running: int, step_ms: float = 0.0):
         self.tmp = tempfile.TemporaryDirectory()
         self.processes: list[subprocess.Popen[bytes]] = []
         args = []
@@ -86,6 +94,8 @@ class Services:
                 "-m",
                 "sarathi_serve.worker",
                 "--null-model",
+                "--null-step-ms",
+                str(step_ms),
                 "--scheduler-addr",
                 self.addr,
                 "--port",
@@ -173,54 +183,67 @@ async def measure(
     }
 
 
+def exposed_ms(row: dict[str, float]) -> float:
+    """Wall time per iteration that is not the worker's step: the control plane the
+    worker's steps do not hide."""
+    return max(0.0, row["ms_per_iteration"] - row["worker_ms"])
+
+
 def run(args: argparse.Namespace) -> int:
     loads = [int(x) for x in args.running.split(",")]
+    step_times = [float(x) for x in args.step_ms.split(",")]
     rows = []
     print(
-        f"{'redis':>5} {'running':>7} {'iter/s':>8} {'ms/iter':>8} {'sched cpu':>9} "
-        f"{'worker':>7} {'plan':>6} {'redis':>6} {'gap':>6}   (ms per iteration)"
+        f"{'step':>5} {'redis':>5} {'running':>7} {'iter/s':>7} {'ms/iter':>8} "
+        f"{'exposed':>8} {'wait':>6} {'sched cpu':>9} {'worker':>7} {'plan':>6} {'redis':>6}"
+        "   (ms per iteration)"
     )
-    for with_redis in (False, True):
-        services = Services(with_redis, max(loads))
-        try:
-            for num_running in loads:
-                row = asyncio.run(
-                    measure(services.addr, num_running, args.seconds, services.scheduler_pid)
-                )
-                row["redis"] = with_redis
-                rows.append(row)
-                print(_format(row), flush=True)
-        finally:
-            services.stop()
+    for step_ms in step_times:
+        for with_redis in (False, True):
+            services = Services(with_redis, max(loads), step_ms)
+            try:
+                for num_running in loads:
+                    row = asyncio.run(
+                        measure(services.addr, num_running, args.seconds, services.scheduler_pid)
+                    )
+                    row.update(redis=with_redis, step_ms=step_ms, exposed_ms=exposed_ms(row))
+                    rows.append(row)
+                    print(_format(row), flush=True)
+            finally:
+                services.stop()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
             json.dumps(
                 {
-                    "config": {"running": loads, "seconds": args.seconds},
+                    "config": {"running": loads, "step_ms": step_times, "seconds": args.seconds},
                     "environment": {
                         "python": platform.python_version(),
                         "machine": platform.machine(),
+                        "cpus": os.cpu_count(),
                     },
                     "results": rows,
                 },
                 indent=2,
             )
         )
-    worst = max((r for r in rows if r["redis"]), key=lambda r: r["running"])
-    print(
-        f"control plane at {worst['running']} running, Redis on: "
-        f"{worst['ms_per_iteration']:.2f} ms/iteration, of it {worst['scheduler_cpu_ms']:.2f} ms "
-        "of scheduler CPU"
-    )
+    for step_ms in step_times:
+        worst = max(
+            (r for r in rows if r["redis"] and r["step_ms"] == step_ms), key=lambda r: r["running"]
+        )
+        print(
+            f"step {step_ms:g} ms, {worst['running']} running, Redis on: "
+            f"{worst['ms_per_iteration']:.2f} ms/iteration, {worst['exposed_ms']:.2f} ms of it "
+            f"outside the worker's step; {worst['scheduler_cpu_ms']:.2f} ms of scheduler CPU"
+        )
     return 0
 
 
 def _format(row: dict[str, float]) -> str:
     return (
-        f"{'on' if row['redis'] else 'off':>5} {row['running']:>7} "
-        f"{row['iterations_per_s']:>8.0f} {row['ms_per_iteration']:>8.2f} "
+        f"{row['step_ms']:>5g} {'on' if row['redis'] else 'off':>5} {row['running']:>7} "
+        f"{row['iterations_per_s']:>7.0f} {row['ms_per_iteration']:>8.2f} "
+        f"{row['exposed_ms']:>8.2f} {row['inter_batch_delay_ms']:>6.2f} "
         f"{row['scheduler_cpu_ms']:>9.2f} {row['worker_ms']:>7.2f} "
-        f"{row['scheduling_ms']:>6.2f} {row['persist_ms']:>6.2f} "
-        f"{row['inter_batch_delay_ms']:>6.2f}"
+        f"{row['scheduling_ms']:>6.2f} {row['persist_ms']:>6.2f}"
     )

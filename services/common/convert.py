@@ -127,6 +127,7 @@ def result_to_pb(result: StepResult) -> pb.StepResult:
         error=result.error,
         logprob_rows=[rows[rid] for rid in result.logprobs],
         logprobs=[logprobs_to_pb(lp) for lp in result.logprobs.values()],
+        wait_ms=result.wait_ms,
     )
 
 
@@ -140,4 +141,5 @@ def result_from_pb(msg: pb.StepResult) -> StepResult:
             msg.request_ids[row]: logprobs_from_pb(lp)
             for row, lp in zip(msg.logprob_rows, msg.logprobs, strict=True)
         },
+        wait_ms=msg.wait_ms,
     )

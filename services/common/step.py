@@ -17,7 +17,7 @@ class NewRequest:
     sampling: SamplingParams
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: 256 of these a step, and frozen ones cost 3x to build
 class ScheduledChunk:
     request_id: str
     num_tokens: int
@@ -51,3 +51,4 @@ class StepResult:
     execution_ms: float = 0.0
     error: str = ""
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)  # who asked for them
+    wait_ms: float = 0.0  # the worker waited this long for the plan (after its last result)

@@ -7,6 +7,7 @@ worker results, as vLLM's scheduler tests do.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass
 
 from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted
@@ -33,7 +34,7 @@ class WorkerGeometry:
     eos_token_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request per step, and frozen ones cost 3x to build
 class RequestUpdate:
     """New tokens of one request in one iteration (and its end, if it ended)."""
 
@@ -69,6 +70,9 @@ class PlannedStep:
     admitted: tuple[Request, ...]  # scheduled for the first time
     policy: str  # the policy that planned it, and its budget
     token_budget: int
+    # The requests it computes, each with its incarnation (how often it had been
+    # preempted): a token of the step counts only for the same incarnation.
+    rows: dict[str, tuple[Request, int]] = dataclasses.field(default_factory=dict)
 
 
 class SchedulerCore:
@@ -81,6 +85,7 @@ class SchedulerCore:
         self.geometry: WorkerGeometry | None = None
         self.blocks: BlockManager | None = None
         self._freed_ids: list[str] = []  # to announce to the worker with the next plan
+        self._in_flight: deque[PlannedStep] = deque()  # planned, result not applied yet
 
     # ---- requests --------------------------------------------------------
 
@@ -150,18 +155,24 @@ class SchedulerCore:
         for request in self.state.waiting:
             request.on_worker = False
         self._freed_ids.clear()
+        self._in_flight.clear()
         self.blocks = None
 
     # ---- iterations ------------------------------------------------------
 
     def plan(self, step_id: int, now: float) -> PlannedStep:
+        """Plans the next iteration. It may be planned before the result of the previous
+        one is applied (the worker computes while the next plan is made): a decode then
+        feeds the token the worker sampled itself in the step before, and a request that
+        turns out to have stopped in that step costs one wasted token, dropped by apply."""
         assert self.blocks is not None, "plan() needs an attached worker"
         schedule = self.policy.schedule(self.state, self.blocks)
         for victim in schedule.preempted:
             self._forget_on_worker(victim)
         new_requests, chunks, admitted = [], [], []
+        rows: dict[str, tuple[Request, int]] = {}
         num_prefill = num_decode = 0
-        for request, num_tokens in schedule.chunks:
+        for request, num_tokens in schedule.chunks:  # hot: every running request
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
                 admitted.append(request)
@@ -175,65 +186,83 @@ class SchedulerCore:
                     )
                 )
                 request.on_worker = True
-            if request.is_prefilling:
+            if request.num_computed_tokens < request.num_prefill_tokens:
                 num_prefill += num_tokens
             else:
                 num_decode += num_tokens
-            new_blocks = tuple(request.block_ids[request.num_blocks_sent :])
-            request.num_blocks_sent = len(request.block_ids)
+            block_ids = request.block_ids
+            new_blocks: tuple[int, ...] = ()
+            if request.num_blocks_sent != len(block_ids):
+                new_blocks = tuple(block_ids[request.num_blocks_sent :])
+                request.num_blocks_sent = len(block_ids)
             chunks.append(ScheduledChunk(request.request_id, num_tokens, new_blocks))
+            rows[request.request_id] = (request, request.num_preemptions)
             request.num_computed_tokens += num_tokens
         plan = StepPlan(step_id, tuple(new_requests), tuple(chunks), tuple(self._freed_ids))
         self._freed_ids.clear()
-        return PlannedStep(
+        planned = PlannedStep(
             plan,
             num_prefill,
             num_decode,
             tuple(admitted),
             self.policy.name,
             self.policy.last_budget,
+            rows,
         )
+        self._in_flight.append(planned)
+        return planned
 
     def observe(self, planned: PlannedStep, execution_ms: float) -> None:
         """Tells the policy (an SLO-driven budget adapts) how long the step took."""
         self.policy.observe(planned.num_prefill_tokens, planned.num_decode_tokens, execution_ms)
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
-        """Appends sampled tokens and finishes requests that reached a stop."""
+        """Appends sampled tokens and finishes requests that reached a stop. Results
+        come in the order of the plans."""
+        planned = self._in_flight.popleft()
+        if planned.plan.step_id != result.step_id:
+            raise RuntimeError(f"result of step {result.step_id}, expected {planned.plan.step_id}")
         updates = []
-        for request_id, token in result.sampled.items():
-            request = self.requests.get(request_id)
-            if request is None or request.status is not RequestStatus.RUNNING:
-                continue  # aborted or preempted while the step ran
-            request.output_token_ids.append(token)
+        rows, logprobs_of, running = planned.rows, result.logprobs, RequestStatus.RUNNING
+        for request_id, token in result.sampled.items():  # hot: every running request
+            row = rows.get(request_id)
+            if row is None:
+                continue
+            request, incarnation = row
+            if request.status is not running or request.num_preemptions != incarnation:
+                continue  # ended, or preempted, while the step ran (or before it returned)
+            output = request.output_token_ids
+            output.append(token)
             if request.first_token_time is None:
                 request.first_token_time = now
             stop = self._stop_reason(request, token)
             if stop is not None:
                 self._finish(request, stop, now)
-            logprobs = result.logprobs.get(request_id)
+            logprobs = logprobs_of.get(request_id) if logprobs_of else None
             updates.append(
                 RequestUpdate(
                     request,
                     (token,),
                     stop,
                     () if logprobs is None else (logprobs,),
-                    len(request.output_token_ids) - 1,
+                    len(output) - 1,
                 )
             )
         return updates
 
     def _stop_reason(self, request: Request, token: int) -> StopReason | None:
         params = request.sampling
-        assert self.geometry is not None
-        may_stop = len(request.output_token_ids) >= params.min_tokens
-        if may_stop and token in params.stop_token_ids:
+        geometry = self.geometry
+        assert geometry is not None
+        num_output = len(request.output_token_ids)
+        if num_output >= params.min_tokens and (
+            token in params.stop_token_ids
+            or (token == geometry.eos_token_id and not params.ignore_eos)
+        ):
             return StopReason.EOS
-        if may_stop and token == self.geometry.eos_token_id and not params.ignore_eos:
-            return StopReason.EOS
-        if len(request.output_token_ids) >= params.max_tokens:
+        if num_output >= params.max_tokens:
             return StopReason.LENGTH
-        if request.num_tokens >= self.geometry.max_model_len:
+        if len(request.prompt_token_ids) + num_output >= geometry.max_model_len:
             return StopReason.CONTEXT
         return None
 

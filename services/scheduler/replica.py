@@ -59,7 +59,18 @@ class _Timing:
     start_time: float  # unix seconds
     scheduling_s: float  # policy + plan building
     control_s: float  # planning, applying, waiting for the previous release
-    delay_s: float  # previous result received -> this plan built
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A step sent to the worker (or, with nothing to compute, not sent)."""
+
+    planned: PlannedStep
+    result: asyncio.Future[StepResult] | None
+    t_start: float  # perf_counter when planning began
+    start_time: float  # unix seconds
+    scheduling_s: float
+    after_idle: bool  # planned after the replica waited for work: no worker wait to count
 
 
 @dataclass(slots=True)
@@ -92,7 +103,8 @@ class Replica:
         self.accepted: list[Request] = []  # to persist with the next iteration
         self.ended: list[Request] = []  # ended without a token (aborts)
         self.step_id = 0  # the id of the next plan
-        self._last_result_at: float | None = None
+        self._in_flight: _InFlight | None = None  # sent, result not applied yet
+        self._idle = True  # the last turn found nothing to do
         self._releasing: asyncio.Task[None] | None = None  # the last iteration's release
 
     @property
@@ -111,12 +123,17 @@ class Replica:
     def attach(self, link: WorkerLink) -> None:
         self.core.attach_worker(link.geometry)
         self.worker = link
-        self._last_result_at = None
+        self._in_flight = None
+        self._idle = True
         self.wake.set()
 
     def detach(self) -> list[Request]:
         """The worker is gone: its requests wait to be recomputed (here or elsewhere)."""
         self.worker = None
+        if self._in_flight is not None and self._in_flight.result is not None:
+            # its result is WorkerLost (the link is closed): nobody waits for it now
+            self._in_flight.result.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._in_flight = None
         self.core.detach_worker()
         return list(self.core.requests.values())
 
@@ -132,11 +149,13 @@ class Replica:
     async def run(self) -> None:
         while True:
             worker = self.worker
-            if worker is None or not (self.core.has_work or self.accepted or self.ended):
+            busy = self.core.has_work or self.accepted or self.ended or self._in_flight
+            if worker is None or not busy:
                 if self._releasing is not None:  # idle: finish the last release first
                     await self._released()
                     continue
                 self.wake.clear()
+                self._idle = True
                 await self.wake.wait()
                 continue
             try:
@@ -151,19 +170,38 @@ class Replica:
             await releasing
 
     async def _iterate(self, worker: WorkerLink) -> None:
-        """Plans, runs the step, applies its result; the release (Redis, then the tokens to
-        the gateways) runs while the next iteration plans and steps, so the Redis round
-        trip is off the critical path. Tokens still leave only once they are in Redis, and
-        at most one iteration per replica waits for its release."""
+        """One turn: plans step n+1 and sends it, then waits for step n's result and
+        applies it. The worker finds its next plan waiting when it ends a step, so the
+        control plane (planning, gRPC, applying, Redis) runs while it computes, not
+        between its steps. The release of step n (Redis, then the tokens to the
+        gateways) runs during the next turn; tokens still leave only once they are in
+        Redis, and at most one iteration per replica waits for its release."""
         t_start = time.perf_counter()
         start_time = self.out.clock()
         planned = self.core.plan(self.step_id, start_time)
         self.step_id += 1
-        t_planned = time.perf_counter()
+        scheduling_s = time.perf_counter() - t_start
+        sent = None
         if planned.plan.chunks or planned.plan.freed_request_ids:
-            result = await worker.step(planned.plan)
-        else:
-            result = StepResult(planned.plan.step_id)
+            sent = worker.send(planned.plan)
+        current = _InFlight(planned, sent, t_start, start_time, scheduling_s, self._idle)
+        self._idle = False
+        previous, self._in_flight = self._in_flight, current
+        if previous is not None:
+            await self._complete(previous)
+        if not planned.plan.chunks and self._in_flight is current:
+            self._in_flight = None
+            await self._complete(current)  # frees, or nothing
+            if previous is None:  # nothing to compute, nothing computing: wait for a change
+                self.wake.clear()
+                self._idle = True
+                if not (self.accepted or self.ended):
+                    await _wait(self.wake, timeout=0.05)
+
+    async def _complete(self, step: _InFlight) -> None:
+        """Waits for a step's result, applies it and queues its release."""
+        planned = step.planned
+        result = StepResult(planned.plan.step_id) if step.result is None else await step.result
         t_result = time.perf_counter()
         updates = self.core.apply(result, self.out.clock())
         accepted, self.accepted = self.accepted, []
@@ -172,27 +210,31 @@ class Replica:
             self.core.observe(planned, result.execution_ms)
         await self._released()  # one release in flight per replica
         timing = _Timing(
-            start_time=start_time,
-            scheduling_s=t_planned - t_start,
-            # on the critical path: planning, applying, waiting for the previous release
-            control_s=(t_planned - t_start) + (time.perf_counter() - t_result),
-            delay_s=0.0 if self._last_result_at is None else t_planned - self._last_result_at,
+            start_time=step.start_time,
+            scheduling_s=step.scheduling_s,
+            # on the replica's loop: planning, applying, waiting for the previous release
+            control_s=step.scheduling_s + (time.perf_counter() - t_result),
         )
         if updates or accepted or ended or planned.plan.chunks:
             self._releasing = self.out.releases.add(
-                functools.partial(self._release, planned, result, timing, accepted, updates, ended)
+                functools.partial(
+                    self._release,
+                    planned,
+                    result,
+                    timing,
+                    0.0 if step.after_idle else result.wait_ms,
+                    accepted,
+                    updates,
+                    ended,
+                )
             )
-        if not planned.plan.chunks:
-            self.wake.clear()  # nothing schedulable now: wait for a change
-            if not (self.accepted or self.ended):
-                await _wait(self.wake, timeout=0.05)
-        self._last_result_at = t_result
 
     async def _release(
         self,
         planned: PlannedStep,
         result: StepResult,
         timing: _Timing,
+        worker_wait_ms: float,
         accepted: list[Request],
         updates: list[RequestUpdate],
         ended: list[Request],
@@ -210,7 +252,7 @@ class Replica:
             self.out.stats.num_finished += 1
             _log_finished(request, "ABORTED")
         if planned.plan.chunks:
-            self._record(planned, result, timing, persist_s)
+            self._record(planned, result, timing, persist_s, worker_wait_ms)
         self.out.hub.dispatch(updates, ended)
 
     async def _persist(
@@ -231,7 +273,12 @@ class Replica:
             backoff = min(backoff * 2, _MAX_PERSIST_BACKOFF_S)
 
     def _record(
-        self, planned: PlannedStep, result: StepResult, timing: _Timing, persist_s: float
+        self,
+        planned: PlannedStep,
+        result: StepResult,
+        timing: _Timing,
+        persist_s: float,
+        worker_wait_ms: float,
     ) -> None:
         if self.out.metrics is not None:
             self.out.metrics.iteration(
@@ -255,7 +302,7 @@ class Replica:
                 execution_ms=result.execution_ms,
                 scheduling_ms=timing.scheduling_s * 1e3,
                 persist_ms=persist_s * 1e3,
-                inter_batch_delay_ms=timing.delay_s * 1e3,
+                inter_batch_delay_ms=worker_wait_ms,
                 policy=planned.policy,
                 token_budget=planned.token_budget,
                 start_time=timing.start_time,

@@ -64,6 +64,12 @@ class Request:
         return self.num_computed_tokens < self.num_prefill_tokens
 
     @property
+    def has_last_token_in_flight(self) -> bool:
+        """A decoding request whose max_tokens-th token is already scheduled: every
+        computed position past the prompt yields one output (the last one its next)."""
+        return self.num_computed_tokens - len(self.prompt_token_ids) >= self.sampling.max_tokens - 1
+
+    @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 

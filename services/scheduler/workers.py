@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from sarathi_serve.common.convert import plan_to_pb, result_from_pb
 from sarathi_serve.common.step import StepPlan, StepResult
@@ -15,26 +16,31 @@ class WorkerLost(Exception):
 
 
 class WorkerLink:
-    """Sends one plan at a time and resolves it with the worker's result."""
+    """Sends plans and resolves each with the worker's result, in order (the worker runs
+    them one after another; the next plan may be sent while the worker runs one)."""
 
     def __init__(self, worker_id: str, geometry: WorkerGeometry):
         self.worker_id = worker_id
         self.geometry = geometry
         self.outbox: asyncio.Queue[pb.StepPlan | None] = asyncio.Queue()
-        self._pending: asyncio.Future[StepResult] | None = None
+        self._pending: deque[asyncio.Future[StepResult]] = deque()
         self.closed = False
 
-    async def step(self, plan: StepPlan) -> StepResult:
-        if self.closed:
-            raise WorkerLost(f"worker {self.worker_id} is gone")
+    def send(self, plan: StepPlan) -> asyncio.Future[StepResult]:
+        """Sends a plan now; the future resolves with its result (or WorkerLost)."""
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
-        self._pending = future
+        if self.closed:
+            future.set_exception(WorkerLost(f"worker {self.worker_id} is gone"))
+            return future
+        self._pending.append(future)
         self.outbox.put_nowait(plan_to_pb(plan))
-        return await future
+        return future
 
     def deliver(self, msg: pb.StepResult) -> None:
-        future, self._pending = self._pending, None
-        if future is None or future.done():
+        if not self._pending:
+            return
+        future = self._pending.popleft()
+        if future.done():
             return
         if msg.error:
             future.set_exception(
@@ -47,6 +53,8 @@ class WorkerLink:
         if self.closed:
             return
         self.closed = True
-        if self._pending is not None and not self._pending.done():
-            self._pending.set_exception(WorkerLost(f"worker {self.worker_id}: {reason}"))
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(WorkerLost(f"worker {self.worker_id}: {reason}"))
         self.outbox.put_nowait(None)

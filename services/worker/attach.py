@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
+from collections.abc import Iterator
 
 import grpc
 
 from sarathi_serve.common.convert import plan_from_pb, result_to_pb
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
+from sarathi_serve.common.step import StepPlan
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.worker.parallel import Engine
@@ -51,19 +54,57 @@ def _serve_stream(
     call = stub.Attach(iter(outbox.get, None))
     stop_watch = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
     stop_watch.start()
+    plans = _Prefetch(call)
     served = False
+    last_result_at: float | None = None  # when the previous result left
     try:
-        for msg in call:
+        while (item := plans.next()) is not None:
+            received_at = time.perf_counter()
+            step_id, plan = item
             if not served:
                 log.info("attached to the scheduler as %s", hello.worker_id)
                 served = True
             try:
-                result = result_to_pb(engine.step(plan_from_pb(msg)))
+                if isinstance(plan, Exception):
+                    raise plan
+                result = result_to_pb(engine.step(plan))
             except Exception as exc:  # a failed step is reported, never silently dropped
-                log.error("step %d failed: %s", msg.step_id, traceback.format_exc())
-                result = pb.StepResult(step_id=msg.step_id, error=f"{type(exc).__name__}: {exc}")
+                log.error("step %d failed: %s", step_id, traceback.format_exc())
+                result = pb.StepResult(step_id=step_id, error=f"{type(exc).__name__}: {exc}")
                 engine.reset()
+            if last_result_at is not None:  # the control plane this worker waited for
+                result.wait_ms = (received_at - last_result_at) * 1e3
             outbox.put(pb.WorkerMessage(result=result))
+            last_result_at = time.perf_counter()
     finally:
         outbox.put(None)
     return served
+
+
+class _Prefetch:
+    """Reads and converts the next plans on a thread of its own while a step runs: the
+    scheduler sends plan n+1 before step n ends, and the worker starts it at once."""
+
+    def __init__(self, call: Iterator[pb.StepPlan]):
+        self._plans: queue.Queue[tuple[int, StepPlan | Exception] | BaseException | None] = (
+            queue.Queue()
+        )
+        threading.Thread(target=self._read, args=(call,), daemon=True).start()
+
+    def _read(self, call: Iterator[pb.StepPlan]) -> None:
+        try:
+            for msg in call:
+                try:
+                    self._plans.put((msg.step_id, plan_from_pb(msg)))
+                except Exception as exc:  # a malformed plan fails its step
+                    self._plans.put((msg.step_id, exc))
+            self._plans.put(None)
+        except BaseException as exc:  # the stream broke: raised in the serving thread
+            self._plans.put(exc)
+
+    def next(self) -> tuple[int, StepPlan | Exception] | None:
+        """The next plan (or the error converting it); None at the end of the stream."""
+        item = self._plans.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item

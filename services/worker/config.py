@@ -31,6 +31,7 @@ class WorkerConfig:
     linear_backend: str = "auto"
     tensor_parallel_size: int = 1
     null_model: bool = False  # benchmarks of the control plane: no model, a fixed token
+    null_step_ms: float = 0.0  # with null_model: each step takes this long (an accelerator's)
     seed: int | None = None
     metrics_port: int = 0  # Prometheus /metrics; 0: off
 
@@ -51,6 +52,8 @@ class WorkerConfig:
             raise ValueError(
                 f"linear_backend must be one of {LINEAR_BACKENDS}, got {self.linear_backend!r}"
             )
+        if self.null_step_ms < 0:
+            raise ValueError(f"null_step_ms must be >= 0, got {self.null_step_ms}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
 
@@ -84,6 +87,7 @@ _HELPS = {
     "num_threads": "torch threads; 0: torch's default",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "null_model": "no model: answer each step at once with a fixed token (control-plane bench)",
+    "null_step_ms": "with --null-model: each step takes this long, like an accelerator's step",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
     "linear_backend": "auto (oneDNN with packed weights on CPU where torch has it), onednn, torch",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",

@@ -42,7 +42,7 @@ def start_engine(config: WorkerConfig) -> tuple[Engine, ModelRunner, Callable[[]
     """
     size = config.tensor_parallel_size
     if config.null_model:
-        null = NullRunner()
+        null = NullRunner(step_ms=config.null_step_ms)
         return WorkerEngine(null), null, lambda: None  # type: ignore[arg-type]
     if size == 1:
         runner = build_runner(config, TensorParallel(), config.seed)

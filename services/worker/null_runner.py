@@ -6,6 +6,7 @@ its own: with it, every second of an iteration is overhead.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sarathi_serve.worker.model_runner import BatchEntry, StepOutput
@@ -23,10 +24,13 @@ class NullRunner:
     max_model_len = 1 << 20
     eos_token_id = 0
 
-    def __init__(self, num_blocks: int = 1 << 20):
+    def __init__(self, num_blocks: int = 1 << 20, step_ms: float = 0.0):
         self.kv_cache = _Geometry(num_blocks)
+        self.step_s = step_ms / 1e3  # > 0: a step takes this long, like an accelerator's
 
     def execute(self, batch: list[BatchEntry]) -> StepOutput:
+        if self.step_s:
+            time.sleep(self.step_s)
         sampled = {
             e.sequence.request_id: NULL_TOKEN
             for e in batch

@@ -77,7 +77,9 @@ def test_a_plan_whose_block_ids_do_not_add_up_is_refused():
 
 
 def test_result_round_trip():
-    result = StepResult(step_id=3, sampled={"a": 11, "b": 0}, execution_ms=12.5, error="")
+    result = StepResult(
+        step_id=3, sampled={"a": 11, "b": 0}, execution_ms=12.5, error="", wait_ms=0.25
+    )
     assert result_from_pb(result_to_pb(result)) == result
     with_logprobs = StepResult(
         step_id=4,

@@ -76,8 +76,8 @@ def test_budget_never_exceeded_and_decodes_never_stall():
         SchedulerState(),
         BlockManager(1000, 4),
     )
-    for i in range(6):
-        state.waiting.append(make_request(f"r{i}", 5 + 7 * i))
+    for i in range(6):  # max_tokens past the 40 steps: nobody reaches its last token
+        state.waiting.append(make_request(f"r{i}", 5 + 7 * i, max_tokens=100))
     decoders: set[str] = set()
     for _ in range(40):
         schedule = run_step(policy, state, blocks)

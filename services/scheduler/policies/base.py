@@ -71,12 +71,20 @@ def schedule_decodes(
 ) -> int:
     """One token for each running request past its prefill, oldest first,
     preempting the newest when KV blocks run out; returns the budget left."""
+    block_size = blocks.block_size
     for request in [r for r in state.running if not r.is_prefilling]:
-        if budget == 0 or request.status is not RequestStatus.RUNNING:  # O(1): preempted above
+        if budget == 0:
+            break
+        if request.status is not RequestStatus.RUNNING:  # preempted above: O(1) check
             continue
-        if not make_room(request, 1, state, blocks, out):
-            continue
-        blocks.allocate(request, 1)
+        if request.has_last_token_in_flight:
+            continue  # it reaches max_tokens with a step in flight: it ends there
+        # The hot loop (every running request, every iteration): a decode needs a new
+        # block only when its last block is full, once in block_size steps.
+        if request.num_computed_tokens >= len(request.block_ids) * block_size:
+            if not make_room(request, 1, state, blocks, out):
+                continue
+            blocks.allocate(request, 1)
         out.chunks.append((request, 1))
         budget -= 1
     return budget

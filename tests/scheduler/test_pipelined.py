@@ -1,0 +1,113 @@
+"""Planning step n+1 before step n's result is applied (the worker computes while the
+scheduler plans) gives every request exactly the tokens of plan-apply-plan, with a real
+WorkerEngine in between: stops (EOS, max_tokens, context), preemption, aborts."""
+
+from collections import deque
+
+import pytest
+
+from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.step import StepResult
+from sarathi_serve.scheduler.core import SchedulerCore, WorkerGeometry
+from sarathi_serve.scheduler.policies import make_policy
+from sarathi_serve.scheduler.request import Request
+from sarathi_serve.worker.engine import WorkerEngine
+from sarathi_serve.worker.model_runner import BatchEntry, StepOutput
+
+EOS = 2
+
+
+class ContextModel:
+    """A deterministic "model": the next token is a function of the whole context,
+    so a decode fed the wrong token, or a token appended twice, changes what follows."""
+
+    def execute(self, batch: list[BatchEntry]) -> StepOutput:
+        sampled = {}
+        for e in batch:
+            tokens = e.sequence.token_ids
+            if e.sequence.num_computed_tokens + e.num_tokens == len(tokens):
+                h = 0
+                for t in tokens:
+                    h = (h * 131 + t) % 1_000_003
+                sampled[e.sequence.request_id] = h % 11 + 2
+        return StepOutput(sampled, {})
+
+
+def run(policy: str, pipelined: bool, num_blocks: int, abort_at: dict[int, str]):
+    core = SchedulerCore(make_policy(policy, token_budget=16, max_num_seqs=8), watermark=0.0)
+    core.attach_worker(WorkerGeometry(num_blocks, 4, 48, EOS))
+    engine = WorkerEngine(ContextModel())  # type: ignore[arg-type]
+    for i in range(10):
+        prompt = [(7 * i + j) % 40 + 3 for j in range(3 + 5 * i % 17)]
+        sampling = SamplingParams(temperature=0.0, max_tokens=4 + 3 * i, ignore_eos=i % 3 == 0)
+        core.add(Request(f"r{i}", prompt, sampling, "s", 0.0))
+    outputs: dict[str, list[int]] = {}
+    in_flight: deque = deque()
+    for step in range(400):
+        if step in abort_at:
+            core.abort(abort_at[step], float(step))
+        planned = core.plan(step, float(step))
+        in_flight.append(engine.step(planned.plan))  # the worker runs plans in order
+        if len(in_flight) > (1 if pipelined else 0):
+            for update in core.apply(in_flight.popleft(), float(step)):
+                outputs.setdefault(update.request.request_id, []).extend(update.token_ids)
+        if not core.has_work and not in_flight:
+            break
+    while in_flight:
+        for update in core.apply(in_flight.popleft(), 0.0):
+            outputs.setdefault(update.request.request_id, []).extend(update.token_ids)
+    assert not core.has_work
+    return outputs, core.state.num_preemptions
+
+
+@pytest.mark.parametrize("policy", ["sarathi", "vllm", "orca", "faster_transformer"])
+@pytest.mark.parametrize("num_blocks", [200, 24])  # 24: requests are preempted
+def test_pipelined_plans_give_the_same_tokens(policy, num_blocks):
+    aborts = {9: "r9"}
+    sequential, _ = run(policy, False, num_blocks, aborts)
+    pipelined, preemptions = run(policy, True, num_blocks, aborts)
+    # an abort lands at a time, not a token: a prefix of the same tokens either way
+    aborted_seq, aborted_pipe = sequential.pop("r9", []), pipelined.pop("r9", [])
+    shorter = min(len(aborted_seq), len(aborted_pipe))
+    assert aborted_seq[:shorter] == aborted_pipe[:shorter]
+    assert pipelined == sequential
+    assert set(sequential) == {f"r{i}" for i in range(10) if i != 9}
+    stops = {"eos": 0, "length": 0}
+    for i in range(10):
+        tokens = sequential.get(f"r{i}", [])
+        if i != 9 and tokens[-1] == EOS and i % 3:
+            stops["eos"] += 1
+        elif i != 9:  # ran to max_tokens, or to the model's context (48)
+            prompt_len = 3 + 5 * i % 17
+            assert len(tokens) == min(4 + 3 * i, 48 - prompt_len)
+            stops["length"] += 1
+    assert stops["eos"] and stops["length"]
+    if num_blocks == 24 and policy != "faster_transformer":
+        assert preemptions > 0
+
+
+def test_a_request_is_not_decoded_past_its_last_token_in_flight():
+    core = SchedulerCore(make_policy("sarathi", token_budget=16, max_num_seqs=8))
+    core.attach_worker(WorkerGeometry(64, 4, 64, EOS))
+    core.add(Request("a", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=2), "s", 0.0))
+    core.add(Request("b", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=9), "s", 0.0))
+    core.plan(0, 0.0)  # both prompts: their first tokens
+    step1 = core.plan(1, 0.0)  # both decode: a's second (last) token
+    step2 = core.plan(2, 0.0)  # planned before either result is back
+    assert [c.request_id for c in step1.plan.chunks] == ["a", "b"]
+    assert [c.request_id for c in step2.plan.chunks] == ["b"]
+
+
+def test_a_token_of_an_earlier_incarnation_is_dropped():
+    """Preempted (and even admitted again) while its step ran: the step's token belonged
+    to the computation the preemption threw away."""
+    core = SchedulerCore(make_policy("sarathi", token_budget=16, max_num_seqs=8))
+    core.attach_worker(WorkerGeometry(64, 4, 64, EOS))
+    core.add(Request("a", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=9), "s", 0.0))
+    core.plan(0, 0.0)
+    (request,) = core.state.running
+    assert core.blocks is not None
+    core.state.preempt(request, core.blocks)
+    core.state.admit(request)
+    assert core.apply(StepResult(0, {"a": 7}), 0.0) == []
+    assert request.output_token_ids == []
