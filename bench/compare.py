@@ -172,7 +172,7 @@ def _capacity(args: argparse.Namespace, system: LocalSystem | None) -> dict[str,
 
 def format_table(report: dict[str, Any]) -> str:
     header = ["config", "rate", "done", "out tok/s", "TTFT p50", "TTFT p99", "TBT p50",
-              "TBT p99", "TPOT p50", "sched delay p50 s", "ctrl ms/it"]  # fmt: skip
+              "TBT p99", "TPOT p50", "sched delay p50 s", "ctrl ms/it", "wait ms/it"]  # fmt: skip
     rows = [header]
     for run in report["runs"]:
         server = run.get("server", {})
@@ -189,6 +189,7 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{run['median_tpot_ms']:.0f}",
                 _fmt(server.get("median_scheduling_delay_s"), 2),
                 _fmt(server.get("mean_control_plane_ms"), 2),
+                _fmt(server.get("mean_worker_wait_ms"), 2),
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -256,6 +256,9 @@ def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[st
         out["mean_control_plane_ms"] = (
             1000 * total("sarathi_scheduler_overhead_seconds_sum") / iterations
         )
+        out["mean_worker_wait_ms"] = (
+            1000 * total("sarathi_scheduler_worker_wait_seconds_sum") / iterations
+        )
     out["median_scheduling_delay_s"] = _histogram_quantile(
         delta("sarathi_scheduler_queue_seconds_bucket"), 0.5
     )

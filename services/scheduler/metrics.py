@@ -39,8 +39,14 @@ class SchedulerMetrics:
         )  # fmt: skip
         self.overhead = Histogram(
             "sarathi_scheduler_overhead_seconds",
-            "Control-plane time on an iteration's critical path (planning, applying the "
-            "result, waiting for the previous iteration's Redis write)",
+            "Scheduler loop time of an iteration (planning, applying the result, waiting for "
+            "the previous iteration's Redis write); it runs while the worker computes",
+            ["policy"], buckets=_OVERHEAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.worker_wait = Histogram(
+            "sarathi_scheduler_worker_wait_seconds",
+            "How long the worker waited for an iteration's plan after its previous result: "
+            "the control plane between two steps",
             ["policy"], buckets=_OVERHEAD_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_time = Histogram(
@@ -61,6 +67,7 @@ class SchedulerMetrics:
         num_decode: int,
         execution_s: float,
         overhead_s: float,
+        worker_wait_s: float,
         queue_times: list[float],
     ) -> None:
         self.iterations.labels(policy).inc()
@@ -68,6 +75,7 @@ class SchedulerMetrics:
         self.tokens.labels(policy, "decode").inc(num_decode)
         self.step_time.labels(policy).observe(execution_s)
         self.overhead.labels(policy).observe(overhead_s)
+        self.worker_wait.labels(policy).observe(worker_wait_s)
         queue = self.queue_time.labels(policy)
         for seconds in queue_times:
             queue.observe(seconds)

@@ -287,6 +287,7 @@ class Replica:
                 planned.num_decode_tokens,
                 result.execution_ms / 1e3,
                 timing.control_s,
+                worker_wait_ms / 1e3,
                 [
                     r.first_scheduled_time - r.arrival_time
                     for r in planned.admitted
