@@ -67,7 +67,6 @@ class _InFlight:
 
     planned: PlannedStep
     result: asyncio.Future[StepResult] | None
-    t_start: float  # perf_counter when planning began
     start_time: float  # unix seconds
     scheduling_s: float
     after_idle: bool  # planned after the replica waited for work: no worker wait to count
@@ -184,7 +183,7 @@ class Replica:
         sent = None
         if planned.plan.chunks or planned.plan.freed_request_ids:
             sent = worker.send(planned.plan)
-        current = _InFlight(planned, sent, t_start, start_time, scheduling_s, self._idle)
+        current = _InFlight(planned, sent, start_time, scheduling_s, self._idle)
         self._idle = False
         previous, self._in_flight = self._in_flight, current
         if previous is not None:
