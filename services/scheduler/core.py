@@ -218,10 +218,12 @@ class SchedulerCore:
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
         """Appends sampled tokens and finishes requests that reached a stop. Results
-        come in the order of the plans."""
+        come in the order of the plans; the result of a step planned before the worker
+        detached (it can arrive just before the detach is noticed) is dropped: its
+        requests are recomputed."""
+        if not self._in_flight or self._in_flight[0].plan.step_id != result.step_id:
+            return []
         planned = self._in_flight.popleft()
-        if planned.plan.step_id != result.step_id:
-            raise RuntimeError(f"result of step {result.step_id}, expected {planned.plan.step_id}")
         updates = []
         rows, logprobs_of, running = planned.rows, result.logprobs, RequestStatus.RUNNING
         for request_id, token in result.sampled.items():  # hot: every running request

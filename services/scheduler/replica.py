@@ -59,6 +59,7 @@ class _Timing:
     start_time: float  # unix seconds
     scheduling_s: float  # policy + plan building
     control_s: float  # planning, applying, waiting for the previous release
+    worker_wait_ms: float  # the worker's wait for this plan (0 after the replica idled)
 
 
 @dataclass(slots=True)
@@ -129,10 +130,7 @@ class Replica:
     def detach(self) -> list[Request]:
         """The worker is gone: its requests wait to be recomputed (here or elsewhere)."""
         self.worker = None
-        if self._in_flight is not None and self._in_flight.result is not None:
-            # its result is WorkerLost (the link is closed): nobody waits for it now
-            self._in_flight.result.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._in_flight = None
+        self._in_flight = None  # its result is WorkerLost: the link is closed
         self.core.detach_worker()
         return list(self.core.requests.values())
 
@@ -213,19 +211,11 @@ class Replica:
             scheduling_s=step.scheduling_s,
             # on the replica's loop: planning, applying, waiting for the previous release
             control_s=step.scheduling_s + (time.perf_counter() - t_result),
+            worker_wait_ms=0.0 if step.after_idle else result.wait_ms,
         )
         if updates or accepted or ended or planned.plan.chunks:
             self._releasing = self.out.releases.add(
-                functools.partial(
-                    self._release,
-                    planned,
-                    result,
-                    timing,
-                    0.0 if step.after_idle else result.wait_ms,
-                    accepted,
-                    updates,
-                    ended,
-                )
+                functools.partial(self._release, planned, result, timing, accepted, updates, ended)
             )
 
     async def _release(
@@ -233,7 +223,6 @@ class Replica:
         planned: PlannedStep,
         result: StepResult,
         timing: _Timing,
-        worker_wait_ms: float,
         accepted: list[Request],
         updates: list[RequestUpdate],
         ended: list[Request],
@@ -251,7 +240,7 @@ class Replica:
             self.out.stats.num_finished += 1
             _log_finished(request, "ABORTED")
         if planned.plan.chunks:
-            self._record(planned, result, timing, persist_s, worker_wait_ms)
+            self._record(planned, result, timing, persist_s)
         self.out.hub.dispatch(updates, ended)
 
     async def _persist(
@@ -272,12 +261,7 @@ class Replica:
             backoff = min(backoff * 2, _MAX_PERSIST_BACKOFF_S)
 
     def _record(
-        self,
-        planned: PlannedStep,
-        result: StepResult,
-        timing: _Timing,
-        persist_s: float,
-        worker_wait_ms: float,
+        self, planned: PlannedStep, result: StepResult, timing: _Timing, persist_s: float
     ) -> None:
         if self.out.metrics is not None:
             self.out.metrics.iteration(
@@ -286,7 +270,7 @@ class Replica:
                 planned.num_decode_tokens,
                 result.execution_ms / 1e3,
                 timing.control_s,
-                worker_wait_ms / 1e3,
+                timing.worker_wait_ms / 1e3,
                 [
                     r.first_scheduled_time - r.arrival_time
                     for r in planned.admitted
@@ -302,7 +286,7 @@ class Replica:
                 execution_ms=result.execution_ms,
                 scheduling_ms=timing.scheduling_s * 1e3,
                 persist_ms=persist_s * 1e3,
-                inter_batch_delay_ms=worker_wait_ms,
+                inter_batch_delay_ms=timing.worker_wait_ms,
                 policy=planned.policy,
                 token_budget=planned.token_budget,
                 start_time=timing.start_time,

@@ -30,7 +30,7 @@ class WorkerLink:
         """Sends a plan now; the future resolves with its result (or WorkerLost)."""
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
         if self.closed:
-            future.set_exception(WorkerLost(f"worker {self.worker_id} is gone"))
+            _fail(future, WorkerLost(f"worker {self.worker_id} is gone"))
             return future
         self._pending.append(future)
         self.outbox.put_nowait(plan_to_pb(plan))
@@ -56,5 +56,12 @@ class WorkerLink:
         while self._pending:
             future = self._pending.popleft()
             if not future.done():
-                future.set_exception(WorkerLost(f"worker {self.worker_id}: {reason}"))
+                _fail(future, WorkerLost(f"worker {self.worker_id}: {reason}"))
         self.outbox.put_nowait(None)
+
+
+def _fail(future: asyncio.Future[StepResult], error: WorkerLost) -> None:
+    """Fails a step. With a plan sent ahead, nobody may wait for the later step once the
+    earlier one failed: the error counts as seen, so asyncio does not log it."""
+    future.set_exception(error)
+    future.exception()

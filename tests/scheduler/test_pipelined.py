@@ -111,3 +111,20 @@ def test_a_token_of_an_earlier_incarnation_is_dropped():
     core.state.admit(request)
     assert core.apply(StepResult(0, {"a": 7}), 0.0) == []
     assert request.output_token_ids == []
+
+
+def test_a_result_that_arrives_after_its_worker_detached_is_dropped():
+    """The result of step n can be delivered just before the stream's end is noticed: the
+    detach has already sent its requests back to be recomputed, so the result counts for
+    nothing, even once a new worker has attached and the step ids go on."""
+    core = SchedulerCore(make_policy("sarathi", token_budget=16, max_num_seqs=8))
+    geometry = WorkerGeometry(64, 4, 64, EOS)
+    core.attach_worker(geometry)
+    core.add(Request("a", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=9), "s", 0.0))
+    core.plan(0, 0.0)
+    core.attach_worker(geometry)  # the old worker is gone, a new one attaches
+    assert core.apply(StepResult(0, {"a": 7}), 0.0) == []
+    planned = core.plan(1, 0.0)  # recomputed from the prompt on the new worker
+    assert [r.request_id for r in planned.plan.new_requests] == ["a"]
+    (update,) = core.apply(StepResult(1, {"a": 8}), 0.0)
+    assert update.token_ids == (8,) and update.first_index == 0
