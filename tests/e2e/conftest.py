@@ -16,8 +16,8 @@ def system_factory(tmp_path_factory, default_model_dir):
     """Starts systems for a test module and stops them all at its end."""
     started = []
 
-    def start(*args):
-        system = RunningSystem(tmp_path_factory.mktemp("run"), *args)
+    def start(*args, env=None):
+        system = RunningSystem(tmp_path_factory.mktemp("run"), *args, env=env)
         started.append(system)
         return system
 

@@ -16,7 +16,13 @@ from sarathi_serve.common.net import free_port
 
 
 class RunningSystem:
-    def __init__(self, run_dir: Path, *extra_args: str, startup_timeout: float = 240.0):
+    def __init__(
+        self,
+        run_dir: Path,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 240.0,
+    ):
         self.run_dir = run_dir
         self.gateway_addr = f"127.0.0.1:{free_port()}"
         self.http_port = free_port()
@@ -46,7 +52,7 @@ class RunningSystem:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         up = threading.Event()
         threading.Thread(target=self._read_output, args=(up,), daemon=True).start()

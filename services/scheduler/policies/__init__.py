@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from sarathi_serve.scheduler.policies.base import Policy, Schedule
 from sarathi_serve.scheduler.policies.baselines import (
     FasterTransformerPolicy,
@@ -22,7 +24,8 @@ def make_policy(
     name: str, *, token_budget: int, max_num_seqs: int, **sarathi_options: float
 ) -> Policy:
     """`sarathi_options`: SarathiPolicy's target_tbt_ms, low_chunk_size,
-    chunk_schedule_max_tokens, chunk_schedule_stages (falsy values: the defaults)."""
+    chunk_schedule_max_tokens, chunk_schedule_stages (falsy values: the defaults).
+    A baseline refuses any of them set to other than the default: it has none."""
     try:
         cls = POLICIES[name]
     except KeyError:
@@ -30,8 +33,10 @@ def make_policy(
     options = {k: v for k, v in sarathi_options.items() if v}
     if cls is SarathiPolicy:
         return SarathiPolicy(token_budget, max_num_seqs, **options)  # type: ignore[arg-type]
-    if options:
-        raise ValueError(f"{', '.join(options)}: only the sarathi policy has these, not {name}")
+    defaults = {f.name: f.default for f in dataclasses.fields(SarathiPolicy)}
+    changed = [k for k, v in options.items() if k not in defaults or v != defaults[k]]
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: only the sarathi policy has these, not {name}")
     policy: Policy = cls(token_budget=token_budget, max_num_seqs=max_num_seqs)
     return policy
 
