@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
+import httpx2 as httpx
 import torch
 
 from sarathi_serve.protocol import generate_pb2 as gpb
@@ -43,9 +46,20 @@ def hf_reference(model_dir, tokenizer) -> list[list[int]]:
     return outputs
 
 
-def generate_tokens(addr: str, prompt: str, max_tokens: int = MAX_TOKENS) -> list[int]:
+def generate_tokens(
+    addr: str,
+    prompt: str,
+    max_tokens: int = MAX_TOKENS,
+    *,
+    request_id: str = "",
+    **sampling: float,
+) -> list[int]:
+    """Greedy unless `sampling` says otherwise (temperature, top_p, seed, ...)."""
+    options = {"temperature": 0.0, **sampling}
     request = gpb.GenerateRequest(
-        prompt=prompt, sampling=gpb.SamplingOptions(max_tokens=max_tokens, temperature=0.0)
+        request_id=request_id,
+        prompt=prompt,
+        sampling=gpb.SamplingOptions(max_tokens=max_tokens, **options),
     )
     with grpc.insecure_channel(addr) as channel:
         return [
@@ -53,6 +67,50 @@ def generate_tokens(addr: str, prompt: str, max_tokens: int = MAX_TOKENS) -> lis
             for r in gpb_grpc.GenerationStub(channel).Generate(request, timeout=300)
             for t in r.token_ids
         ]
+
+
+@dataclass
+class SseCompletion:
+    text: str = ""
+    finish_reason: str | None = None
+    done: bool = False  # the stream ended with `data: [DONE]`
+
+
+def stream_http_completion(
+    base_url: str, prompt: str, max_tokens: int = MAX_TOKENS, timeout: float = 300.0
+) -> SseCompletion:
+    """A greedy completion streamed over the OpenAI HTTP API (SSE), read raw."""
+    body = {"model": "SmolLM2-135M-Instruct", "prompt": prompt, "max_tokens": max_tokens}
+    out = SseCompletion()
+    with httpx.stream(
+        "POST",
+        f"{base_url}/completions",
+        json={**body, "temperature": 0, "stream": True},
+        timeout=timeout,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            assert not out.done, "data after [DONE]"
+            if line == "data: [DONE]":
+                out.done = True
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            assert "error" not in chunk, chunk
+            for choice in chunk["choices"]:
+                out.text += choice["text"]
+                out.finish_reason = choice["finish_reason"] or out.finish_reason
+    return out
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Polls `condition` until it holds; fails the test (naming `what`) when it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"precondition never held within {timeout:.0f}s: {what}")
+        time.sleep(0.05)
 
 
 def generate_concurrently(

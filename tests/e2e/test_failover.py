@@ -1,50 +1,103 @@
-"""Scheduler high availability: kill -9 of the leader while 16 greedy requests stream."""
+"""Scheduler high availability: kill -9 of the leader while 24 streams run.
 
+16 greedy gRPC streams, 4 sampled gRPC streams without a seed (the scheduler
+seeds them and keeps the seed in Redis) and 4 greedy OpenAI HTTP/SSE streams.
+"""
+
+import json
 import os
 import signal
 import threading
 import time
 
+import redis
+
 from sarathi_serve.cli import health
-from tests.e2e.oracle import PROMPTS, generate_tokens
+from tests.e2e.oracle import (
+    PROMPTS,
+    generate_tokens,
+    stream_http_completion,
+    wait_until,
+)
+
+SAMPLING = {"temperature": 0.9, "top_p": 0.95}
 
 
 def test_leader_killed_mid_stream_every_client_gets_exactly_its_tokens(
-    system_factory, expected_outputs
+    system_factory, expected_outputs, tokenizer
 ):
     system = system_factory("--token-budget", "64", "--schedulers", "2")
     leader_addr = system.scheduler_addr
     leader = next(r for r in system.schedulers if r.address == leader_addr)
-    prompts = [*PROMPTS, *PROMPTS]  # 16 concurrent requests
-    results: list[list[int] | Exception] = [[] for _ in prompts]
+    greedy = [*PROMPTS, *PROMPTS]  # 16 concurrent greedy gRPC requests
+    sampled = PROMPTS[:4]
+    over_http = PROMPTS[4:]
+    results: dict[str, object] = {}
 
-    def one(i: int) -> None:
+    def run(key: str, call) -> None:
         try:
-            results[i] = generate_tokens(system.gateway_addr, prompts[i])
+            results[key] = call()
         except Exception as exc:
-            results[i] = exc
+            results[key] = exc
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    calls = [
+        (f"greedy-{i}", lambda p=p: generate_tokens(system.gateway_addr, p))
+        for i, p in enumerate(greedy)
+    ]
+    calls += [
+        (
+            f"sampled-{i}",
+            lambda i=i, p=p: generate_tokens(
+                system.gateway_addr, p, request_id=f"sampled-{i}", **SAMPLING
+            ),
+        )
+        for i, p in enumerate(sampled)
+    ]
+    calls += [
+        (f"http-{i}", lambda p=p: stream_http_completion(system.base_url, p))
+        for i, p in enumerate(over_http)
+    ]
+    threads = [threading.Thread(target=run, args=call) for call in calls]
     for t in threads:
         t.start()
         time.sleep(0.05)
-    deadline = time.monotonic() + 60
-    while health.scheduler_stats(leader_addr).num_finished < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: health.scheduler_stats(leader_addr).num_finished >= 2, "2 requests finished")
     in_flight = health.scheduler_stats(leader_addr)
-    os.kill(leader.pid, signal.SIGKILL)
-    for t in threads:
-        t.join(timeout=300)
     assert in_flight.num_running + in_flight.num_waiting >= 4, (
         "the kill was meant to hit requests in flight"
     )
-    for i, got in enumerate(results):
-        assert not isinstance(got, Exception), f"request {i} failed: {got}"
-        assert got == expected_outputs[i % len(PROMPTS)], (
-            f"request {i}: tokens missing, repeated or changed"
+    os.kill(leader.pid, signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=300)
+    errors = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    assert not errors and len(results) == len(calls), f"streams failed: {errors}"
+
+    for i in range(len(greedy)):
+        assert results[f"greedy-{i}"] == expected_outputs[i % len(PROMPTS)], (
+            f"greedy request {i}: tokens missing, repeated or changed"
         )
+    for i, prompt in enumerate(over_http):
+        got = results[f"http-{i}"]
+        want = expected_outputs[PROMPTS.index(prompt)]
+        assert got.text == tokenizer.decode(want, skip_special_tokens=True), f"http stream {i}"
+        assert got.finish_reason in ("length", "stop") and got.done, f"http stream {i} unfinished"
+
     system.refresh()  # `up` restarted the killed one: it may be the standby now, or lead
     new_leader = system.scheduler_addr
     assert next(r for r in system.schedulers if r.address == new_leader).pid != leader.pid
     stats = health.scheduler_stats(new_leader)
     assert stats.epoch >= 2 and stats.num_running == 0 and stats.num_waiting == 0
+
+    # A sampled stream survived the failover exactly: it equals what Redis stored once,
+    # and a new request with the seed the scheduler gave it draws the same tokens.
+    host, port = system.record("redis").address.rsplit(":", 1)
+    store = redis.Redis(host=host, port=int(port))
+    for i, prompt in enumerate(sampled):
+        got = results[f"sampled-{i}"]
+        seed = json.loads(store.hget(f"sarathi:req:sampled-{i}", "sampling"))["seed"]
+        assert seed is not None, "the scheduler did not seed an unseeded sampled request"
+        replay = generate_tokens(system.gateway_addr, prompt, seed=seed, **SAMPLING)
+        assert got == replay, f"sampled request {i}: tokens changed across the failover"
+    assert any(results[f"sampled-{i}"] != expected_outputs[i] for i in range(len(sampled))), (
+        "the sampled requests were meant to sample, not decode greedily"
+    )
