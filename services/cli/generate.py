@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--chat", action="store_true", help="apply the model's chat template to the prompt"
     )
     p.add_argument("--addr", default=None, help="gateway host:port (default: the running system's)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SARATHI_API_KEY", ""),
+        help="if the gateway requires one (env SARATHI_API_KEY)",
+    )
     p.add_argument(
         "--run-dir", type=Path, default=default_run_dir(), help="where `up` recorded the system"
     )
@@ -63,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     addr = args.addr or default_addr(args.run_dir)
     try:
         with grpc.insecure_channel(addr) as channel:
-            for response in gpb_grpc.GenerationStub(channel).Generate(build_request(args)):
+            metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else None
+            stub = gpb_grpc.GenerationStub(channel)
+            for response in stub.Generate(build_request(args), metadata=metadata):
                 sys.stdout.write(response.text)
                 sys.stdout.flush()
     except grpc.RpcError as exc:

@@ -66,7 +66,7 @@ def run_down(args: argparse.Namespace) -> int:
         print("no system is running", file=sys.stderr)
         return 1
     os.kill(supervisor.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # `up` gives each role up to 10 s
     while pid_alive(supervisor.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     print(

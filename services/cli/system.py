@@ -45,10 +45,15 @@ def clear_system(run_dir: Path) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped by its parent) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS) or gone meanwhile
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the state follows "(comm)"

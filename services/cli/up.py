@@ -1,7 +1,7 @@
 """`sarathi-serve up`: start Redis, the scheduler, a worker and the gateway, and supervise them.
 
 Children are started in their own session so that Ctrl-C reaches only this
-supervisor, which then stops them in reverse order (gateway first, Redis last).
+supervisor, which then stops them role by role (gateways, workers, schedulers, Redis).
 A child that exits unexpectedly is restarted; `status` shows the restarts.
 """
 
@@ -472,12 +472,23 @@ def _records(children: list[Child]) -> list[ProcessRecord]:
     return [supervisor, *(c.record() for c in children if c.process is not None)]
 
 
+STOP_ORDER = ("gateway", "worker", "scheduler", "redis")  # the clients' side first
+
+
 def _stop_all(children: list[Child]) -> None:
-    for child in reversed(children):
-        if child.process is not None and child.process.poll() is None:
-            child.process.terminate()
+    """Stops one role at a time, in STOP_ORDER; the children of a role all at once."""
+    for role in STOP_ORDER:
+        running = [
+            c.process
+            for c in children
+            if c.role == role and c.process is not None and c.process.poll() is None
+        ]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in running:
             try:
-                child.process.wait(STOP_TIMEOUT_S)
+                process.wait(max(deadline - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+                process.kill()
+                process.wait()

@@ -52,6 +52,7 @@ def generate_tokens(
     max_tokens: int = MAX_TOKENS,
     *,
     request_id: str = "",
+    api_key: str = "",
     **sampling: float,
 ) -> list[int]:
     """Greedy unless `sampling` says otherwise (temperature, top_p, seed, ...)."""
@@ -64,9 +65,15 @@ def generate_tokens(
     with grpc.insecure_channel(addr) as channel:
         return [
             t
-            for r in gpb_grpc.GenerationStub(channel).Generate(request, timeout=300)
+            for r in gpb_grpc.GenerationStub(channel).Generate(
+                request, timeout=300, metadata=_auth(api_key)
+            )
             for t in r.token_ids
         ]
+
+
+def _auth(api_key: str) -> list[tuple[str, str]] | None:
+    return [("authorization", f"Bearer {api_key}")] if api_key else None
 
 
 @dataclass
@@ -117,6 +124,7 @@ def generate_concurrently(
     addr: str,
     stagger_s: float = 0.15,
     on_start: Callable[[int], None] | None = None,
+    api_key: str = "",
 ) -> list[list[int]]:
     """Sends every prompt from its own thread, `stagger_s` apart; `on_start(i)`
     runs in the main thread before prompt i is released."""
@@ -126,7 +134,7 @@ def generate_concurrently(
     def one(i: int) -> None:
         gates[i].wait()
         try:
-            results[i] = generate_tokens(addr, PROMPTS[i])
+            results[i] = generate_tokens(addr, PROMPTS[i], api_key=api_key)
         except Exception as exc:  # reported below with the prompt
             results[i] = exc
 
