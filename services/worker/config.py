@@ -30,7 +30,7 @@ class WorkerConfig:
     attention_backend: str = "auto"
     linear_backend: str = "auto"
     tensor_parallel_size: int = 1
-    null_model: bool = False  # benchmarks of the control plane: no model, a fixed token
+    null_model: bool = False  # benchmarks of the control plane: no model, hashed tokens
     null_step_ms: float = 0.0  # with null_model: each step takes this long (an accelerator's)
     seed: int | None = None
     metrics_port: int = 0  # Prometheus /metrics; 0: off
@@ -86,7 +86,7 @@ _HELPS = {
     "gpu_memory_utilization": "CUDA: fraction of the GPU for weights, activations and KV cache",
     "num_threads": "torch threads; 0: torch's default",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
-    "null_model": "no model: answer each step at once with a fixed token (control-plane bench)",
+    "null_model": "no model: answer each step at once with a hashed token (control-plane bench)",
     "null_step_ms": "with --null-model: each step takes this long, like an accelerator's step",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
     "linear_backend": "auto (oneDNN with packed weights on CPU where torch has it), onednn, torch",

@@ -5,6 +5,13 @@ SARATHI_CONFORMANCE_SCHEDULER at one (host:port, no worker attached, no Redis
 needed) and run `pytest tests/conformance`. Without it, the suite starts ours.
 The suite plays both peers over real gRPC: a gateway (Session) and a worker
 (Attach) that checks every plan it receives against the contract.
+
+The worker's tokens are a function of (request, output index) (`token_of`):
+the null worker's hash, except where SCRIPT puts an EOS or a stop token at a
+chosen index. So the gateway side checks each request's exact sequence (none
+lost, repeated or reordered) and that it ends where it must, with nothing after.
+A failure in either peer's thread (an RPC error, a broken plan) fails the test
+at once, with that error.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -23,8 +31,27 @@ import pytest
 from sarathi_serve.common.net import free_port
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
+from sarathi_serve.worker.null_runner import NULL_TOKEN_MIN, null_token
 
-TOKEN, EOS, BLOCK, NUM_BLOCKS, MAX_LEN = 7, 2, 16, 64, 512
+EOS, STOP, BLOCK, NUM_BLOCKS, MAX_LEN = 2, 5, 16, 64, 512
+assert max(EOS, STOP) < NULL_TOKEN_MIN  # the worker never samples them unless scripted
+# request id -> {output index: token}: where the worker samples EOS or STOP
+SCRIPT: dict[str, dict[int, int]] = {
+    "eos": {3: EOS},
+    "stop": {2: STOP},
+    "ignore-eos": {1: EOS},
+    "min-tokens": {1: EOS, 4: EOS},
+}
+SLOW_S = {"abort": 0.02}  # request id -> seconds each step of it takes on the worker
+
+
+def token_of(request_id: str, index: int) -> int:
+    """The token the contract worker samples at output index `index` of a request."""
+    return SCRIPT.get(request_id, {}).get(index, null_token(request_id, index))
+
+
+def expected(request_id: str, num_tokens: int) -> list[int]:
+    return [token_of(request_id, i) for i in range(num_tokens)]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +87,11 @@ class ContractWorker(threading.Thread):
         super().__init__(daemon=True)
         self.stub = pb_grpc.SchedulerStub(grpc.insecure_channel(addr))
         self.outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
+        self.call: Any = None  # the Attach call, to cancel
+        self.closing = False
+        self.error: BaseException | None = None  # what ended the thread, if not close()
         self.tokens: dict[str, int] = {}  # request id -> tokens known (prompt + sampled)
+        self.prompt_len: dict[str, int] = {}
         self.computed: dict[str, int] = {}
         self.blocks: dict[str, list[int]] = {}
         self.new_requests: list[str] = []
@@ -79,10 +110,32 @@ class ContractWorker(threading.Thread):
         )
         self.outbox.put(pb.WorkerMessage(hello=hello))
         try:
-            for plan in self.stub.Attach(iter(self.outbox.get, None)):
+            self.call = call = self.stub.Attach(iter(self.outbox.get, None))
+            for plan in call:
                 self.outbox.put(pb.WorkerMessage(result=self.step(plan)))
-        except grpc.RpcError:
-            pass  # the scheduler went away at the end of the module
+            if not self.closing:
+                raise AssertionError("the scheduler ended the Attach stream")
+        except grpc.RpcError as exc:
+            if not (self.closing and exc.code() == grpc.StatusCode.CANCELLED):
+                self.error = exc
+        except BaseException as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        """Ends the Attach stream (half-close, else cancel) and the thread."""
+        self.closing = True
+        self.outbox.put(None)
+        self.join(10)
+        if self.is_alive() and self.call is not None:
+            self.call.cancel()
+            self.join(10)
+        assert not self.is_alive(), "the worker thread did not end"
+
+    def raise_error(self) -> None:
+        """Raises what ended the worker thread (at once, not as a later timeout)."""
+        if self.error is not None:
+            raise AssertionError(f"the contract worker failed: {self.error!r}") from self.error
+        assert self.closing or self.is_alive(), "the contract worker thread ended"
 
     def check(self, ok: bool, message: str) -> None:
         if not ok:
@@ -91,14 +144,20 @@ class ContractWorker(threading.Thread):
     def step(self, plan: pb.StepPlan) -> pb.StepResult:
         for rid in plan.freed_request_ids:
             self.check(rid in self.tokens, f"freed unknown request {rid}")
-            for table in (self.tokens, self.computed, self.blocks):
+            for table in (self.tokens, self.prompt_len, self.computed, self.blocks):
                 table.pop(rid, None)
             self.freed.append(rid)
         for new in plan.new_requests:
             self.check(
                 new.request_id not in self.tokens, f"{new.request_id} sent twice without a free"
             )
+            self.check(
+                list(new.token_ids[len(new.token_ids) - new.num_output_tokens :])
+                == expected(new.request_id, new.num_output_tokens),
+                f"{new.request_id}: sent back with outputs the worker did not sample",
+            )
             self.tokens[new.request_id] = len(new.token_ids)
+            self.prompt_len[new.request_id] = len(new.token_ids) - new.num_output_tokens
             self.computed[new.request_id] = 0
             self.blocks[new.request_id] = []
             self.new_requests.append(new.request_id)
@@ -108,6 +167,7 @@ class ContractWorker(threading.Thread):
             sum(plan.chunk_num_new_blocks) == len(plan.new_block_ids), "block ids of no chunk"
         )
         block_ids = iter(plan.new_block_ids)
+        time.sleep(max((SLOW_S.get(rid, 0.0) for rid in plan.chunk_request_ids), default=0.0))
         for rid, num_tokens, num_blocks in zip(
             plan.chunk_request_ids, plan.chunk_num_tokens, plan.chunk_num_new_blocks, strict=True
         ):
@@ -125,7 +185,7 @@ class ContractWorker(threading.Thread):
             )
             if self.computed[rid] == self.tokens[rid]:
                 result.request_ids.append(rid)
-                result.token_ids.append(TOKEN)
+                result.token_ids.append(token_of(rid, self.tokens[rid] - self.prompt_len[rid]))
                 self.tokens[rid] += 1
         live = [b for blocks in self.blocks.values() for b in blocks]
         self.check(len(live) == len(set(live)), "a KV block is held by two requests")
@@ -136,7 +196,8 @@ class ContractWorker(threading.Thread):
 class Gateway:
     """One Session stream; events sorted by request as they arrive."""
 
-    def __init__(self, addr: str, gateway_id: str):
+    def __init__(self, addr: str, gateway_id: str, worker: ContractWorker):
+        self.worker = worker
         self.outbox: queue.Queue[pb.SessionRequest | None] = queue.Queue()
         self.outbox.put(pb.SessionRequest(hello=pb.SessionHello(gateway_id=gateway_id)))
         self.call = pb_grpc.SchedulerStub(grpc.insecure_channel(addr)).Session(
@@ -144,10 +205,13 @@ class Gateway:
         )
         self.batches: queue.Queue[pb.SessionEvents] = queue.Queue()
         self.violations: list[str] = []
+        self.closing = False
+        self.error: BaseException | None = None  # what ended the reader, if not close()
         self.events: collections.defaultdict[str, queue.Queue[pb.RequestEvent]] = (
             collections.defaultdict(queue.Queue)
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         try:
@@ -167,8 +231,29 @@ class Gateway:
                     )
                 for event in batch.events:
                     self.events[event.request_id].put(event)
-        except grpc.RpcError:
-            pass  # the scheduler went away at the end of the module
+            if not self.closing:
+                raise AssertionError("the scheduler ended the Session stream")
+        except grpc.RpcError as exc:
+            if not (self.closing and exc.code() == grpc.StatusCode.CANCELLED):
+                self.error = exc
+        except BaseException as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        """Ends the Session stream (half-close, else cancel) and its reader."""
+        self.closing = True
+        self.outbox.put(None)
+        self.reader.join(10)
+        if self.reader.is_alive():
+            self.call.cancel()
+            self.reader.join(10)
+        assert not self.reader.is_alive(), "the session reader did not end"
+
+    def raise_errors(self) -> None:
+        """Raises what failed in either peer's thread, at once."""
+        self.worker.raise_error()
+        if self.error is not None:
+            raise AssertionError(f"the session failed: {self.error!r}") from self.error
 
     def submit(self, request_id: str, prompt: list[int], **sampling: object) -> None:
         params = pb.SamplingParams(
@@ -180,17 +265,46 @@ class Gateway:
     def abort(self, request_id: str) -> None:
         self.outbox.put(pb.SessionRequest(abort=pb.Abort(request_id=request_id)))
 
+    def next_event(self, request_id: str, deadline: float) -> pb.RequestEvent | None:
+        """The request's next event; None at the deadline. A failed peer raises at once."""
+        while time.monotonic() < deadline:
+            self.raise_errors()
+            try:
+                return self.events[request_id].get(timeout=0.1)
+            except queue.Empty:
+                continue
+        self.raise_errors()
+        return None
+
     def events_until_stop(self, request_id: str, timeout: float = 30.0) -> list[pb.RequestEvent]:
         events: list[pb.RequestEvent] = []
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                events.append(self.events[request_id].get(timeout=0.5))
-            except queue.Empty:
-                continue
-            if events[-1].stop_reason != pb.STOP_REASON_UNSPECIFIED:
+        while (event := self.next_event(request_id, deadline)) is not None:
+            events.append(event)
+            if event.stop_reason != pb.STOP_REASON_UNSPECIFIED:
                 return events
         raise AssertionError(f"{request_id} did not end within {timeout}s: {events}")
+
+    def output(
+        self, request_id: str, received: list[int] | None = None, timeout: float = 30.0
+    ) -> tuple[list[int], int]:
+        """The request's tokens (after those `received` already) and its stop reason;
+        each event must start where the previous one ended (no gap, no overlap)."""
+        tokens = list(received or [])
+        events = self.events_until_stop(request_id, timeout)
+        for event in events:
+            if event.token_ids:
+                assert event.first_token_index == len(tokens), (request_id, tokens, events)
+            tokens.extend(event.token_ids)
+        return tokens, events[-1].stop_reason
+
+    def assert_ended(self, request_id: str) -> None:
+        """Nothing comes for a request after its end: a probe submitted after the end
+        went through whole iterations, and the request's queue stayed empty."""
+        probe = f"{request_id}-probe"
+        self.submit(probe, [10, 11], max_tokens=2)
+        assert self.output(probe) == (expected(probe, 2), pb.STOP_REASON_LENGTH)
+        assert self.events[request_id].empty(), list(self.events[request_id].queue)
 
 
 @pytest.fixture(scope="module")
@@ -198,48 +312,66 @@ def worker(scheduler_addr):
     w = ContractWorker(scheduler_addr)
     w.start()
     yield w
-    w.outbox.put(None)
+    w.close()
+    w.raise_error()
+    assert not w.violations, w.violations
 
 
 @pytest.fixture
 def gateway(scheduler_addr, worker, request):
-    return Gateway(scheduler_addr, f"conformance-{request.node.name}")
+    g = Gateway(scheduler_addr, f"conformance-{request.node.name}", worker)
+    yield g
+    g.close()
+    g.raise_errors()
+    assert not g.violations, g.violations
+    assert not worker.violations, worker.violations
 
 
 def test_a_session_is_acknowledged_at_once(gateway):
     first = gateway.batches.get(timeout=10)
-    assert isinstance(first, pb.SessionEvents)
+    assert first == pb.SessionEvents(), first  # an empty acknowledgement, before any submit
 
 
 def test_tokens_stream_in_order_until_max_tokens(gateway, worker):
     gateway.submit("len", list(range(10, 50)), max_tokens=5)  # 40 tokens: more than one chunk of 32
-    events = gateway.events_until_stop("len")
-    tokens = [t for e in events for t in e.token_ids]
-    assert tokens == [TOKEN] * 5
-    indexes = [e.first_token_index for e in events if e.token_ids]
-    assert indexes == sorted(indexes) and indexes[0] == 0
-    assert events[-1].stop_reason == pb.STOP_REASON_LENGTH
+    assert gateway.output("len") == (expected("len", 5), pb.STOP_REASON_LENGTH)
     assert worker.new_requests.count("len") == 1, "a request's tokens go to the worker once"
+    gateway.assert_ended("len")
     assert not worker.violations, worker.violations
 
 
 def test_eos_and_stop_tokens_end_a_request(gateway):
-    gateway.submit("stop", [10, 11, 12], max_tokens=50, stop_token_ids=[TOKEN])
-    events = gateway.events_until_stop("stop")
-    assert [t for e in events for t in e.token_ids] == [TOKEN]
-    assert events[-1].stop_reason == pb.STOP_REASON_EOS
+    gateway.submit("eos", [10, 11, 12], max_tokens=50)  # the worker samples EOS at index 3
+    tokens, reason = gateway.output("eos")
+    assert tokens == expected("eos", 4) and tokens[-1] == EOS
+    assert reason == pb.STOP_REASON_EOS
+    gateway.submit("stop", [10, 11, 12], max_tokens=50, stop_token_ids=[STOP])  # STOP at 2
+    tokens, reason = gateway.output("stop")
+    assert tokens == expected("stop", 3) and tokens[-1] == STOP
+    assert reason == pb.STOP_REASON_EOS
+    gateway.submit("ignore-eos", [10, 11, 12], max_tokens=4, ignore_eos=True)  # EOS at 1
+    assert gateway.output("ignore-eos") == (expected("ignore-eos", 4), pb.STOP_REASON_LENGTH)
+    gateway.submit("min-tokens", [10, 11, 12], max_tokens=50, min_tokens=3)  # EOS at 1 and 4
+    assert gateway.output("min-tokens") == (expected("min-tokens", 5), pb.STOP_REASON_EOS)
+    for request_id in ("eos", "stop", "ignore-eos", "min-tokens"):
+        gateway.assert_ended(request_id)
 
 
 def test_abort_ends_the_request_and_frees_it_on_the_worker(gateway, worker):
     gateway.submit("abort", [10, 11, 12], max_tokens=100_000, ignore_eos=True)
-    deadline = time.monotonic() + 10
-    while "abort" not in worker.new_requests and time.monotonic() < deadline:
-        time.sleep(0.01)
+    first = gateway.next_event("abort", time.monotonic() + 10)  # it runs (slowly: SLOW_S)
+    assert first is not None, "abort: no first token"
+    assert (first.first_token_index, list(first.token_ids)) == (0, expected("abort", 1))
     gateway.abort("abort")
+    tokens, reason = gateway.output("abort", received=expected("abort", 1))
+    assert reason == pb.STOP_REASON_ABORTED  # the gateway is told: the request ended
+    assert tokens == expected("abort", len(tokens))
     deadline = time.monotonic() + 10
     while "abort" not in worker.freed and time.monotonic() < deadline:
+        gateway.raise_errors()
         time.sleep(0.01)
     assert "abort" in worker.freed
+    gateway.assert_ended("abort")
     assert not worker.violations, worker.violations
 
 
@@ -249,14 +381,14 @@ def test_bad_input_is_an_error_event_and_the_session_goes_on(gateway):
     assert events[-1].stop_reason == pb.STOP_REASON_ERROR
     assert events[-1].error_code == "INVALID_ARGUMENT" and events[-1].error_message
     gateway.submit("after", [10, 11], max_tokens=2)
-    assert [t for e in gateway.events_until_stop("after") for t in e.token_ids] == [TOKEN, TOKEN]
+    assert gateway.output("after") == (expected("after", 2), pb.STOP_REASON_LENGTH)
 
 
 def test_concurrent_requests_share_iterations_within_the_budget(scheduler_addr, gateway, worker):
     for i in range(6):
         gateway.submit(f"c{i}", list(range(10, 30 + 5 * i)), max_tokens=6)
     for i in range(6):
-        assert [t for e in gateway.events_until_stop(f"c{i}") for t in e.token_ids] == [TOKEN] * 6
+        assert gateway.output(f"c{i}") == (expected(f"c{i}", 6), pb.STOP_REASON_LENGTH)
     stats = pb_grpc.SchedulerStub(grpc.insecure_channel(scheduler_addr)).GetStats(
         pb.GetStatsRequest(), timeout=10
     )

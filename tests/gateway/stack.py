@@ -1,8 +1,9 @@
 """A gateway over real schedulers and null workers (no model compute): fast HTTP/gRPC tests.
 
 Each variant is a scheduler (no Redis) with a `--null-model` worker that
-"samples" a fixed token at once, so requests cost milliseconds; the gateway is
-the real one, with the real tokenizer.
+"samples" at once the token `null_token(request id, output index)`, so requests
+cost milliseconds and their content can be checked; the gateway is the real one,
+with the real tokenizer.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -206,6 +207,60 @@ CHAT = st.fixed_dictionaries(
     optional={**PARAMS, "max_completion_tokens": MAX_TOKENS},
 )
 
+# Bodies of valid values (some combinations are still refused, e.g. echo with
+# logprobs): without them nearly every random body is a 400, and the success
+# shape would go unchecked.
+VALID_COMMON = {
+    "temperature": st.floats(0, 2),
+    "top_p": st.floats(0.05, 1),
+    "seed": st.integers(0, 2**63 - 1),
+    "stop": st.text(min_size=1, max_size=3) | st.lists(st.text(min_size=1, max_size=3), max_size=3),
+    "n": st.integers(1, 3),
+    "presence_penalty": st.floats(-2, 2),
+    "frequency_penalty": st.floats(-2, 2),
+    "stream": st.booleans(),
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "user": st.text(max_size=8),
+}
+VALID_COMPLETION = st.fixed_dictionaries(
+    {
+        "prompt": st.text(min_size=1, max_size=20)
+        | st.lists(st.integers(17, 49151), min_size=1, max_size=5),
+        "max_tokens": st.integers(1, 4),
+    },
+    optional={
+        **VALID_COMMON,
+        "top_k": st.integers(-1, 50),
+        "min_p": st.floats(0, 1),
+        "stop_token_ids": st.lists(st.integers(0, 49151), max_size=3),
+        "repetition_penalty": st.floats(0.5, 2),
+        "ignore_eos": st.booleans(),
+        "logprobs": st.integers(0, 5),
+        "echo": st.booleans(),
+    },
+)
+VALID_CHAT = st.fixed_dictionaries(
+    {
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.sampled_from(["user", "system", "assistant"]),
+                    "content": st.text(max_size=20),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        "max_tokens": st.integers(1, 4),
+    },
+    optional={
+        **VALID_COMMON,
+        "logprobs": st.booleans(),
+        "top_logprobs": st.integers(0, 5),
+        "max_completion_tokens": st.integers(1, 4),
+    },
+)
+
 
 @settings(
     max_examples=120,
@@ -214,16 +269,82 @@ CHAT = st.fixed_dictionaries(
 )
 @given(
     path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
-    body=COMPLETION | CHAT | JSON,
+    body=COMPLETION | CHAT | JSON | VALID_COMPLETION | VALID_CHAT,
 )
 def test_random_http_bodies_never_get_a_server_error(stack, http, path, body):
     if isinstance(body, dict) and isinstance(body.get("n"), int) and body.get("n", 1) > 1:
         body["max_tokens"] = 1  # bounded work even when valid
     raw = json.dumps(body)  # NaN and Infinity included: Python's json reads them
     response = http.post(path, content=raw, headers={"content-type": "application/json"})
-    assert response.status_code < 500, (body, response.text)
-    if response.status_code >= 400:
-        assert response.json()["error"]["message"]
+    assert response.status_code in (200, 400, 404), (body, response.text)
+    if response.status_code == 200:
+        _assert_success_shape(path, response)
+    else:
+        _assert_error_shape(response)
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _assert_error_shape(response: httpx.Response) -> None:
+    """Every refusal is OpenAI's error body, exactly: {"error": {message, type, param, code}}."""
+    payload = response.json()
+    assert set(payload) == {"error"}, payload
+    error = payload["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert error["type"] == ERROR_TYPES[response.status_code], error
+    assert error["code"] == response.status_code, error
+    assert error["param"] is None or (
+        isinstance(error["param"], str) and error["message"].startswith(error["param"])
+    ), error
+
+
+def _assert_success_shape(path: str, response: httpx.Response) -> None:
+    """A 200 is a completion (or chat completion) body, or an SSE stream of its chunks."""
+    chat = path == "/v1/chat/completions"
+    assert response.headers["x-sarathi-variant"] == "default"
+    if response.headers["content-type"].startswith("text/event-stream"):
+        events = [line for line in response.text.split("\n\n") if line]
+        assert events[-1] == "data: [DONE]", events[-3:]
+        chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+        assert chunks and all(e.startswith("data: ") for e in events), events[:3]
+        for chunk in chunks:
+            assert "error" not in chunk, chunk
+            assert chunk["object"] == ("chat.completion.chunk" if chat else "text_completion")
+            assert chunk["id"] == response.headers["x-request-id"] and chunk["model"] == MODEL
+            for choice in chunk["choices"]:
+                assert isinstance(choice["index"], int) and "logprobs" in choice, choice
+                assert choice["finish_reason"] in (None, "stop", "length"), choice
+                text = choice["delta"].get("content", "") if chat else choice["text"]
+                assert isinstance(text, str), choice
+        ends = [c for chunk in chunks for c in chunk["choices"] if c["finish_reason"]]
+        assert sorted(c["index"] for c in ends) == list(range(len(ends))), ends
+        return
+    answer = response.json()
+    assert answer["object"] == ("chat.completion" if chat else "text_completion"), answer
+    assert answer["id"] == response.headers["x-request-id"] and answer["model"] == MODEL
+    assert isinstance(answer["created"], int)
+    choices = answer["choices"]
+    assert [c["index"] for c in choices] == list(range(len(choices))) and choices, answer
+    for choice in choices:
+        assert choice["finish_reason"] in ("stop", "length"), choice
+        assert "logprobs" in choice, choice
+        if chat:
+            assert choice["message"]["role"] == "assistant", choice
+            assert isinstance(choice["message"]["content"], str), choice
+        else:
+            assert isinstance(choice["text"], str), choice
+    usage = answer["usage"]
+    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens"}, usage
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] >= len(choices), usage
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"], usage
 
 
 FLOATS = st.floats(width=32)
@@ -402,6 +523,7 @@ def test_ab_routing_split_stickiness_pinning_and_report(tmp_path, default_model_
     stack = NullStack(tmp_path, variants={"a": 1.0, "b": 1.0})
     try:
         url = f"{stack.base_url}/v1/completions"
+        started = time.time()
         with httpx.Client(timeout=30) as client:
             served = [client.post(url, json=OK).headers["x-sarathi-variant"] for _ in range(40)]
             assert 8 <= served.count("a") <= 32 and served.count("a") + served.count("b") == 40
@@ -416,7 +538,9 @@ def test_ab_routing_split_stickiness_pinning_and_report(tmp_path, default_model_
             assert pinned.headers["x-sarathi-variant"] == "b"
             unknown = client.post(url, json=OK, headers={"x-sarathi-variant": "c"})
             assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "variant"
+            ended = time.time()
             metrics = client.get(f"{stack.base_url}/metrics").text
+            samples = client.get(f"{stack.base_url}/ab/samples").json()["variants"]
         assert 'variant="a"' in metrics and 'variant="b"' in metrics
         report = subprocess.run(
             [sys.executable, "-m", "sarathi_serve.cli.main", "ab", "report", "--gateway",
@@ -424,13 +548,43 @@ def test_ab_routing_split_stickiness_pinning_and_report(tmp_path, default_model_
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         parsed = json.loads(report.stdout)
-        assert set(parsed["variants"]) == {"a", "b"}
-        total = sum(v["requests"] for v in parsed["variants"].values())
-        assert total == 47
-        for row in parsed["variants"].values():
-            low, high = row["ttft_median_ms"]["ci95"]
-            assert low <= row["ttft_median_ms"]["value"] <= high
-        assert set(parsed["ratios"]) == {"b"}
+        variants = parsed["variants"]
+        (sticky_variant,) = sticky
+        requests = {v: served.count(v) + 6 * (sticky_variant == v) for v in ("a", "b")}
+        requests["b"] += 1  # the pinned one; the unknown variant's was refused
+        assert {v: row["requests"] for v, row in variants.items()} == requests
+        assert sum(requests.values()) == 47
+        for name, row in variants.items():
+            assert row["output_tokens"] == OK["max_tokens"] * requests[name]  # null: no EOS
+            # tokens over the time between the first and the last finish: positive, at
+            # least tokens over the whole test's time, and the samples' own quotient
+            finished_at = samples[name]["finished_at"]
+            assert len(finished_at) == requests[name]
+            assert started <= min(finished_at) <= max(finished_at) <= ended
+            throughput = row["output_throughput_tok_s"]
+            assert throughput > 0
+            assert throughput >= row["output_tokens"] / (ended - started)
+            span = max(finished_at) - min(finished_at)
+            assert throughput == pytest.approx(sum(samples[name]["output_tokens"]) / span)
+            for stat in ("ttft_median_ms", "tpot_median_ms", "e2e_median_ms"):
+                low, high = row[stat]["ci95"]
+                assert low <= row[stat]["value"] <= high, (name, stat, row[stat])
+            column = {"ttft_median_ms": "ttft", "e2e_median_ms": "e2e"}
+            for stat, key in column.items():  # the report's medians are the samples'
+                want = 1000 * statistics.median(samples[name][key])
+                assert row[stat]["value"] == pytest.approx(want), (name, stat)
+            assert row["ttft_median_ms"]["value"] <= row["e2e_median_ms"]["value"]
+        # Ratios are to the first variant (the baseline, which has no ratio of its own:
+        # it would be 1): each is the quotient of the report's own values.
+        assert parsed["baseline"] == "a" and set(parsed["ratios"]) == {"b"}
+        for stat, ratio in parsed["ratios"]["b"].items():
+            base, other = variants["a"][stat]["value"], variants["b"][stat]["value"]
+            if base == 0:
+                assert ratio["value"] is None, (stat, ratio)
+                continue
+            assert ratio["value"] == pytest.approx(other / base), (stat, ratio, base, other)
+            low, high = ratio["ci95"]
+            assert 0 < low <= high, (stat, ratio)
     finally:
         stack.stop()
 
