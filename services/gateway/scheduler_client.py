@@ -11,6 +11,7 @@ continue where they stopped. Only if no leader answers within
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -70,17 +71,26 @@ class SchedulerClient:
         self.gateway_id = gateway_id
         self.resume_timeout_s = resume_timeout_s
         self._inflight: dict[str, _InFlight] = {}
-        self._outbox: asyncio.Queue[pb.SessionRequest] | None = None
+        self._outbox: asyncio.Queue[pb.SessionRequest | None] | None = None  # None: end
         self._pending_aborts: list[str] = []  # aborts made while disconnected
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    async def close(self, drain_s: float = 2.0) -> None:
+        """Ends the session after sending what is queued (aborts above all), for up to
+        `drain_s`: the scheduler frees those requests now, not after its grace period."""
+        if self._task is None:
+            return
+        self._closing = True
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)  # the end of the request stream
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), drain_s)
+        self._task.cancel()
 
     @property
     def connected(self) -> bool:
@@ -138,6 +148,8 @@ class SchedulerClient:
             try:
                 async with grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) as channel:
                     await self._session(pb_grpc.SchedulerStub(channel), addr)
+                    if self._closing:
+                        return
             except grpc.aio.AioRpcError as exc:
                 if self._connected.is_set() or exc.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning(
@@ -156,7 +168,7 @@ class SchedulerClient:
             backoff = min(2 * backoff, _MAX_BACKOFF_S)
 
     async def _session(self, stub: pb_grpc.SchedulerStub, addr: str) -> None:
-        outbox: asyncio.Queue[pb.SessionRequest] = asyncio.Queue()
+        outbox: asyncio.Queue[pb.SessionRequest | None] = asyncio.Queue()
         outbox.put_nowait(pb.SessionRequest(hello=pb.SessionHello(gateway_id=self.gateway_id)))
         for request_id in self._pending_aborts:
             outbox.put_nowait(pb.SessionRequest(abort=pb.Abort(request_id=request_id)))
@@ -166,8 +178,8 @@ class SchedulerClient:
             outbox.put_nowait(pb.SessionRequest(resume=resume))
 
         async def requests() -> AsyncIterator[pb.SessionRequest]:
-            while True:
-                yield await outbox.get()
+            while (message := await outbox.get()) is not None:
+                yield message
 
         # A leader answers at once with an empty batch; a standby fails the call.
         async for batch in stub.Session(requests()):
@@ -175,7 +187,7 @@ class SchedulerClient:
                 self._mark_connected(outbox, addr)
             self._dispatch(batch)
 
-    def _mark_connected(self, outbox: asyncio.Queue[pb.SessionRequest], addr: str) -> None:
+    def _mark_connected(self, outbox: asyncio.Queue[pb.SessionRequest | None], addr: str) -> None:
         self._outbox = outbox
         self._connected.set()
         log.info("session with scheduler %s open (%d requests resumed)", addr, len(self._inflight))

@@ -3,6 +3,7 @@
 import pytest
 
 from sarathi_serve.scheduler.block_manager import BlockManager
+from sarathi_serve.scheduler.config import SchedulerConfig
 from sarathi_serve.scheduler.policies import POLICIES, make_policy
 from sarathi_serve.scheduler.state import SchedulerState
 from tests.scheduler.helpers import make_request
@@ -92,7 +93,129 @@ def test_running_partial_prefills_are_finished_whole_after_a_swap():
         ]
 
 
+# Each policy's whole plan for one small state (budget 16, at most 3 running): a decode
+# (d, 1 token out), then prompts a (10), b (30: longer than the budget), c (4), each done
+# after 3 output tokens; c waits for a free seat (max_num_seqs).
+PLANS = {
+    "sarathi": [  # chunked prefills beside the decodes, within the budget
+        [("d", 1), ("a", 10), ("b", 5)],
+        [("d", 1), ("a", 1), ("b", 14)],
+        [("a", 1), ("b", 11), ("c", 4)],
+        [("b", 1), ("c", 1)],
+        [("b", 1), ("c", 1)],
+    ],
+    "vllm": [  # whole prompts first, decodes stall
+        [("a", 10)],
+        [("b", 30)],
+        [("d", 1), ("a", 1), ("b", 1)],
+        [("d", 1), ("a", 1), ("b", 1)],
+        [("c", 4)],
+        [("c", 1)],
+        [("c", 1)],
+    ],
+    "orca": [  # decodes with whole prompts
+        [("d", 1), ("a", 10)],
+        [("d", 1), ("a", 1), ("b", 30)],
+        [("a", 1), ("b", 1), ("c", 4)],
+        [("b", 1), ("c", 1)],
+        [("c", 1)],
+    ],
+    "faster_transformer": [  # a batch runs to completion before the next starts
+        [("d", 1)],
+        [("d", 1)],
+        [("a", 10)],
+        [("a", 1)],
+        [("a", 1)],
+        [("b", 30)],
+        [("b", 1)],
+        [("b", 1)],
+        [("c", 4)],
+        [("c", 1)],
+        [("c", 1)],
+    ],
+}
+
+
+def drain(policy, state, blocks, num_outputs=3, max_steps=30):
+    """Runs `policy` as the core would until nothing is left: a chunk that completes a
+    prompt samples its first token, a request leaves with `num_outputs` tokens. The plan."""
+    plan = []
+    while state.running or state.waiting:
+        assert len(plan) < max_steps, plan
+        schedule = run_step(policy, state, blocks)
+        plan.append(ids(schedule))
+        for request, _ in schedule.chunks:
+            if not request.is_prefilling:
+                request.output_token_ids.append(1)
+            if len(request.output_token_ids) >= num_outputs:
+                state.remove(request)
+                blocks.free(request)
+    assert blocks.num_free_blocks == blocks.num_blocks  # every block came back
+    return plan
+
+
+def small_state():
+    return state_with([("d", 3)], [("a", 10), ("b", 30), ("c", 4)])
+
+
+def test_the_plans_differ():
+    assert len({str(plan) for plan in PLANS.values()}) == len(PLANS) == len(POLICIES)
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_is_built_by_name(name):
-    policy = make_policy(name, token_budget=64, max_num_seqs=4)
-    assert policy.name == name and policy.token_budget == 64 and policy.max_num_seqs == 4
+    """make_policy(name) builds the policy the name means: it drains a small mixed state
+    with that policy's own plan, under the budget and max_num_seqs it was given."""
+    policy = make_policy(name, token_budget=16, max_num_seqs=3)
+    assert policy.name == name and policy.token_budget == 16 and policy.max_num_seqs == 3
+    assert drain(policy, *small_state()) == PLANS[name]
+
+
+def policy_as_the_scheduler_builds_it(config: SchedulerConfig):
+    """The call in services/scheduler/__main__.py (make_core), argument for argument."""
+    return make_policy(
+        config.policy,
+        token_budget=config.token_budget,
+        max_num_seqs=config.max_num_seqs,
+        target_tbt_ms=config.target_tbt_ms,
+        low_chunk_size=config.low_chunk_size,
+        chunk_schedule_max_tokens=config.chunk_schedule_max_tokens,
+        chunk_schedule_stages=config.chunk_schedule_stages,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_policy_starts_from_the_schedulers_default_config(name):
+    """`sarathi-serve up --policy NAME` starts each scheduler with these flags (the rest at
+    their defaults, chunk_schedule_* included): the scheduler must build NAME from them."""
+    assert policy_as_the_scheduler_builds_it(SchedulerConfig(policy=name)).name == name
+    argv = ["--policy", name, "--token-budget", "16", "--max-num-seqs", "3"]
+    config = SchedulerConfig.from_args([*argv, "--target-tbt-ms", "0.0"])
+    policy = policy_as_the_scheduler_builds_it(config)
+    assert policy.name == name and policy.token_budget == 16 and policy.max_num_seqs == 3
+    assert drain(policy, *small_state()) == PLANS[name]
+
+
+def test_the_scheduler_passes_its_sarathi_options_on():
+    config = SchedulerConfig.from_args(
+        ["--target-tbt-ms", "50", "--low-chunk-size", "64", "--chunk-schedule-max-tokens",
+         "4096", "--chunk-schedule-stages", "4"]
+    )  # fmt: skip
+    policy = policy_as_the_scheduler_builds_it(config)
+    assert (policy.name, policy.target_tbt_ms, policy.low_chunk_size) == ("sarathi", 50.0, 64)
+    assert (policy.chunk_schedule_max_tokens, policy.chunk_schedule_stages) == (4096, 4)
+
+
+@pytest.mark.parametrize("name", sorted(set(POLICIES) - {"sarathi"}))
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"target_tbt_ms": 50.0},
+        {"low_chunk_size": 8},
+        {"chunk_schedule_max_tokens": 1024},
+        {"chunk_schedule_stages": 4},
+    ],
+)
+def test_a_baseline_refuses_a_sarathi_only_option(name, option):
+    with pytest.raises(ValueError, match="only the sarathi policy"):
+        make_policy(name, token_budget=16, max_num_seqs=3, **option)

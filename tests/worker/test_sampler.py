@@ -1,3 +1,6 @@
+import math
+from collections import Counter
+
 import pytest
 import torch
 
@@ -36,19 +39,59 @@ def test_seeded_rows_are_batch_invariant():
     assert len(set(alone)) > 1  # really sampling, not argmax
 
 
+def filtered_distribution(logits, params):
+    """The distribution a row with `params` must draw from, computed the slow way:
+    temperature, then the top-k tokens, then the smallest prefix (by probability) whose
+    mass before each kept token is under top-p, then tokens under min-p x the largest."""
+    probs = (logits / params.temperature).softmax(-1).tolist()
+    keep, mass = [], 0.0
+    for rank, token in enumerate(sorted(range(len(probs)), key=lambda t: -probs[t])):
+        if params.top_p < 1:  # (top_p 1: no nucleus filter at all)
+            assert abs(mass - params.top_p) > 1e-4  # no tie with float rounding: well-posed
+            if mass >= params.top_p:
+                break
+        if params.top_k and rank >= params.top_k:
+            break
+        keep.append(token)
+        mass += probs[token]
+    largest = max(probs[t] for t in keep)
+    keep = [t for t in keep if probs[t] >= params.min_p * largest]
+    total = sum(probs[t] for t in keep)
+    return {t: probs[t] / total for t in keep}
+
+
+FILTERS = [
+    SamplingParams(top_k=3),
+    SamplingParams(top_k=1),
+    SamplingParams(top_p=0.5, temperature=2.0),
+    SamplingParams(top_p=0.9),
+    SamplingParams(min_p=0.2, temperature=2.0),
+    SamplingParams(min_p=0.05),
+    SamplingParams(top_k=6, top_p=0.6, temperature=3.0),
+    SamplingParams(top_k=10, min_p=0.3, temperature=3.0),
+]
+
+
 def test_top_k_top_p_and_min_p_restrict_the_support():
+    """Each filter's draws never leave its allowed set, cover all of it, and follow its
+    renormalized distribution; rows with different filters share one batch (the filters
+    are vectorized per row)."""
     logits = random_logits(1, seed=2)[0]
-    order = logits.argsort(descending=True).tolist()
-    probs = logits.softmax(-1)
-    sampler = Sampler(EOS, 0)
-    top3 = {sample_one(sampler, logits, SamplingParams(top_k=3)) for _ in range(200)}
-    assert top3 <= set(order[:3]) and len(top3) > 1
-    nucleus = [t for t in order if probs[order[: order.index(t)]].sum() < 0.5]
-    got = {sample_one(sampler, logits, SamplingParams(top_p=0.5)) for _ in range(200)}
-    assert got <= set(nucleus)
-    above = {t for t in order if probs[t] >= 0.2 * probs.max()}
-    got = {sample_one(sampler, logits, SamplingParams(min_p=0.2)) for _ in range(200)}
-    assert got <= above and len(got) >= 1
+    expected = [filtered_distribution(logits, p) for p in FILTERS]
+    assert [len(e) for e in expected] == [3, 1, 3, 4, 4, 3, 6, 5]  # the cases are not trivial
+    # per filter: the rarest allowed token is expected >= 30 times, so it is missed with
+    # probability < e^-30; each count is within 6 sigma of its expectation (p ~ 2e-9 per
+    # token of failing by chance; the sampler's seed makes the run reproducible anyway)
+    draws = 4000
+    assert min(q for e in expected for q in e.values()) * draws >= 30
+    rows = [SamplingRow(p, 0) for _ in range(draws) for p in FILTERS]  # interleaved
+    tokens, _ = Sampler(EOS, 0).sample(logits.expand(len(rows), -1), rows)
+    for i, (params, allowed) in enumerate(zip(FILTERS, expected, strict=True)):
+        got = Counter(tokens[i :: len(FILTERS)])
+        assert set(got) == set(allowed), params  # within the set, and all of it
+        for token, q in allowed.items():
+            sigma = math.sqrt(draws * q * (1 - q))
+            assert abs(got[token] - draws * q) <= 6 * sigma + 1, (params, token)
 
 
 def test_temperature_sampling_follows_the_distribution():
