@@ -50,10 +50,11 @@ async def serve(config: WorkerConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "worker %s ready (health on %s:%d); attaching to %s",
+        "worker %s ready (health on %s:%d, %d torch threads); attaching to %s",
         worker_id,
         config.host,
         config.port,
+        torch.get_num_threads(),
         config.scheduler_addr,
     )
     try:
