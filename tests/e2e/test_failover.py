@@ -7,6 +7,8 @@ seeds them and keeps the seed in Redis) and 4 greedy OpenAI HTTP/SSE streams.
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -28,6 +30,15 @@ def test_leader_killed_mid_stream_every_client_gets_exactly_its_tokens(
 ):
     system = system_factory("--token-budget", "64", "--schedulers", "2")
     leader_addr = system.scheduler_addr
+    status = subprocess.run(
+        [sys.executable, "-m", "sarathi_serve.cli.main", "status", "--json",
+         "--run-dir", str(system.run_dir)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    roles = {row["address"]: row["health"] for row in json.loads(status.stdout)
+             if row["role"] == "scheduler"}  # fmt: skip
+    assert roles == {r.address: "LEADER" if r.address == leader_addr else "STANDBY"
+                     for r in system.schedulers}  # fmt: skip
     leader = next(r for r in system.schedulers if r.address == leader_addr)
     greedy = [*PROMPTS, *PROMPTS]  # 16 concurrent greedy gRPC requests
     sampled = PROMPTS[:4]
