@@ -1,4 +1,4 @@
-"""Logging set-up shared by every service: one line per record, role first.
+"""Logging set-up shared by every service: one line per record (time, level, role, logger: message).
 
 `SARATHI_LOG_FORMAT=json` prints one JSON object per line instead (for log
 collectors), with `request_id` as a field wherever a record concerns one

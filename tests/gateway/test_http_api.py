@@ -585,6 +585,32 @@ def test_ab_routing_split_stickiness_pinning_and_report(tmp_path, default_model_
             assert ratio["value"] == pytest.approx(other / base), (stat, ratio, base, other)
             low, high = ratio["ci95"]
             assert 0 < low <= high, (stat, ratio)
+
+        # the user key by header (HTTP) and metadata (gRPC), the pin by metadata: each
+        # request answers with the variant that served it, which also counts it
+        with httpx.Client(timeout=30) as client:
+            by_header = {
+                client.post(url, json=OK, headers={"x-sarathi-user": "carol"}).headers[
+                    "x-sarathi-variant"
+                ]
+                for _ in range(6)
+            }
+        assert len(by_header) == 1
+        with grpc.insecure_channel(stack.grpc_addr) as channel:
+            stub = gpb_grpc.GenerationStub(channel)
+            request = gpb.GenerateRequest(prompt="Hi", sampling=gpb.SamplingOptions(max_tokens=2))
+            for pin in ("a", "b"):
+                before = stack.stats(pin).num_finished
+                call = stub.Generate(request, timeout=30, metadata=[("x-sarathi-variant", pin)])
+                assert len(list(call)) >= 1
+                assert dict(call.initial_metadata())["x-sarathi-variant"] == pin
+                assert stack.stats(pin).num_finished == before + 1
+            users = set()
+            for _ in range(4):
+                call = stub.Generate(request, timeout=30, metadata=[("x-sarathi-user", "carol")])
+                list(call)
+                users.add(dict(call.initial_metadata())["x-sarathi-variant"])
+            assert users == by_header, "a user sticks to one variant on both edges"
     finally:
         stack.stop()
 
