@@ -35,7 +35,6 @@ from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.lease import LeaderLease
 from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
-from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.server import SchedulerServicer
 from sarathi_serve.scheduler.sessions import SessionHub
 from sarathi_serve.scheduler.stats import StatsRing
@@ -89,15 +88,7 @@ async def _lead(
         store = RedisStore(client, prefix=config.redis_prefix, epoch=epoch)
 
     def make_core() -> SchedulerCore:  # one per model replica (worker)
-        policy = make_policy(
-            config.policy,
-            token_budget=config.token_budget,
-            max_num_seqs=config.max_num_seqs,
-            target_tbt_ms=config.target_tbt_ms,
-            low_chunk_size=config.low_chunk_size,
-            chunk_schedule_max_tokens=config.chunk_schedule_max_tokens,
-            chunk_schedule_stages=config.chunk_schedule_stages,
-        )
+        policy = config.make_policy()
         return SchedulerCore(
             policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark
         )

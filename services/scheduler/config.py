@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sarathi_serve.common.config import parse_config
-from sarathi_serve.scheduler.policies import POLICIES
+from sarathi_serve.scheduler.policies import POLICIES, Policy, make_policy
 
 DEFAULT_PORT = 50052
 
@@ -39,6 +39,18 @@ class SchedulerConfig:
         for name in ("token_budget", "max_num_seqs", "max_num_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def make_policy(self) -> Policy:
+        """The policy this scheduler starts with (one per model replica)."""
+        return make_policy(
+            self.policy,
+            token_budget=self.token_budget,
+            max_num_seqs=self.max_num_seqs,
+            target_tbt_ms=self.target_tbt_ms,
+            low_chunk_size=self.low_chunk_size,
+            chunk_schedule_max_tokens=self.chunk_schedule_max_tokens,
+            chunk_schedule_stages=self.chunk_schedule_stages,
+        )
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> SchedulerConfig:

@@ -15,6 +15,7 @@ import torch
 
 from sarathi_serve.bench.worker import QUICK_GRID
 from sarathi_serve.common.models import DEFAULT_MODEL
+from tests.worker.conftest import write_tiny_checkpoint
 
 CLI = [sys.executable, "-m", "sarathi_serve.cli.main", "bench"]
 
@@ -64,22 +65,7 @@ def test_bench_control_plane_writes_its_rows(tmp_path):
 def tiny_llama(path):
     """A random-weight Llama small enough for the quick grid's cells to take milliseconds
     (positions up to the grid's 1024-token contexts plus a 512-token chunk)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=2,
-        bos_token_id=1,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
+    write_tiny_checkpoint(path, "llama", max_position_embeddings=2048)
     return path
 
 
@@ -107,7 +93,6 @@ def check_worker_report(report, stdout, model):
     assert stdout.splitlines()[-1].startswith("worst step ratio (ours / floor):")
 
 
-@pytest.mark.slow  # 50-90 s on the 2 shared cores of the development machine
 def test_bench_worker_quick_on_a_tiny_model(tmp_path):
     model = str(tiny_llama(tmp_path / "tiny-llama"))
     path = tmp_path / "out" / "worker.json"

@@ -114,3 +114,14 @@ class RunningSystem:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         return self.process.wait()
+
+
+def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None):
+    """`sarathi-serve ARGS` as a user runs it; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "sarathi_serve.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )

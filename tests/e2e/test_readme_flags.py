@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import urllib.request
 
 import grpc
@@ -27,6 +25,7 @@ from sarathi_serve.cli.system import pid_alive
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
 from tests.e2e.oracle import PROMPTS, generate_concurrently, generate_tokens, wait_until
+from tests.e2e.system import run_cli as cli
 from tests.redis_server import RedisServer
 
 FILE_KEY, ENV_KEY = "key-from-file", "key-from-env"
@@ -61,15 +60,6 @@ def system(system_factory, tmp_path_factory, redis_server, default_model_dir):
             "SARATHI_LOG_FORMAT": "json",
             "SARATHI_SCHEDULER_SESSION_GRACE_S": str(GRACE_S),
         },
-    )
-
-
-def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sarathi_serve.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
     )
 
 
@@ -129,13 +119,7 @@ def test_generate_with_sampling_flags_and_a_key(system):
     denied = cli(*sampled)
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
     first = cli(*sampled, "--api-key", FILE_KEY)
-    second = subprocess.run(  # the key from the environment this time
-        [sys.executable, "-m", "sarathi_serve.cli.main", *sampled],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "SARATHI_API_KEY": ENV_KEY},
-    )
+    second = cli(*sampled, env={"SARATHI_API_KEY": ENV_KEY})  # the key from the environment
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert first.stdout == second.stdout and first.stdout.strip(), "a seed must repeat the text"
     other_seed = cli(*options, "--seed", "8", "--api-key", FILE_KEY)

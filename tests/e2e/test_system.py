@@ -4,8 +4,6 @@ up, status, generate, cancellation, errors, down."""
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import grpc
@@ -14,20 +12,12 @@ import pytest
 from sarathi_serve.cli.system import pid_alive
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
+from tests.e2e.system import run_cli as cli
 
 
 @pytest.fixture(scope="module")
 def system(system_factory):
     return system_factory("--token-budget", "64")
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sarathi_serve.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_generate_streams_a_sensible_answer(system):

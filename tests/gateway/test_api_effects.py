@@ -3,36 +3,12 @@ whose tokens are `null_token(request id, index)`, so every output is known in ad
 
 from __future__ import annotations
 
-import grpc
-import httpx2 as httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sarathi_serve.protocol import generate_pb2 as gpb
-from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
 from sarathi_serve.worker.null_runner import null_token
-from tests.gateway.stack import NullStack
 
 MODEL = "SmolLM2-135M-Instruct"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, default_model_dir):
-    s = NullStack(tmp_path_factory.mktemp("effects"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def stub(stack):
-    with grpc.insecure_channel(stack.grpc_addr) as channel:
-        yield gpb_grpc.GenerationStub(channel)
 
 
 def completion(http, **body):
@@ -41,12 +17,12 @@ def completion(http, **body):
     return response.json()
 
 
-def test_grpc_tokens_are_the_null_workers_and_stop_token_ids_end_them(stub):
+def test_grpc_tokens_are_the_null_workers_and_stop_token_ids_end_them(grpc_stub):
     def tokens(rid: str, **sampling) -> tuple[list[int], int]:
         request = gpb.GenerateRequest(
             request_id=rid, prompt="Hello", sampling=gpb.SamplingOptions(**sampling)
         )
-        responses = list(stub.Generate(request, timeout=30))
+        responses = list(grpc_stub.Generate(request, timeout=30))
         return [t for r in responses for t in r.token_ids], responses[-1].finish_reason
 
     got, reason = tokens("effects-plain", max_tokens=6)

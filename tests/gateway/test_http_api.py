@@ -24,25 +24,6 @@ from tests.gateway.stack import NullStack
 MODEL = "SmolLM2-135M-Instruct"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, default_model_dir):
-    s = NullStack(tmp_path_factory.mktemp("stack"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def grpc_stub(stack):
-    with grpc.insecure_channel(stack.grpc_addr) as channel:
-        yield gpb_grpc.GenerationStub(channel)
-
-
 def _post(http: httpx.Client, path: str, body: object) -> httpx.Response:
     raw = body if isinstance(body, str) else json.dumps(body)
     return http.post(path, content=raw, headers={"content-type": "application/json"})

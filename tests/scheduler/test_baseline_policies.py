@@ -171,27 +171,14 @@ def test_every_policy_is_built_by_name(name):
     assert drain(policy, *small_state()) == PLANS[name]
 
 
-def policy_as_the_scheduler_builds_it(config: SchedulerConfig):
-    """The call in services/scheduler/__main__.py (make_core), argument for argument."""
-    return make_policy(
-        config.policy,
-        token_budget=config.token_budget,
-        max_num_seqs=config.max_num_seqs,
-        target_tbt_ms=config.target_tbt_ms,
-        low_chunk_size=config.low_chunk_size,
-        chunk_schedule_max_tokens=config.chunk_schedule_max_tokens,
-        chunk_schedule_stages=config.chunk_schedule_stages,
-    )
-
-
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_starts_from_the_schedulers_default_config(name):
     """`sarathi-serve up --policy NAME` starts each scheduler with these flags (the rest at
     their defaults, chunk_schedule_* included): the scheduler must build NAME from them."""
-    assert policy_as_the_scheduler_builds_it(SchedulerConfig(policy=name)).name == name
+    assert SchedulerConfig(policy=name).make_policy().name == name
     argv = ["--policy", name, "--token-budget", "16", "--max-num-seqs", "3"]
     config = SchedulerConfig.from_args([*argv, "--target-tbt-ms", "0.0"])
-    policy = policy_as_the_scheduler_builds_it(config)
+    policy = config.make_policy()
     assert policy.name == name and policy.token_budget == 16 and policy.max_num_seqs == 3
     assert drain(policy, *small_state()) == PLANS[name]
 
@@ -201,7 +188,7 @@ def test_the_scheduler_passes_its_sarathi_options_on():
         ["--target-tbt-ms", "50", "--low-chunk-size", "64", "--chunk-schedule-max-tokens",
          "4096", "--chunk-schedule-stages", "4"]
     )  # fmt: skip
-    policy = policy_as_the_scheduler_builds_it(config)
+    policy = config.make_policy()
     assert (policy.name, policy.target_tbt_ms, policy.low_chunk_size) == ("sarathi", 50.0, 64)
     assert (policy.chunk_schedule_max_tokens, policy.chunk_schedule_stages) == (4096, 4)
 

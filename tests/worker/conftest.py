@@ -33,11 +33,11 @@ ARCHITECTURES = {
 }
 
 
-def write_tiny_checkpoint(path, arch: str):
+def write_tiny_checkpoint(path, arch: str, **overrides):
     """A random-weight checkpoint folder of the architecture, written by the test itself."""
     config_cls, model_cls, extra = ARCHITECTURES[arch]
     torch.manual_seed(0)
-    model_cls(config_cls(**COMMON, **extra)).save_pretrained(path)
+    model_cls(config_cls(**{**COMMON, **extra, **overrides})).save_pretrained(path)
     return path
 
 
