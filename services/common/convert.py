@@ -12,6 +12,7 @@ from sarathi_serve.common.step import (
     StepResult,
     TokenLogprobs,
 )
+from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.protocol import scheduler_pb2 as pb
 
 
@@ -143,3 +144,22 @@ def result_from_pb(msg: pb.StepResult) -> StepResult:
         },
         wait_ms=msg.wait_ms,
     )
+
+
+_STOP_TO_PB = {
+    StopReason.EOS: pb.STOP_REASON_EOS,
+    StopReason.LENGTH: pb.STOP_REASON_LENGTH,
+    StopReason.CONTEXT: pb.STOP_REASON_CONTEXT,
+    StopReason.ABORTED: pb.STOP_REASON_ABORTED,
+    StopReason.ERROR: pb.STOP_REASON_ERROR,
+}
+_STOP_FROM_PB = {v: k for k, v in _STOP_TO_PB.items()}
+
+
+def stop_reason_to_pb(reason: StopReason) -> pb.StopReason.ValueType:
+    return _STOP_TO_PB[reason]
+
+
+def stop_reason_from_pb(value: int) -> StopReason | None:
+    """None for STOP_REASON_UNSPECIFIED: the request goes on."""
+    return _STOP_FROM_PB.get(value)

@@ -25,8 +25,6 @@ from sarathi_serve.gateway.validation import PreparedRequest
 
 log = logging.getLogger(__name__)
 
-_FINISH_REASON = {"eos": "stop", "length": "length", "context": "length", "aborted": "abort"}
-
 
 @dataclass(frozen=True, slots=True)
 class Logprob:
@@ -97,7 +95,7 @@ class Generation:
         self._num_output += len(token_ids)
         self._tracker.tokens(len(token_ids))
         text = self._detokenizer.add(token_ids)
-        finish_reason = None if event.stop is None else _FINISH_REASON[event.stop]
+        finish_reason = None if event.stop is None else event.stop.finish_reason
         self._scheduler_done = finish_reason is not None
         if finish_reason is not None:
             text += self._detokenizer.flush()

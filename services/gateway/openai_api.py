@@ -29,10 +29,9 @@ from sarathi_serve.gateway.auth import ApiKeys
 from sarathi_serve.gateway.generation import Delta, Generation, Generator, Logprob
 from sarathi_serve.gateway.metrics import GatewayMetrics
 from sarathi_serve.gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
+from sarathi_serve.gateway.router import USER_KEY, VARIANT_KEY
 from sarathi_serve.gateway.validation import PreparedRequest, RequestValidator
 
-VARIANT_HEADER = "x-sarathi-variant"  # pins a request to a variant (and names it in answers)
-USER_HEADER = "x-sarathi-user"  # sticky A/B routing key when the body has no `user`
 REQUEST_ID_HEADER = "x-request-id"
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 
@@ -301,8 +300,8 @@ class _OpenAI:
     ) -> list[Generation]:
         """Admits n choices per prompt; all or none (a refusal closes those started)."""
         base_id = request.headers.get(REQUEST_ID_HEADER) or f"{prefix}-{uuid.uuid4().hex}"
-        user = user or request.headers.get(USER_HEADER, "")
-        pinned = request.headers.get(VARIANT_HEADER, "")
+        user = user or request.headers.get(USER_KEY, "")
+        pinned = request.headers.get(VARIANT_KEY, "")
         generations: list[Generation] = []
         try:
             for p in prepared:
@@ -381,7 +380,7 @@ def _base_id(generations: list[Generation]) -> str:
 
 
 def _headers(generations: list[Generation]) -> dict[str, str]:
-    return {VARIANT_HEADER: generations[0].variant, REQUEST_ID_HEADER: _base_id(generations)}
+    return {VARIANT_KEY: generations[0].variant, REQUEST_ID_HEADER: _base_id(generations)}
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

@@ -23,6 +23,10 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 C = TypeVar("C")
 
+# Request headers (HTTP) and metadata keys (gRPC), the same on both edges:
+VARIANT_KEY = "x-sarathi-variant"  # pins a request to a variant (and names it in answers)
+USER_KEY = "x-sarathi-user"  # the sticky routing key when the request has no `user`
+
 
 @dataclass(frozen=True, slots=True)
 class VariantSpec:

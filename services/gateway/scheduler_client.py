@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from sarathi_serve.common.convert import logprobs_from_pb, sampling_to_pb
+from sarathi_serve.common.convert import logprobs_from_pb, sampling_to_pb, stop_reason_from_pb
 from sarathi_serve.common.errors import (
     InvalidArgument,
     ServiceError,
@@ -28,6 +28,7 @@ from sarathi_serve.common.errors import (
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.step import TokenLogprobs
+from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 
@@ -36,21 +37,13 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 1.0
 
 
-_STOP_NAMES = {
-    pb.STOP_REASON_EOS: "eos",
-    pb.STOP_REASON_LENGTH: "length",
-    pb.STOP_REASON_CONTEXT: "context",
-    pb.STOP_REASON_ABORTED: "aborted",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
     """New tokens of one request, as the gateway's core reads them."""
 
     token_ids: list[int]
     logprobs: list[TokenLogprobs] = field(default_factory=list)  # parallel, when asked
-    stop: str | None = None  # the last event: "eos", "length", "context" or "aborted"
+    stop: StopReason | None = None  # the last event's (never ERROR: that is `error`)
     error: ServiceError | None = None  # the request failed (the last event too)
 
 
@@ -207,13 +200,13 @@ class SchedulerClient:
             entry = self._inflight.get(event.request_id)
             if entry is None:
                 continue
-            if event.stop_reason == pb.STOP_REASON_ERROR:
+            stop = stop_reason_from_pb(event.stop_reason)
+            if stop is StopReason.ERROR:
                 error = error_from_code(event.error_code, event.error_message)
                 entry.events.put_nowait(TokenEvent([], error=error))
                 continue
             overlap = max(entry.num_received - event.first_token_index, 0)
             token_ids = list(event.token_ids)[overlap:]
-            stop = _STOP_NAMES.get(event.stop_reason)
             if not token_ids and stop is None:
                 continue
             entry.num_received += len(token_ids)

@@ -9,12 +9,10 @@ import grpc
 
 from sarathi_serve.common.errors import ServiceError, status_of
 from sarathi_serve.gateway.generation import Delta, Generation, Generator
+from sarathi_serve.gateway.router import USER_KEY, VARIANT_KEY
 from sarathi_serve.gateway.validation import RequestValidator
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
-
-VARIANT_METADATA = "x-sarathi-variant"  # pins a request to a variant; answered in metadata
-USER_METADATA = "x-sarathi-user"
 
 _FINISH_REASON = {
     "stop": gpb.FINISH_REASON_STOP,
@@ -39,10 +37,10 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
             generation = await self.generator.start(
                 request_id,
                 prepared,
-                user=request.user or str(metadata.get(USER_METADATA, "")),
-                pinned=str(metadata.get(VARIANT_METADATA, "")),
+                user=request.user or str(metadata.get(USER_KEY, "")),
+                pinned=str(metadata.get(VARIANT_KEY, "")),
             )
-            await context.send_initial_metadata(((VARIANT_METADATA, generation.variant),))
+            await context.send_initial_metadata(((VARIANT_KEY, generation.variant),))
             async for delta in generation.deltas():
                 yield _response(request_id, delta)
         except ServiceError as exc:

@@ -6,20 +6,15 @@ import enum
 from dataclasses import dataclass, field
 
 from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.stop_reason import StopReason
+
+__all__ = ["Request", "RequestStatus", "StopReason"]
 
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"  # never scheduled, or preempted and waiting to be recomputed
     RUNNING = "running"
     FINISHED = "finished"
-
-
-class StopReason(enum.Enum):
-    EOS = "eos"
-    LENGTH = "length"
-    CONTEXT = "context"
-    ABORTED = "aborted"
-    ERROR = "error"
 
 
 @dataclass(slots=True, eq=False)

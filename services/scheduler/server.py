@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from sarathi_serve.common.convert import sampling_from_pb
+from sarathi_serve.common.convert import sampling_from_pb, stop_reason_to_pb
 from sarathi_serve.common.errors import ServiceError
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
@@ -25,7 +25,7 @@ from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.policies import Policy, make_policy
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 from sarathi_serve.scheduler.request import Request, StopReason
-from sarathi_serve.scheduler.sessions import STOP_TO_PB, Outbox
+from sarathi_serve.scheduler.sessions import Outbox
 from sarathi_serve.scheduler.workers import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         finished = await loop.load_finished(request_id)
         if finished is not None:
             tokens, reason = finished
-            stop = STOP_TO_PB[StopReason(reason)]
+            stop = stop_reason_to_pb(StopReason(reason))
             event = pb.RequestEvent(
                 request_id=request_id,
                 token_ids=tokens[received:],

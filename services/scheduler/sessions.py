@@ -12,18 +12,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sarathi_serve.common.convert import logprobs_to_pb
+from sarathi_serve.common.convert import logprobs_to_pb, stop_reason_to_pb
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.scheduler.core import RequestUpdate
-from sarathi_serve.scheduler.request import Request, StopReason
-
-STOP_TO_PB = {
-    StopReason.EOS: pb.STOP_REASON_EOS,
-    StopReason.LENGTH: pb.STOP_REASON_LENGTH,
-    StopReason.CONTEXT: pb.STOP_REASON_CONTEXT,
-    StopReason.ABORTED: pb.STOP_REASON_ABORTED,
-    StopReason.ERROR: pb.STOP_REASON_ERROR,
-}
+from sarathi_serve.scheduler.request import Request
 
 Outbox = asyncio.Queue[pb.SessionEvents | None]  # None ends the stream's writer
 
@@ -92,7 +84,7 @@ class SessionHub:
             if update.logprobs:
                 event.logprobs.extend(logprobs_to_pb(lp) for lp in update.logprobs)
             if update.stop_reason is not None:
-                event.stop_reason = STOP_TO_PB[update.stop_reason]
+                event.stop_reason = stop_reason_to_pb(update.stop_reason)
             batch.events.append(event)
         for request in ended:
             if request.awaiting_resume:
@@ -100,7 +92,8 @@ class SessionHub:
             assert request.stop_reason is not None
             by_session[request.session_id].events.append(
                 pb.RequestEvent(
-                    request_id=request.request_id, stop_reason=STOP_TO_PB[request.stop_reason]
+                    request_id=request.request_id,
+                    stop_reason=stop_reason_to_pb(request.stop_reason),
                 )
             )
         for session_id, batch in by_session.items():

@@ -87,3 +87,19 @@ def test_result_round_trip():
         logprobs={"c": TokenLogprobs(-0.5, ((3, -0.5), (9, -1.25))), "a": TokenLogprobs(-2.0)},
     )
     assert result_from_pb(result_to_pb(with_logprobs)) == with_logprobs
+
+
+def test_every_stop_reason_round_trips_and_has_a_finish_reason():
+    from sarathi_serve.common.convert import stop_reason_from_pb, stop_reason_to_pb
+    from sarathi_serve.common.stop_reason import StopReason
+    from sarathi_serve.protocol import scheduler_pb2 as pb
+
+    for reason in StopReason:
+        assert stop_reason_from_pb(stop_reason_to_pb(reason)) is reason
+    wire = set(pb.StopReason.values()) - {pb.STOP_REASON_UNSPECIFIED}
+    assert {stop_reason_to_pb(r) for r in StopReason} == wire, "every wire value has a name"
+    assert stop_reason_from_pb(pb.STOP_REASON_UNSPECIFIED) is None
+    assert {r: r.finish_reason for r in StopReason} == {
+        StopReason.EOS: "stop", StopReason.LENGTH: "length", StopReason.CONTEXT: "length",
+        StopReason.ABORTED: "abort", StopReason.ERROR: "error",
+    }  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sarathi_serve.common.errors import ResourceExhausted
+from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.gateway.scheduler_client import SchedulerClient, TokenEvent, _InFlight
 from sarathi_serve.protocol import scheduler_pb2 as pb
 
@@ -47,7 +48,7 @@ def test_packed_tokens_and_events_reach_their_requests():
     assert _drain(queues["a"]) == [TokenEvent([11])]
     assert _drain(queues["b"]) == [TokenEvent([21])]
     (c,) = _drain(queues["c"])
-    assert c.token_ids == [31, 32] and c.stop == "length"
+    assert c.token_ids == [31, 32] and c.stop is StopReason.LENGTH
     assert [lp.logprob for lp in c.logprobs] == [-0.5, -1.0]
 
 
@@ -81,7 +82,7 @@ def test_tokens_a_client_already_has_are_dropped_after_a_failover():
             ]
         )
     )
-    assert _drain(queues["b"]) == [TokenEvent([], stop="eos")]  # the end is never dropped
+    assert _drain(queues["b"]) == [TokenEvent([], stop=StopReason.EOS)]  # the end is never dropped
 
 
 def test_an_error_event_carries_the_error():
