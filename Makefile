@@ -37,7 +37,7 @@ test-gpu: $(STAMP)  ## on a CUDA machine: the `gpu` tests, then the GPU check (b
 lint: $(STAMP)
 	$(PYTHON) -m ruff check services tests bench
 	$(PYTHON) -m ruff format --check services tests bench
-	$(PYTHON) -m mypy services
+	$(PYTHON) -m mypy services bench
 
 protos: $(STAMP)  ## regenerate services/protocol/ from protos/sarathi/v1/
 	$(PYTHON) -m sarathi_serve.protocol.codegen

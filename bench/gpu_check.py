@@ -22,13 +22,14 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence
 
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": dict(
         hidden_size=4096,
         intermediate_size=14336,
@@ -92,8 +93,8 @@ def random_model(shape: str, device: torch.device):
 
     config = LlamaConfig(**SHAPES[shape])
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    return model.eval()
+        model = LlamaForCausalLM(config)
+    return model.bfloat16().eval()
 
 
 def sequences(runner: ModelRunner, num: int, context: int, computed: int) -> list[Sequence]:

@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             dict(batch_size=batch_size, ours_tps=ours, hf_generate_tps=hf, ratio=ours / hf)
         )
         print(f"{batch_size:>5} {ours:>9.1f} {hf:>12.1f} {ours / hf:>6.2f}", flush=True)
-    worst = max(steps, key=lambda s: s["ratio"])
+    worst = max(steps, key=lambda s: float(s["ratio"] or 0.0))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
