@@ -89,3 +89,35 @@ def test_without_variants_one_set_and_the_given_redis(tmp_path):
 def test_bad_counts_are_refused(tmp_path):
     with pytest.raises(up.StartupError, match="--workers"):
         plan(tmp_path, "--workers", "0")
+
+
+def test_a_busy_scheduler_port_moves_to_a_free_one_and_http_can_be_off(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        children = plan(tmp_path, "--scheduler-port", str(port), "--http-port", "0")
+    scheduler = next(c for c in children if c.role == "scheduler")
+    assert flag(scheduler, "--port") != str(port), "the busy port was planned"
+    gateway = next(c for c in children if c.role == "gateway")
+    assert flag(gateway, "--http-port") == "0" and gateway.metrics == ""
+
+
+def test_the_documented_defaults():
+    from sarathi_serve.gateway.config import GatewayConfig
+    from sarathi_serve.scheduler.config import SchedulerConfig
+
+    parser = argparse.ArgumentParser()
+    up.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.port, args.http_port, args.scheduler_port, args.worker_port) == (
+        50051, 8000, 50052, 50053,
+    )  # fmt: skip
+    assert (args.policy, args.token_budget, args.max_num_seqs, args.kv_cache_gb) == (
+        "sarathi", 512, 128, 1.0,
+    )  # fmt: skip
+    assert GatewayConfig().max_pending_requests == 1024  # README: back-pressure
+    assert SchedulerConfig().max_num_waiting == 1024
+    assert SchedulerConfig().session_grace_s == 30.0

@@ -123,6 +123,11 @@ def test_generate_with_sampling_flags_and_a_key(system):
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert first.stdout == second.stdout and first.stdout.strip(), "a seed must repeat the text"
     other_seed = cli(*options, "--seed", "8", "--api-key", FILE_KEY)
+    # without --addr: the gateway of the system `up` recorded in --run-dir
+    no_addr = [*sampled[:2], *sampled[4:]]
+    assert "--addr" not in no_addr
+    found = cli(*no_addr, "--api-key", FILE_KEY, "--run-dir", str(system.run_dir))
+    assert found.returncode == 0 and found.stdout == first.stdout, found.stderr
     assert other_seed.returncode == 0 and other_seed.stdout != first.stdout
 
 
@@ -150,9 +155,14 @@ def test_request_id_is_echoed_and_followed_through_json_logs(system):
 
 
 def test_grpc_reflection_lists_the_services(system):
-    with grpc.insecure_channel(system.gateway_addr) as channel:
-        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-    assert {"sarathi.v1.Generation", "grpc.health.v1.Health"} <= services
+    wanted = {
+        system.gateway_addr: "sarathi.v1.Generation",
+        system.scheduler_addr: "sarathi.v1.Scheduler",
+    }
+    for addr, service in wanted.items():
+        with grpc.insecure_channel(addr) as channel:
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {service, "grpc.health.v1.Health"} <= services, (addr, services)
 
 
 def test_admin_set_policy_with_a_token_budget_and_stats(system):
