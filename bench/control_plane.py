@@ -31,7 +31,7 @@ from pathlib import Path
 
 import grpc
 
-from sarathi_serve.cli import health
+from sarathi_serve.common import probes
 from sarathi_serve.common.net import free_port
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.gateway.scheduler_client import SchedulerClient
@@ -105,7 +105,7 @@ class Services:
         deadline = time.monotonic() + 60
         while True:
             try:
-                stats = health.scheduler_stats(self.addr, timeout=1.0)
+                stats = probes.scheduler_stats(self.addr, timeout=1.0)
                 if stats.is_leader and stats.num_workers:
                     return
             except grpc.RpcError:
@@ -147,14 +147,14 @@ async def measure(
             await queue.get()
 
     drains = [asyncio.create_task(drain(q)) for q in queues]
-    while (await asyncio.to_thread(health.scheduler_stats, addr)).num_running < num_running:
+    while (await asyncio.to_thread(probes.scheduler_stats, addr)).num_running < num_running:
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)  # past the prefills
-    before = await asyncio.to_thread(health.scheduler_stats, addr, 2.0, 1)
+    before = await asyncio.to_thread(probes.scheduler_stats, addr, 2.0, 1)
     cpu_before = cpu_seconds(scheduler_pid)
     await asyncio.sleep(seconds)
     cpu = cpu_seconds(scheduler_pid) - cpu_before
-    after = await asyncio.to_thread(health.scheduler_stats, addr, 10.0, 0)
+    after = await asyncio.to_thread(probes.scheduler_stats, addr, 10.0, 0)
     first = before.iterations[-1].step_id
     window = [it for it in after.iterations if it.step_id >= first]
     # The iterations' own start times: the GetStats calls (which run on the scheduler's
@@ -166,7 +166,7 @@ async def measure(
     for task in drains:
         task.cancel()
     await client.close()
-    while (await asyncio.to_thread(health.scheduler_stats, addr)).num_running:
+    while (await asyncio.to_thread(probes.scheduler_stats, addr)).num_running:
         await asyncio.sleep(0.05)
     n = max(1, len(window))
     return {

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 
-from sarathi_serve.cli import health
-from sarathi_serve.cli.system import read_system
+from sarathi_serve.common import probes
 from sarathi_serve.common.net import free_port
+from sarathi_serve.common.run_records import read_system
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 
@@ -53,7 +53,7 @@ class LocalSystem:
         """Waits until no request runs or waits (between two trials)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            stats = health.scheduler_stats(self.scheduler_addr, timeout=5.0)
+            stats = probes.scheduler_stats(self.scheduler_addr, timeout=5.0)
             if stats.num_running == 0 and stats.num_waiting == 0:
                 return
             time.sleep(0.5)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from sarathi_serve.cli.system import default_run_dir, read_system
+from sarathi_serve.common.run_records import default_run_dir, read_system
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.scheduler.config import DEFAULT_PORT

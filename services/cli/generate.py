@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from sarathi_serve.cli.system import default_run_dir, read_system
+from sarathi_serve.common.run_records import default_run_dir, read_system
 from sarathi_serve.gateway.config import DEFAULT_PORT
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc

@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sarathi_serve.cli import health
-from sarathi_serve.cli.system import default_run_dir, pid_alive, read_system
+from sarathi_serve.common import probes
+from sarathi_serve.common.run_records import default_run_dir, pid_alive, read_system
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         if record.role == "up":
             state = "RUNNING" if alive else "EXITED"
         else:
-            state = health.probe(record.role, record.address) if alive else "EXITED"
+            state = probes.probe(record.role, record.address) if alive else "EXITED"
         rows.append({**asdict(record), "health": state})
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sarathi_serve.cli import health
-from sarathi_serve.cli.system import (
+from sarathi_serve.common import probes
+from sarathi_serve.common.models import DEFAULT_MODEL, resolve_model
+from sarathi_serve.common.net import free_port, port_free
+from sarathi_serve.common.run_records import (
     ProcessRecord,
     clear_system,
     default_run_dir,
@@ -28,8 +30,6 @@ from sarathi_serve.cli.system import (
     read_system,
     write_system,
 )
-from sarathi_serve.common.models import DEFAULT_MODEL, resolve_model
-from sarathi_serve.common.net import free_port, port_free
 from sarathi_serve.gateway.config import DEFAULT_HTTP_PORT as GATEWAY_HTTP_PORT
 from sarathi_serve.gateway.config import DEFAULT_PORT as GATEWAY_PORT
 from sarathi_serve.scheduler.config import DEFAULT_PORT as SCHEDULER_PORT
@@ -420,7 +420,7 @@ def _start_all(children: list[Child], stop: threading.Event) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
 
     def ready(addrs: list[str]) -> bool:
-        return any(health.leads_with_a_worker(a, min_workers=workers) for a in addrs)
+        return any(probes.leads_with_a_worker(a, min_workers=workers) for a in addrs)
 
     workers = sum(c.role == "worker" for c in children) // max(len(by_variant), 1)
     while not all(ready(addrs) for addrs in by_variant.values()):
@@ -430,7 +430,7 @@ def _start_all(children: list[Child], stop: threading.Event) -> None:
 
 def _wait_ready(child: Child, stop: threading.Event) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while health.probe(child.role, child.address) not in ("SERVING", "LEADER"):
+    while probes.probe(child.role, child.address) not in ("SERVING", "LEADER"):
         _check_alive([child], stop, deadline)
         time.sleep(0.2)
 

@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from sarathi_serve.cli import health
-from sarathi_serve.cli.system import ProcessRecord, read_system
+from sarathi_serve.common import probes
 from sarathi_serve.common.net import free_port
+from sarathi_serve.common.run_records import ProcessRecord, read_system
 
 
 class RunningSystem:
@@ -97,14 +97,14 @@ class RunningSystem:
         """The leading scheduler's address."""
         for record in self.schedulers:
             try:
-                if health.scheduler_stats(record.address, timeout=2.0).is_leader:
+                if probes.scheduler_stats(record.address, timeout=2.0).is_leader:
                     return record.address
             except Exception:  # a dead or starting scheduler
                 continue
         raise RuntimeError("no scheduler leads")
 
     def stats(self, max_iterations: int = 0):
-        return health.scheduler_stats(self.scheduler_addr, max_iterations=max_iterations)
+        return probes.scheduler_stats(self.scheduler_addr, max_iterations=max_iterations)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:

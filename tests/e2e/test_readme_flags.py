@@ -20,8 +20,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from sarathi_serve.cli import health
-from sarathi_serve.cli.system import pid_alive
+from sarathi_serve.common import probes
+from sarathi_serve.common.run_records import pid_alive
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
 from tests.e2e.oracle import PROMPTS, generate_concurrently, generate_tokens, wait_until
@@ -220,7 +220,7 @@ def test_gateway_killed_its_requests_are_aborted_after_the_grace(system):
     system.refresh()
     assert system.record("gateway").restarts == 1
     wait_until(
-        lambda: health.probe("gateway", system.gateway_addr) == "SERVING", "gateway back", 120
+        lambda: probes.probe("gateway", system.gateway_addr) == "SERVING", "gateway back", 120
     )
     assert len(generate_tokens(system.gateway_addr, "Hi", 2, api_key=FILE_KEY)) == 2
 

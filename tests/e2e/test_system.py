@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 
-from sarathi_serve.cli.system import pid_alive
+from sarathi_serve.common.run_records import pid_alive
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
 from tests.e2e.system import run_cli as cli

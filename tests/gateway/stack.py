@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from sarathi_serve.cli import health
+from sarathi_serve.common import probes
 from sarathi_serve.common.net import free_port
 
 _PY = [sys.executable, "-m"]
@@ -103,7 +103,7 @@ class NullStack:
             if any(p.poll() is not None for p in self.processes):
                 break
             ready = all(
-                health.leads_with_a_worker(addr, self.num_workers)
+                probes.leads_with_a_worker(addr, self.num_workers)
                 for addr in self.scheduler_addrs.values()
             ) and _http_ok(f"{self.base_url}/health", self.verify)
             if ready:
@@ -118,7 +118,7 @@ class NullStack:
         )
 
     def stats(self, variant: str = "default"):
-        return health.scheduler_stats(self.scheduler_addrs[variant], timeout=5.0)
+        return probes.scheduler_stats(self.scheduler_addrs[variant], timeout=5.0)
 
     @property
     def alive(self) -> bool:

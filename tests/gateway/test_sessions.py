@@ -20,7 +20,7 @@ import grpc
 import httpx2 as httpx
 import pytest
 
-from sarathi_serve.cli import health
+from sarathi_serve.common import probes
 from sarathi_serve.common.net import free_port
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.gateway.scheduler_client import SchedulerClient
@@ -50,7 +50,7 @@ class Scheduler:
             self._spawn(logs / "worker.log", "worker", "--null-model", "--null-step-ms",
                         str(STEP_MS), "--scheduler-addr", self.addr, "--port", str(free_port())),
         ]  # fmt: skip
-        wait_until(lambda: health.leads_with_a_worker(self.addr, 1), "a leader with a worker")
+        wait_until(lambda: probes.leads_with_a_worker(self.addr, 1), "a leader with a worker")
 
     @staticmethod
     def _spawn(log_path, role: str, *args: str) -> subprocess.Popen[bytes]:
@@ -59,7 +59,7 @@ class Scheduler:
         return subprocess.Popen(argv, stdout=log, stderr=log)
 
     def stats(self):
-        return health.scheduler_stats(self.addr, timeout=5.0)
+        return probes.scheduler_stats(self.addr, timeout=5.0)
 
     def stop(self) -> None:
         for p in self.processes:

@@ -1,4 +1,5 @@
-"""Probes used by `up` (readiness) and `status` (health column)."""
+"""Health probes of the services (gRPC health, the scheduler's stats, Redis PING), used by `up`
+(readiness), `status` (its health column), the benchmarks and the tests."""
 
 from __future__ import annotations
 
