@@ -4,14 +4,14 @@ from pathlib import Path
 import pytest
 
 from sarathi_serve.common.models import DEFAULT_MODEL, resolve_model
-from sarathi_serve.worker.attention.cpu_kernel import load_paged_decode
+from sarathi_serve.worker import prepare_cpu_kernels
 
 
 @pytest.fixture(scope="session", autouse=True)
 def cpu_decode_kernel_built():
     """Builds the CPU decode kernel once, before any test starts a worker process
     (a fresh machine's first build takes about a minute; workers then load it)."""
-    load_paged_decode()
+    prepare_cpu_kernels()
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ from sarathi_serve.gateway.config import DEFAULT_HTTP_PORT as GATEWAY_HTTP_PORT
 from sarathi_serve.gateway.config import DEFAULT_PORT as GATEWAY_PORT
 from sarathi_serve.scheduler.config import DEFAULT_PORT as SCHEDULER_PORT
 from sarathi_serve.scheduler.policies import POLICIES
-from sarathi_serve.worker.attention.cpu_kernel import load_paged_decode
+from sarathi_serve.worker import prepare_cpu_kernels
 from sarathi_serve.worker.config import DEFAULT_HEALTH_PORT as WORKER_PORT
 
 READY_TIMEOUT_S = 300.0
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"preparing model {args.model} ...", flush=True)
     resolve_model(args.model)
-    load_paged_decode()  # CPU workers' decode kernel: the first build takes about a minute
+    prepare_cpu_kernels()  # CPU workers' decode kernel: the first build takes about a minute
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
