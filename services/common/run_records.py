@@ -1,4 +1,4 @@
-"""The record of a running system (`system.json` in the run folder) and port helpers."""
+"""The record of a running system (`system.json` in the run folder) and process liveness."""
 
 from __future__ import annotations
 

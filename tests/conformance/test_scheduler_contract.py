@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -80,6 +81,21 @@ def scheduler_addr():
     process.wait(10)
 
 
+def read_until_closed(peer: Any, stream: Any, handle: Callable[[Any], None]) -> None:
+    """Hands each message of `stream` to `handle`. Whatever ends it other than the peer's
+    own close() (a CANCELLED after it) is kept in `peer.error`, raised by the test's waits."""
+    try:
+        for message in stream:
+            handle(message)
+        if not peer.closing:
+            raise AssertionError("the scheduler ended the stream")
+    except grpc.RpcError as exc:
+        if not (peer.closing and exc.code() == grpc.StatusCode.CANCELLED):
+            peer.error = exc
+    except BaseException as exc:
+        peer.error = exc
+
+
 class ContractWorker(threading.Thread):
     """A worker that computes nothing and asserts the plan invariants of the contract."""
 
@@ -109,17 +125,10 @@ class ContractWorker(threading.Thread):
             eos_token_id=EOS,
         )
         self.outbox.put(pb.WorkerMessage(hello=hello))
-        try:
-            self.call = call = self.stub.Attach(iter(self.outbox.get, None))
-            for plan in call:
-                self.outbox.put(pb.WorkerMessage(result=self.step(plan)))
-            if not self.closing:
-                raise AssertionError("the scheduler ended the Attach stream")
-        except grpc.RpcError as exc:
-            if not (self.closing and exc.code() == grpc.StatusCode.CANCELLED):
-                self.error = exc
-        except BaseException as exc:
-            self.error = exc
+        self.call = self.stub.Attach(iter(self.outbox.get, None))
+        read_until_closed(
+            self, self.call, lambda plan: self.outbox.put(pb.WorkerMessage(result=self.step(plan)))
+        )
 
     def close(self) -> None:
         """Ends the Attach stream (half-close, else cancel) and the thread."""
@@ -214,30 +223,22 @@ class Gateway:
         self.reader.start()
 
     def _read(self) -> None:
-        try:
-            for batch in self.call:
-                self.batches.put(batch)
-                packed = list(
-                    zip(batch.token_request_ids, batch.token_ids, batch.token_indexes, strict=True)
-                )
-                named = [rid for rid, _, _ in packed] + [e.request_id for e in batch.events]
-                if len(named) != len(set(named)):
-                    self.violations.append(f"a request twice in one SessionEvents: {named}")
-                for request_id, token, index in packed:  # as events, to read them alike
-                    self.events[request_id].put(
-                        pb.RequestEvent(
-                            request_id=request_id, token_ids=[token], first_token_index=index
-                        )
-                    )
-                for event in batch.events:
-                    self.events[event.request_id].put(event)
-            if not self.closing:
-                raise AssertionError("the scheduler ended the Session stream")
-        except grpc.RpcError as exc:
-            if not (self.closing and exc.code() == grpc.StatusCode.CANCELLED):
-                self.error = exc
-        except BaseException as exc:
-            self.error = exc
+        read_until_closed(self, self.call, self._take)
+
+    def _take(self, batch: pb.SessionEvents) -> None:
+        self.batches.put(batch)
+        packed = list(
+            zip(batch.token_request_ids, batch.token_ids, batch.token_indexes, strict=True)
+        )
+        named = [rid for rid, _, _ in packed] + [e.request_id for e in batch.events]
+        if len(named) != len(set(named)):
+            self.violations.append(f"a request twice in one SessionEvents: {named}")
+        for request_id, token, index in packed:  # as events, to read them alike
+            self.events[request_id].put(
+                pb.RequestEvent(request_id=request_id, token_ids=[token], first_token_index=index)
+            )
+        for event in batch.events:
+            self.events[event.request_id].put(event)
 
     def close(self) -> None:
         """Ends the Session stream (half-close, else cancel) and its reader."""

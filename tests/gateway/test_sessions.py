@@ -205,6 +205,9 @@ def test_the_client_sends_its_queued_aborts_before_it_closes(tmp_path):
         asyncio.run(scenario())
         # freed at once, not after the 300 s grace of a gateway that went away
         wait_until(lambda: patient.stats().num_running == 0, "the abort", 30)
+        stats = patient.stats()
+        assert stats.num_running == stats.num_waiting == 0
+        assert stats.num_free_kv_blocks == stats.num_total_kv_blocks
     finally:
         patient.stop()
 
