@@ -42,7 +42,7 @@ from sarathi_serve.bench.serving import (
 )
 from sarathi_serve.bench.system import LocalSystem
 from sarathi_serve.bench.workload import make_requests
-from sarathi_serve.scheduler.policies import POLICIES
+from sarathi_serve.scheduler.policies import DEFAULT_TOKEN_BUDGET, POLICIES
 
 MAX_SCHEDULING_DELAY_S = 2.0
 
@@ -65,7 +65,7 @@ class Config:
         if policy not in POLICIES:
             raise argparse.ArgumentTypeError(f"{text!r}: POLICY:BUDGET[:TBT_MS] or NAME=URL")
         config = cls(
-            name=text, policy=policy, token_budget=int(budget or 512),
+            name=text, policy=policy, token_budget=int(budget or DEFAULT_TOKEN_BUDGET),
             target_tbt_ms=float(target or 0),
         )  # fmt: skip
         return config

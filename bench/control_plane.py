@@ -179,7 +179,7 @@ async def measure(
         "worker_ms": sum(it.execution_ms for it in window) / n,
         "scheduling_ms": sum(it.scheduling_ms for it in window) / n,
         "persist_ms": sum(it.persist_ms for it in window) / n,
-        "inter_batch_delay_ms": sum(it.inter_batch_delay_ms for it in window) / n,
+        "worker_wait_ms": sum(it.worker_wait_ms for it in window) / n,
     }
 
 
@@ -243,7 +243,7 @@ def _format(row: dict[str, float]) -> str:
     return (
         f"{row['step_ms']:>5g} {'on' if row['redis'] else 'off':>5} {row['running']:>7} "
         f"{row['iterations_per_s']:>7.0f} {row['ms_per_iteration']:>8.2f} "
-        f"{row['exposed_ms']:>8.2f} {row['inter_batch_delay_ms']:>6.2f} "
+        f"{row['exposed_ms']:>8.2f} {row['worker_wait_ms']:>6.2f} "
         f"{row['scheduler_cpu_ms']:>9.2f} {row['worker_ms']:>7.2f} "
         f"{row['scheduling_ms']:>6.2f} {row['persist_ms']:>6.2f}"
     )

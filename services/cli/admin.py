@@ -97,6 +97,6 @@ def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
         print(
             f"{it.step_id:>6} {it.token_budget:>6} {it.policy:>18} {it.batch_size:>5} "
             f"{it.num_prefill_tokens:>7} {it.num_decode_tokens:>6} {it.execution_ms:>8.1f} "
-            f"{it.inter_batch_delay_ms:>7.2f}"
+            f"{it.worker_wait_ms:>7.2f}"
         )
     return 0

@@ -11,6 +11,7 @@ from sarathi_serve.common.step import (
     StepPlan,
     StepResult,
     TokenLogprobs,
+    WorkerGeometry,
 )
 from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.protocol import scheduler_pb2 as pb
@@ -53,6 +54,26 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
         presence_penalty=msg.presence_penalty,
         frequency_penalty=msg.frequency_penalty,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
+    )
+
+
+def hello_to_pb(worker_id: str, model: str, geometry: WorkerGeometry) -> pb.WorkerHello:
+    return pb.WorkerHello(
+        worker_id=worker_id,
+        model=model,
+        num_kv_blocks=geometry.num_kv_blocks,
+        block_size=geometry.block_size,
+        max_model_len=geometry.max_model_len,
+        eos_token_id=geometry.eos_token_id,
+    )
+
+
+def geometry_from_pb(hello: pb.WorkerHello) -> WorkerGeometry:
+    return WorkerGeometry(
+        num_kv_blocks=hello.num_kv_blocks,
+        block_size=hello.block_size,
+        max_model_len=hello.max_model_len,
+        eos_token_id=hello.eos_token_id,
     )
 
 
@@ -128,7 +149,7 @@ def result_to_pb(result: StepResult) -> pb.StepResult:
         error=result.error,
         logprob_rows=[rows[rid] for rid in result.logprobs],
         logprobs=[logprobs_to_pb(lp) for lp in result.logprobs.values()],
-        wait_ms=result.wait_ms,
+        worker_wait_ms=result.worker_wait_ms,
     )
 
 
@@ -142,7 +163,7 @@ def result_from_pb(msg: pb.StepResult) -> StepResult:
             msg.request_ids[row]: logprobs_from_pb(lp)
             for row, lp in zip(msg.logprob_rows, msg.logprobs, strict=True)
         },
-        wait_ms=msg.wait_ms,
+        worker_wait_ms=msg.worker_wait_ms,
     )
 
 

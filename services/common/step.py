@@ -8,6 +8,16 @@ from sarathi_serve.common.sampling import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerGeometry:
+    """What a worker has and serves, told to the scheduler when it attaches."""
+
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int
+    eos_token_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class NewRequest:
     """A request the worker has not seen, or must recompute from scratch."""
 
@@ -51,4 +61,4 @@ class StepResult:
     execution_ms: float = 0.0
     error: str = ""
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)  # who asked for them
-    wait_ms: float = 0.0  # the worker waited this long for the plan (after its last result)
+    worker_wait_ms: float = 0.0  # the worker waited this long for the plan after its last result

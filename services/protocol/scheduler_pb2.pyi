@@ -189,7 +189,7 @@ class StepPlan(_message.Message):
     def __init__(self, step_id: _Optional[int] = ..., new_requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., freed_request_ids: _Optional[_Iterable[str]] = ..., chunk_request_ids: _Optional[_Iterable[str]] = ..., chunk_num_tokens: _Optional[_Iterable[int]] = ..., chunk_num_new_blocks: _Optional[_Iterable[int]] = ..., new_block_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step_id", "request_ids", "token_ids", "execution_ms", "error", "logprob_rows", "logprobs", "wait_ms")
+    __slots__ = ("step_id", "request_ids", "token_ids", "execution_ms", "error", "logprob_rows", "logprobs", "worker_wait_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -197,7 +197,7 @@ class StepResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_ROWS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
-    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -205,8 +205,8 @@ class StepResult(_message.Message):
     error: str
     logprob_rows: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprobs]
-    wait_ms: float
-    def __init__(self, step_id: _Optional[int] = ..., request_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., execution_ms: _Optional[float] = ..., error: _Optional[str] = ..., logprob_rows: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., wait_ms: _Optional[float] = ...) -> None: ...
+    worker_wait_ms: float
+    def __init__(self, step_id: _Optional[int] = ..., request_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., execution_ms: _Optional[float] = ..., error: _Optional[str] = ..., logprob_rows: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., worker_wait_ms: _Optional[float] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ("max_iterations",)
@@ -215,7 +215,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, max_iterations: _Optional[int] = ...) -> None: ...
 
 class IterationStats(_message.Message):
-    __slots__ = ("step_id", "batch_size", "num_prefill_tokens", "num_decode_tokens", "execution_ms", "scheduling_ms", "persist_ms", "inter_batch_delay_ms", "policy", "token_budget", "start_time")
+    __slots__ = ("step_id", "batch_size", "num_prefill_tokens", "num_decode_tokens", "execution_ms", "scheduling_ms", "persist_ms", "worker_wait_ms", "policy", "token_budget", "start_time")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -223,7 +223,7 @@ class IterationStats(_message.Message):
     EXECUTION_MS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_MS_FIELD_NUMBER: _ClassVar[int]
     PERSIST_MS_FIELD_NUMBER: _ClassVar[int]
-    INTER_BATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -234,11 +234,11 @@ class IterationStats(_message.Message):
     execution_ms: float
     scheduling_ms: float
     persist_ms: float
-    inter_batch_delay_ms: float
+    worker_wait_ms: float
     policy: str
     token_budget: int
     start_time: float
-    def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., inter_batch_delay_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ...) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., worker_wait_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished", "num_preemptions", "scheduler_id", "is_leader", "epoch", "replicas")

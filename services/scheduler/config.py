@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sarathi_serve.common.config import parse_config
-from sarathi_serve.scheduler.policies import POLICIES, Policy, make_policy
+from sarathi_serve.scheduler.policies import (
+    DEFAULT_MAX_NUM_SEQS,
+    DEFAULT_TOKEN_BUDGET,
+    POLICIES,
+    Policy,
+    make_policy,
+)
 
 DEFAULT_PORT = 50052
 
@@ -17,8 +23,8 @@ class SchedulerConfig:
     redis_url: str = ""  # empty: no persistence (tests, benchmarks)
     redis_prefix: str = "sarathi"
     policy: str = "sarathi"
-    token_budget: int = 512
-    max_num_seqs: int = 128
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     max_num_waiting: int = 1024
     watermark: float = 0.01
     max_stats: int = 10_000

@@ -17,21 +17,12 @@ from sarathi_serve.common.step import (
     StepPlan,
     StepResult,
     TokenLogprobs,
+    WorkerGeometry,
 )
 from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
 from sarathi_serve.scheduler.state import SchedulerState
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerGeometry:
-    """What a worker told us when it attached."""
-
-    num_kv_blocks: int
-    block_size: int
-    max_model_len: int
-    eos_token_id: int
 
 
 @dataclass(slots=True)  # not frozen: one per request per step, and frozen ones cost 3x to build

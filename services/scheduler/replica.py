@@ -211,7 +211,7 @@ class Replica:
             scheduling_s=step.scheduling_s,
             # on the replica's loop: planning, applying, waiting for the previous release
             control_s=step.scheduling_s + (time.perf_counter() - t_result),
-            worker_wait_ms=0.0 if step.after_idle else result.wait_ms,
+            worker_wait_ms=0.0 if step.after_idle else result.worker_wait_ms,
         )
         if updates or accepted or ended or planned.plan.chunks:
             self._releasing = self.out.releases.add(
@@ -286,7 +286,7 @@ class Replica:
                 execution_ms=result.execution_ms,
                 scheduling_ms=timing.scheduling_s * 1e3,
                 persist_ms=persist_s * 1e3,
-                inter_batch_delay_ms=timing.worker_wait_ms,
+                worker_wait_ms=timing.worker_wait_ms,
                 policy=planned.policy,
                 token_budget=planned.token_budget,
                 start_time=timing.start_time,

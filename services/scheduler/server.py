@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from sarathi_serve.common.convert import sampling_from_pb, stop_reason_to_pb
+from sarathi_serve.common.convert import geometry_from_pb, sampling_from_pb, stop_reason_to_pb
 from sarathi_serve.common.errors import ServiceError
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
-from sarathi_serve.scheduler.core import WorkerGeometry
 from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.policies import Policy, make_policy
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
@@ -149,13 +148,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an attach starts with hello")
         hello = first.hello
-        geometry = WorkerGeometry(
-            num_kv_blocks=hello.num_kv_blocks,
-            block_size=hello.block_size,
-            max_model_len=hello.max_model_len,
-            eos_token_id=hello.eos_token_id,
-        )
-        link = WorkerLink(hello.worker_id, geometry)
+        link = WorkerLink(hello.worker_id, geometry_from_pb(hello))
         loop.attach(link)
         reader = asyncio.create_task(self._read_results(loop, link, context))
         try:

@@ -15,7 +15,7 @@ class IterationStats:
     execution_ms: float  # worker forward + sampling
     scheduling_ms: float  # policy + plan building
     persist_ms: float  # Redis round trip
-    inter_batch_delay_ms: float  # the worker's wait for this plan after its previous result
+    worker_wait_ms: float  # the worker's wait for this plan after its previous result
     policy: str
     token_budget: int
     start_time: float  # unix seconds

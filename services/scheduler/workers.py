@@ -6,9 +6,8 @@ import asyncio
 from collections import deque
 
 from sarathi_serve.common.convert import plan_to_pb, result_from_pb
-from sarathi_serve.common.step import StepPlan, StepResult
+from sarathi_serve.common.step import StepPlan, StepResult, WorkerGeometry
 from sarathi_serve.protocol import scheduler_pb2 as pb
-from sarathi_serve.scheduler.core import WorkerGeometry
 
 
 class WorkerLost(Exception):

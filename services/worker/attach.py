@@ -73,7 +73,7 @@ def _serve_stream(
                 result = pb.StepResult(step_id=step_id, error=f"{type(exc).__name__}: {exc}")
                 engine.reset()
             if last_result_at is not None:  # the control plane this worker waited for
-                result.wait_ms = (received_at - last_result_at) * 1e3
+                result.worker_wait_ms = (received_at - last_result_at) * 1e3
             outbox.put(pb.WorkerMessage(result=result))
             last_result_at = time.perf_counter()
     finally:

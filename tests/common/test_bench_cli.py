@@ -56,7 +56,7 @@ def test_bench_control_plane_writes_its_rows(tmp_path):
         assert row["iterations_per_s"] <= 1e3 / 5.0
         assert row["exposed_ms"] == pytest.approx(row["ms_per_iteration"] - row["worker_ms"])
         assert row["scheduler_cpu_ms"] > 0 and row["scheduling_ms"] > 0
-        assert row["inter_batch_delay_ms"] >= 0
+        assert row["worker_wait_ms"] >= 0
     off, on = rows
     assert on["persist_ms"] > max(0.02, 5 * off["persist_ms"])  # the Redis round trip
     assert "Redis on" in stdout.splitlines()[-1]

@@ -78,7 +78,7 @@ def test_a_plan_whose_block_ids_do_not_add_up_is_refused():
 
 def test_result_round_trip():
     result = StepResult(
-        step_id=3, sampled={"a": 11, "b": 0}, execution_ms=12.5, error="", wait_ms=0.25
+        step_id=3, sampled={"a": 11, "b": 0}, execution_ms=12.5, error="", worker_wait_ms=0.25
     )
     assert result_from_pb(result_to_pb(result)) == result
     with_logprobs = StepResult(

@@ -4,8 +4,8 @@ import pytest
 
 from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted
 from sarathi_serve.common.sampling import SamplingParams
-from sarathi_serve.common.step import StepResult
-from sarathi_serve.scheduler.core import SchedulerCore, WorkerGeometry
+from sarathi_serve.common.step import StepResult, WorkerGeometry
+from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 from sarathi_serve.scheduler.request import Request, StopReason
 from tests.scheduler.helpers import make_request

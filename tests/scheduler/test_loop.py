@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from sarathi_serve.scheduler.core import SchedulerCore, WorkerGeometry
+from sarathi_serve.common.step import WorkerGeometry
+from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.sessions import SessionHub

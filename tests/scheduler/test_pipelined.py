@@ -7,8 +7,8 @@ from collections import deque
 import pytest
 
 from sarathi_serve.common.sampling import SamplingParams
-from sarathi_serve.common.step import StepResult
-from sarathi_serve.scheduler.core import SchedulerCore, WorkerGeometry
+from sarathi_serve.common.step import StepResult, WorkerGeometry
+from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.worker.engine import WorkerEngine

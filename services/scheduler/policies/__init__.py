@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from sarathi_serve.scheduler.policies.base import Policy, Schedule
+from sarathi_serve.scheduler.policies.base import (
+    DEFAULT_MAX_NUM_SEQS,
+    DEFAULT_TOKEN_BUDGET,
+    Policy,
+    Schedule,
+)
 from sarathi_serve.scheduler.policies.baselines import (
     FasterTransformerPolicy,
     OrcaPolicy,
@@ -41,4 +46,11 @@ def make_policy(
     return policy
 
 
-__all__ = ["POLICIES", "Policy", "Schedule", "make_policy"]
+__all__ = [
+    "DEFAULT_MAX_NUM_SEQS",
+    "DEFAULT_TOKEN_BUDGET",
+    "POLICIES",
+    "Policy",
+    "Schedule",
+    "make_policy",
+]

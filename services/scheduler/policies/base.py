@@ -9,6 +9,10 @@ from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.request import Request, RequestStatus
 from sarathi_serve.scheduler.state import SchedulerState
 
+# The defaults of every policy and of the scheduler's flags (one place for each).
+DEFAULT_TOKEN_BUDGET = 512  # tokens per iteration: the paper's chunk size on these models
+DEFAULT_MAX_NUM_SEQS = 128  # running requests per replica
+
 
 @dataclass(slots=True)
 class Schedule:

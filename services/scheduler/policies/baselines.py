@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.policies.base import (
+    DEFAULT_MAX_NUM_SEQS,
+    DEFAULT_TOKEN_BUDGET,
     Schedule,
     StaticBudget,
     schedule_decodes,
@@ -29,8 +31,8 @@ from sarathi_serve.scheduler.state import SchedulerState
 
 @dataclass(slots=True)
 class VllmPolicy(StaticBudget):
-    token_budget: int = 2048
-    max_num_seqs: int = 128
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     name: str = "vllm"
 
     def __post_init__(self) -> None:
@@ -48,8 +50,8 @@ class VllmPolicy(StaticBudget):
 
 @dataclass(slots=True)
 class OrcaPolicy(StaticBudget):
-    token_budget: int = 2048
-    max_num_seqs: int = 128
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     name: str = "orca"
 
     def __post_init__(self) -> None:
@@ -66,8 +68,8 @@ class OrcaPolicy(StaticBudget):
 
 @dataclass(slots=True)
 class FasterTransformerPolicy(StaticBudget):
-    token_budget: int = 2048
-    max_num_seqs: int = 128
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     name: str = "faster_transformer"
 
     def __post_init__(self) -> None:

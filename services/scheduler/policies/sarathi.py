@@ -26,7 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sarathi_serve.scheduler.block_manager import BlockManager
-from sarathi_serve.scheduler.policies.base import Schedule, schedule_decodes, validate_limits
+from sarathi_serve.scheduler.policies.base import (
+    DEFAULT_MAX_NUM_SEQS,
+    DEFAULT_TOKEN_BUDGET,
+    Schedule,
+    schedule_decodes,
+    validate_limits,
+)
 from sarathi_serve.scheduler.policies.step_model import StepTimeModel
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.state import SchedulerState
@@ -37,8 +43,8 @@ MAX_BUDGET_FACTOR = 4
 
 @dataclass(slots=True)
 class SarathiPolicy:
-    token_budget: int = 512
-    max_num_seqs: int = 128
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     target_tbt_ms: float = 0.0  # > 0: an SLO-driven budget per iteration
     low_chunk_size: int = 0  # > 0: the dynamic chunk schedule, from token_budget down to this
     chunk_schedule_max_tokens: int = 8192
