@@ -42,10 +42,10 @@ class GatewayConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> GatewayConfig:
-        return parse_config(cls, argv, role="gateway", helps=_HELPS)
+        return parse_config(cls, argv, role="gateway", helps=HELPS)
 
 
-_HELPS = {
+HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "scheduler_addr": "host:port of the scheduler, or a comma-separated list (leader + standbys)",
     "resume_timeout_s": "how long requests wait for a scheduler to lead again before failing",
     "model": "the default model's name or a local Hugging Face checkpoint folder",

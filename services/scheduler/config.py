@@ -60,10 +60,10 @@ class SchedulerConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> SchedulerConfig:
-        return parse_config(cls, argv, role="scheduler", helps=_HELPS)
+        return parse_config(cls, argv, role="scheduler", helps=HELPS)
 
 
-_HELPS = {
+HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "redis_url": "Redis holding request state; empty: no persistence",
     "policy": f"scheduling policy: {', '.join(sorted(POLICIES))}",
     "token_budget": "tokens per iteration (the chunk size)",

@@ -74,10 +74,10 @@ class WorkerConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> WorkerConfig:
-        return parse_config(cls, argv, role="worker", helps=_HELPS)
+        return parse_config(cls, argv, role="worker", helps=HELPS)
 
 
-_HELPS = {
+HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "scheduler_addr": "host:port of the scheduler, or a comma-separated list (leader + standbys)",
     "model": "the default model's name or a local Hugging Face checkpoint folder",
     "worker_id": "name shown in logs and stats; empty: hostname-pid",
