@@ -15,7 +15,6 @@ import torch
 from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.metrics import serve_metrics
-from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.worker.attach import attach_forever
 from sarathi_serve.worker.config import WorkerConfig
 from sarathi_serve.worker.group import start_engine
@@ -28,17 +27,10 @@ async def serve(config: WorkerConfig) -> None:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     engine, runner, stop_group = start_engine(config)
-    metered = MeteredEngine(engine, runner.kv_cache.num_blocks)
+    geometry = runner.geometry
+    metered = MeteredEngine(engine, geometry.num_kv_blocks)
     serve_metrics(metered.registry, config.host, config.metrics_port)
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    hello = pb.WorkerHello(
-        worker_id=worker_id,
-        model=config.model,
-        num_kv_blocks=runner.kv_cache.num_blocks,
-        block_size=runner.block_size,
-        max_model_len=runner.max_model_len,
-        eos_token_id=runner.eos_token_id,
-    )
     # The health server answers on its own port; the model runs in a thread.
     server = grpc.aio.server(options=SERVER_OPTIONS)
     health = add_health_and_reflection(server, [])
@@ -58,7 +50,9 @@ async def serve(config: WorkerConfig) -> None:
         config.scheduler_addr,
     )
     try:
-        await asyncio.to_thread(attach_forever, metered, config.scheduler_addrs, hello, stop)
+        await asyncio.to_thread(
+            attach_forever, metered, config.scheduler_addrs, worker_id, config.model, geometry, stop
+        )
     finally:
         stop_group()
         await server.stop(grace=0.5)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import grpc
 
-from sarathi_serve.common.convert import plan_from_pb, result_to_pb
+from sarathi_serve.common.convert import hello_to_pb, plan_from_pb, result_to_pb
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
-from sarathi_serve.common.step import StepPlan
+from sarathi_serve.common.step import StepPlan, WorkerGeometry
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.worker.parallel import Engine
@@ -24,11 +24,18 @@ _MAX_BACKOFF_S = 1.0
 
 
 def attach_forever(
-    engine: Engine, scheduler_addrs: list[str], hello: pb.WorkerHello, stop: threading.Event
+    engine: Engine,
+    scheduler_addrs: list[str],
+    worker_id: str,
+    model: str,
+    geometry: WorkerGeometry,
+    stop: threading.Event,
 ) -> None:
-    """Serves plans until `stop` is set. When the stream breaks (or a standby
+    """Serves plans until `stop` is set, introducing itself on each stream as
+    `worker_id` serving `model` with `geometry`. When the stream breaks (or a standby
     answers UNAVAILABLE), it forgets its sequences and dials the next address;
     the leader recomputes whatever was running here."""
+    hello = hello_to_pb(worker_id, model, geometry)
     backoff, attempt = 0.05, 0
     while not stop.is_set():
         addr = scheduler_addrs[attempt % len(scheduler_addrs)]

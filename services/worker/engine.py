@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
-from sarathi_serve.common.step import StepPlan, StepResult
-from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence, StepOutput
+from sarathi_serve.common.step import StepPlan, StepResult, WorkerGeometry
+from sarathi_serve.worker.model_runner import BatchEntry, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
 
 
+class Runner(Protocol):
+    """What runs a batch: the model (ModelRunner) or nothing at all (NullRunner)."""
+
+    @property
+    def geometry(self) -> WorkerGeometry:
+        """What the scheduler is told when this worker attaches."""
+        ...
+
+    def execute(self, batch: list[BatchEntry]) -> StepOutput: ...
+
+
 class WorkerEngine:
-    def __init__(self, runner: ModelRunner):
+    def __init__(self, runner: Runner):
         self.runner = runner
         self.sequences: dict[str, Sequence] = {}
 

@@ -20,7 +20,7 @@ from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.models import resolve_model
 from sarathi_serve.common.net import free_port
 from sarathi_serve.worker.config import WorkerConfig
-from sarathi_serve.worker.engine import WorkerEngine
+from sarathi_serve.worker.engine import Runner, WorkerEngine
 from sarathi_serve.worker.model_runner import ModelRunner
 from sarathi_serve.worker.null_runner import NullRunner
 from sarathi_serve.worker.parallel import (
@@ -35,15 +35,16 @@ from sarathi_serve.worker.parallel import (
 log = logging.getLogger(__name__)
 
 
-def start_engine(config: WorkerConfig) -> tuple[Engine, ModelRunner, Callable[[], None]]:
+def start_engine(config: WorkerConfig) -> tuple[Engine, Runner, Callable[[], None]]:
     """Loads the model (across the group when tensor_parallel_size > 1).
 
-    Returns rank 0's engine, its model runner, and a function that stops the group.
+    Returns rank 0's engine, its runner (whose geometry the scheduler is told), and a
+    function that stops the group.
     """
     size = config.tensor_parallel_size
     if config.null_model:
         null = NullRunner(step_ms=config.null_step_ms)
-        return WorkerEngine(null), null, lambda: None  # type: ignore[arg-type]
+        return WorkerEngine(null), null, lambda: None
     if size == 1:
         runner = build_runner(config, TensorParallel(), config.seed)
         return WorkerEngine(runner), runner, lambda: None

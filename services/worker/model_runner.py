@@ -18,7 +18,7 @@ from sarathi_serve.common.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-from sarathi_serve.common.step import TokenLogprobs
+from sarathi_serve.common.step import TokenLogprobs, WorkerGeometry
 from sarathi_serve.worker import attention
 from sarathi_serve.worker.attention import AttentionMetadata
 from sarathi_serve.worker.attention.layout import BatchLayout
@@ -175,6 +175,12 @@ class ModelRunner:
     @property
     def block_size(self) -> int:
         return self.kv_cache.spec.block_size
+
+    @property
+    def geometry(self) -> WorkerGeometry:
+        return WorkerGeometry(
+            self.kv_cache.num_blocks, self.block_size, self.max_model_len, self.eos_token_id
+        )
 
     @torch.inference_mode()
     def execute(self, batch: list[BatchEntry]) -> StepOutput:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
 
+from sarathi_serve.common.step import WorkerGeometry
 from sarathi_serve.worker.model_runner import BatchEntry, StepOutput
 
 # Null tokens lie in [NULL_TOKEN_MIN, NULL_TOKEN_MAX): above the null model's EOS
@@ -30,19 +30,20 @@ def null_token(request_id: str, index: int) -> int:
     return NULL_TOKEN_MIN + digest % (NULL_TOKEN_MAX - NULL_TOKEN_MIN)
 
 
-@dataclass(frozen=True, slots=True)
-class _Geometry:
-    num_blocks: int
-
-
 class NullRunner:
     block_size = 16
     max_model_len = 1 << 20
     eos_token_id = 0  # never a null token: a null request ends by length (or a stop token)
 
     def __init__(self, num_blocks: int = 1 << 20, step_ms: float = 0.0):
-        self.kv_cache = _Geometry(num_blocks)
+        self.num_kv_blocks = num_blocks
         self.step_s = step_ms / 1e3  # > 0: a step takes this long, like an accelerator's
+
+    @property
+    def geometry(self) -> WorkerGeometry:
+        return WorkerGeometry(
+            self.num_kv_blocks, self.block_size, self.max_model_len, self.eos_token_id
+        )
 
     def execute(self, batch: list[BatchEntry]) -> StepOutput:
         if self.step_s:

@@ -5,7 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.step import WorkerGeometry
 from sarathi_serve.worker.model_runner import BatchEntry, ModelRunner, Sequence
+from sarathi_serve.worker.null_runner import NullRunner
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -112,6 +114,16 @@ def test_greedy_decode_matches_hf_generate(tiny_llama):
             pad_token_id=0,
         )[0, len(prompt) :].tolist()
         assert seq.token_ids[len(prompt) :] == expected
+
+
+def test_geometry_is_what_the_runner_holds(tiny_llama):
+    runner = ModelRunner(tiny_llama, kv_cache_bytes=4 << 20, block_size=4)
+    # 2 layers x (K, V) x 2 KV heads x 4 tokens x 16 dims x 4 bytes = 2 KiB a block
+    assert runner.geometry == WorkerGeometry(
+        num_kv_blocks=2048, block_size=4, max_model_len=512, eos_token_id=2
+    )
+    assert runner.geometry.num_kv_blocks == runner.kv_cache.num_blocks
+    assert NullRunner(num_blocks=7).geometry == WorkerGeometry(7, 16, 1 << 20, 0)
 
 
 @pytest.mark.gpu
