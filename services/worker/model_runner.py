@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -69,6 +69,42 @@ class BatchEntry:
     num_tokens: int  # tokens to compute this step, from num_computed_tokens on
 
 
+def _load_model(
+    model_path: Path | None, model: PreTrainedModel | None, dtype: torch.dtype, tp: TensorParallel
+) -> PreTrainedModel:
+    """The checkpoint at `model_path` (or `model`, built in memory: benchmarks with random
+    weights) on our attention, cut to this rank's slice under tensor parallelism."""
+    from transformers import AutoModelForCausalLM
+
+    name = attention.register()
+    if model is None:
+        if model_path is None:
+            raise ValueError("ModelRunner needs a model_path or a model")
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, attn_implementation=name, dtype=dtype
+        )
+    else:
+        model.set_attn_implementation(name)
+    if tp.enabled:
+        check_divisible(model.config, tp.world_size)
+        shard_model(model, tp)
+    return model
+
+
+def _kv_cache_spec(
+    cfg: Any, tp: TensorParallel, block_size: int, dtype: torch.dtype
+) -> KVCacheSpec:
+    """The KV cache of this rank's heads (all of them without tensor parallelism)."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return KVCacheSpec(
+        num_layers=cfg.num_hidden_layers,
+        num_kv_heads=cfg.num_key_value_heads // tp.world_size,
+        head_dim=head_dim,
+        block_size=block_size,
+        dtype=dtype,
+    )
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -86,22 +122,8 @@ class ModelRunner:
         gpu_memory_utilization: float = 0.9,
         profile_tokens: int = 2048,
     ):
-        from transformers import AutoModelForCausalLM
-
-        name = attention.register()
-        if model is None:  # else: a model built in memory (benchmarks with random weights)
-            if model_path is None:
-                raise ValueError("ModelRunner needs a model_path or a model")
-            model = AutoModelForCausalLM.from_pretrained(
-                model_path, attn_implementation=name, dtype=dtype
-            )
-        else:
-            model.set_attn_implementation(name)
-        cfg = model.config
         tp = tp or TensorParallel()
-        if tp.enabled:
-            check_divisible(cfg, tp.world_size)
-            shard_model(model, tp)
+        model = _load_model(model_path, model, dtype, tp)
         self.model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` narrowly
         self.model.eval()
         self.device = torch.device(device)
@@ -109,14 +131,8 @@ class ModelRunner:
         if use_onednn(linear_backend, self.device, dtype):
             pack_linears(self.model)
             self.linear_backend = "onednn"
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        spec = KVCacheSpec(
-            num_layers=cfg.num_hidden_layers,
-            num_kv_heads=cfg.num_key_value_heads // tp.world_size,
-            head_dim=head_dim,
-            block_size=block_size,
-            dtype=dtype,
-        )
+        cfg = self.model.config
+        spec = _kv_cache_spec(cfg, tp, block_size, dtype)
         self.backend = attention.select_backend(attention_backend, self.device, block_size)
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id

@@ -32,6 +32,7 @@ class _Chunk:
 
 @dataclass(slots=True)
 class TorchMetadata:
+    num_decodes: int  # Sd
     decode_idx: torch.Tensor  # [Sd] flat index of each decode token
     decode_blocks: torch.Tensor  # [Sd, B] block tables, padded
     decode_lens: torch.Tensor  # [Sd]
@@ -147,7 +148,9 @@ class TorchBackend:
             (torch.tensor(starts, device=dev)[:, None] + torch.arange(n, device=dev)).long()
             for n, starts in first_starts.items()
         ]
-        return TorchMetadata(idx, tables, lens, chunks, layout.block_size, first_chunks)
+        return TorchMetadata(
+            len(decodes), idx, tables, lens, chunks, layout.block_size, first_chunks
+        )
 
     def forward(
         self,
@@ -160,6 +163,8 @@ class TorchBackend:
         scale: float | None,
         window: int | None,
     ) -> torch.Tensor:  # [T, H, D]
+        """Attention of the step's queries: first chunks over their own keys, the
+        others over the cache (which already holds this step's keys)."""
         out = torch.empty_like(q)
         for idx in meta.first_chunks:  # idx: [P, n]
             n = idx.shape[1]
@@ -175,6 +180,22 @@ class TorchBackend:
                 enable_gqa=True,
             )
             out[idx] = o1.transpose(1, 2)
+        if meta.num_decodes or meta.chunks:
+            self._attend_cached(q, k_pool, v_pool, meta, scale, window, out)
+        return out
+
+    def _attend_cached(
+        self,
+        q: torch.Tensor,  # [T, H, D]
+        k_pool: torch.Tensor,  # [KVH, slots, D]
+        v_pool: torch.Tensor,
+        meta: TorchMetadata,
+        scale: float | None,
+        window: int | None,
+        out: torch.Tensor,  # [T, H, D] written at the decode and continuing-chunk rows
+    ) -> None:
+        """The queries whose context is (partly) in the cache: decodes and the chunks
+        that continue a prompt."""
         kv_heads, num_slots, head_dim = k_pool.shape
         num_blocks = num_slots // meta.block_size
         # One row per (head, block): whole [bs, D] runs, several times faster on CPU
@@ -182,7 +203,7 @@ class TorchBackend:
         k_rows = k_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
         v_rows = v_pool.view(kv_heads * num_blocks, meta.block_size * head_dim)
         kernel = self._kernel_for(q, k_pool)
-        if meta.decode_idx.numel() and kernel is not None:
+        if meta.num_decodes and kernel is not None:
             out[meta.decode_idx] = kernel(
                 q[meta.decode_idx],
                 k_pool,
@@ -193,11 +214,11 @@ class TorchBackend:
                 head_dim**-0.5 if scale is None else scale,
                 window or 0,
             )
-        elif meta.decode_idx.numel():
-            num_decodes = meta.decode_blocks.shape[0]
+        elif meta.num_decodes:
             rows = meta.pool_rows(-1, kv_heads, num_blocks)
-            kd = self._gather("k", k_rows, rows).view(kv_heads, num_decodes, -1, head_dim)
-            vd = self._gather("v", v_rows, rows).view(kv_heads, num_decodes, -1, head_dim)
+            shape = (kv_heads, meta.num_decodes, -1, head_dim)
+            kd = self._gather("k", k_rows, rows).view(shape)
+            vd = self._gather("v", v_rows, rows).view(shape)
             od = F.scaled_dot_product_attention(
                 q[meta.decode_idx].unsqueeze(2),  # [Sd, H, 1, D]
                 kd.permute(1, 0, 2, 3),  # [Sd, KVH, B * bs, D], each [L, D] contiguous
@@ -221,4 +242,3 @@ class TorchBackend:
                 enable_gqa=True,
             )
             out[c.start : c.end] = op[0].transpose(0, 1)
-        return out
