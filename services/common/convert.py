@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.session import RequestEvent, SessionEvents
 from sarathi_serve.common.step import (
     NewRequest,
     ScheduledChunk,
@@ -164,6 +165,50 @@ def result_from_pb(msg: pb.StepResult) -> StepResult:
             for row, lp in zip(msg.logprob_rows, msg.logprobs, strict=True)
         },
         worker_wait_ms=msg.worker_wait_ms,
+    )
+
+
+def session_events_to_pb(batch: SessionEvents) -> pb.SessionEvents:
+    return pb.SessionEvents(
+        events=[request_event_to_pb(event) for event in batch.events],
+        token_request_ids=batch.token_request_ids,
+        token_ids=batch.token_ids,
+        token_indexes=batch.token_indexes,
+    )
+
+
+def request_event_to_pb(event: RequestEvent) -> pb.RequestEvent:
+    msg = pb.RequestEvent(
+        request_id=event.request_id,
+        token_ids=event.token_ids,
+        first_token_index=event.first_token_index,
+        logprobs=[logprobs_to_pb(lp) for lp in event.logprobs],
+        error_code=event.error_code,
+        error_message=event.error_message,
+    )
+    if event.stop_reason is not None:
+        msg.stop_reason = stop_reason_to_pb(event.stop_reason)
+    return msg
+
+
+def request_event_from_pb(msg: pb.RequestEvent) -> RequestEvent:
+    return RequestEvent(
+        request_id=msg.request_id,
+        token_ids=tuple(msg.token_ids),
+        first_token_index=msg.first_token_index,
+        logprobs=tuple(logprobs_from_pb(lp) for lp in msg.logprobs),
+        stop_reason=stop_reason_from_pb(msg.stop_reason),
+        error_code=msg.error_code,
+        error_message=msg.error_message,
+    )
+
+
+def session_events_from_pb(msg: pb.SessionEvents) -> SessionEvents:
+    return SessionEvents(
+        events=[request_event_from_pb(event) for event in msg.events],
+        token_request_ids=list(msg.token_request_ids),
+        token_ids=list(msg.token_ids),
+        token_indexes=list(msg.token_indexes),
     )
 
 

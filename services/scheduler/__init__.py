@@ -1,1 +1,1 @@
-"""The scheduler: request state, policies, KV-block accounting, the iteration loop."""
+"""The scheduler: request state, policies, KV-block accounting, the replicas' iterations."""

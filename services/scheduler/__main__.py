@@ -29,19 +29,20 @@ from sarathi_serve.common.grpc_server import (
 )
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.metrics import serve_metrics
-from sarathi_serve.protocol import scheduler_pb2, scheduler_pb2_grpc
 from sarathi_serve.scheduler.config import SchedulerConfig
 from sarathi_serve.scheduler.core import SchedulerCore
+from sarathi_serve.scheduler.front import SchedulerFront
 from sarathi_serve.scheduler.lease import LeaderLease
-from sarathi_serve.scheduler.loop import IterationLoop
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
-from sarathi_serve.scheduler.server import SchedulerServicer
-from sarathi_serve.scheduler.sessions import SessionHub
+from sarathi_serve.scheduler.server import (
+    SERVICE_NAME,
+    SchedulerServicer,
+    add_scheduler_service,
+)
 from sarathi_serve.scheduler.stats import StatsRing
 from sarathi_serve.scheduler.store import Fenced, RedisStore
 
 log = logging.getLogger("sarathi_serve.scheduler")
-SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 EXIT_LOST_LEASE = 75
 
 
@@ -49,10 +50,10 @@ async def serve(config: SchedulerConfig) -> int:
     scheduler_id = config.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
     servicer = SchedulerServicer(scheduler_id)
     metrics = SchedulerMetrics(scheduler_id)
-    metrics.watch(lambda: servicer.loop)
+    metrics.watch(lambda: servicer.front)
     serve_metrics(metrics.registry, config.host, config.metrics_port)
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+    add_scheduler_service(server, servicer)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"
     server.add_insecure_port(address)
@@ -76,16 +77,43 @@ async def _lead(
     stop: asyncio.Event,
     metrics: SchedulerMetrics,
 ) -> int:
-    store, lease, epoch = None, None, 0
+    """Waits for the lease (with Redis), then leads until stopped or fenced off;
+    returns the exit code."""
+    store, lease = None, None
     if config.redis_url:
         client = aioredis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
         lease = LeaderLease(client, config.redis_prefix, scheduler_id, config.lease_ttl_ms)
         log.info("scheduler %s on %s: standby until it holds the lease", scheduler_id, address)
-        acquired = await _wait_for_lease(lease, stop)
-        if acquired is None:
+        epoch = await _wait_for_lease(lease, stop)
+        if epoch is None:
             return 0
-        epoch = acquired
         store = RedisStore(client, prefix=config.redis_prefix, epoch=epoch)
+    front = await _take_over(config, store, metrics)
+    servicer.activate(front, 0 if store is None else store.epoch)
+    await set_serving(health, [SERVICE_NAME], True)
+    log.info(
+        "scheduler %s leads on %s (epoch %d, policy %s, token budget %d, redis %s)",
+        *(scheduler_id, address, servicer.epoch, front.policy.name, front.policy.token_budget),
+        config.redis_url or "off",
+    )
+    tasks = {asyncio.ensure_future(front.run()), asyncio.ensure_future(stop.wait())}
+    if lease is not None:
+        assert store is not None
+        tasks.add(asyncio.ensure_future(_keep_lease(lease, store, servicer)))
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if stop.is_set():
+        if lease is not None:
+            await _quietly(lease.release())
+        return 0
+    return _exit_code_of(done.pop())
+
+
+async def _take_over(
+    config: SchedulerConfig, store: RedisStore | None, metrics: SchedulerMetrics
+) -> SchedulerFront:
+    """The front of a new leader, with the previous leader's requests from Redis."""
 
     def make_core() -> SchedulerCore:  # one per model replica (worker)
         policy = config.make_policy()
@@ -93,39 +121,20 @@ async def _lead(
             policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark
         )
 
-    loop = IterationLoop(
+    front = SchedulerFront(
         make_core,
-        SessionHub(),
         store,
         StatsRing(config.max_stats),
         session_grace_s=config.session_grace_s,
         metrics=metrics,
     )
     if store is not None:
-        loop.recover(await store.load_inflight())
-    servicer.activate(loop, epoch)
-    await set_serving(health, [SERVICE_NAME], True)
-    log.info(
-        "scheduler %s leads on %s (epoch %d, policy %s, token budget %d, redis %s)",
-        scheduler_id,
-        address,
-        epoch,
-        loop.policy.name,
-        loop.policy.token_budget,
-        config.redis_url or "off",
-    )
-    tasks = {asyncio.ensure_future(loop.run()), asyncio.ensure_future(stop.wait())}
-    if lease is not None:
-        assert store is not None
-        tasks.add(asyncio.ensure_future(_keep_lease(lease, store, servicer)))
-    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    finished = done.pop()
-    if stop.is_set():
-        if lease is not None:
-            await _quietly(lease.release())
-        return 0
+        front.recover(await store.load_inflight())
+    return front
+
+
+def _exit_code_of(finished: asyncio.Future[object]) -> int:
+    """A leader that lost its lease exits, so that its supervisor restarts it as a standby."""
     try:
         finished.result()
     except Fenced as exc:

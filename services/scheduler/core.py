@@ -1,6 +1,6 @@
 """The scheduler's bookkeeping, free of I/O: requests in, plans out, results in, updates out.
 
-The iteration loop drives it (`loop.py`); tests drive it by feeding fake
+A replica drives it (`replica.py`); tests drive it by feeding fake
 worker results, as vLLM's scheduler tests do.
 """
 
@@ -81,9 +81,8 @@ class SchedulerCore:
     # ---- requests --------------------------------------------------------
 
     def add(self, request: Request) -> None:
-        """Queues a request; raises InvalidArgument or ResourceExhausted."""
-        if request.request_id in self.requests:
-            raise InvalidArgument(f"request_id {request.request_id!r} is already in flight")
+        """Queues a request; raises InvalidArgument or ResourceExhausted. (A request id
+        already in flight is refused by the front, which sees every replica.)"""
         if not request.prompt_token_ids:
             raise InvalidArgument("prompt_token_ids must not be empty")
         if self.geometry and len(request.prompt_token_ids) >= self.geometry.max_model_len:
@@ -110,6 +109,19 @@ class SchedulerCore:
             del self.requests[request.request_id]
         return taken
 
+    def reclaim(self, request_id: str, session_id: str) -> list[int] | None:
+        """Hands a request to a (reconnected) gateway's session: the output tokens it
+        may have had so far (released), or None when the request is not here."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        request.session_id = session_id
+        request.awaiting_resume = False
+        return request.output_token_ids[: request.num_released]
+
+    def request_ids_of_session(self, session_id: str) -> list[str]:
+        return [r.request_id for r in self.requests.values() if r.session_id == session_id]
+
     def abort(self, request_id: str, now: float) -> Request | None:
         request = self.requests.get(request_id)
         if request is None:
@@ -125,6 +137,16 @@ class SchedulerCore:
             free_kv_blocks=self.blocks.num_free_blocks if self.blocks else 0,
             total_kv_blocks=self.blocks.num_blocks if self.blocks else 0,
             preemptions=self.state.num_preemptions,
+        )
+
+    @property
+    def outstanding_tokens(self) -> int:
+        """Work left: prompt tokens to compute plus tokens still to generate."""
+        return sum(
+            max(r.num_prefill_tokens - r.num_computed_tokens, 0)
+            + r.sampling.max_tokens
+            - len(r.output_token_ids)
+            for r in self.requests.values()
         )
 
     @property

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from sarathi_serve.common.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from sarathi_serve.scheduler.loop import IterationLoop
+    from sarathi_serve.scheduler.front import SchedulerFront
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS[1:])
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
@@ -56,9 +56,9 @@ class SchedulerMetrics:
         self._occupancy = _Occupancy(scheduler_id)
         r.register(self._occupancy)
 
-    def watch(self, loop: Callable[[], IterationLoop | None]) -> None:
-        """Occupancy comes from `loop()` at scrape time (None: a standby)."""
-        self._occupancy.loop = loop
+    def watch(self, front: Callable[[], SchedulerFront | None]) -> None:
+        """Occupancy comes from `front()` at scrape time (None: a standby)."""
+        self._occupancy.front = front
 
     def iteration(
         self,
@@ -84,19 +84,19 @@ class SchedulerMetrics:
 class _Occupancy(Collector):
     def __init__(self, scheduler_id: str):
         self.scheduler_id = scheduler_id
-        self.loop: Callable[[], IterationLoop | None] = lambda: None
+        self.front: Callable[[], SchedulerFront | None] = lambda: None
 
     def collect(self) -> Iterator[Metric]:
-        loop = self.loop()
+        front = self.front()
         leader = GaugeMetricFamily(
             "sarathi_scheduler_is_leader", "1 on the leader", labels=["scheduler_id"]
         )
-        leader.add_metric([self.scheduler_id], float(loop is not None))
+        leader.add_metric([self.scheduler_id], float(front is not None))
         yield leader
-        if loop is None:
+        if front is None:
             return
-        total = loop.occupancy
-        labels = [loop.policy.name]
+        total = front.occupancy
+        labels = [front.policy.name]
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, doc, labels=["policy"])
@@ -112,11 +112,11 @@ class _Occupancy(Collector):
             "sarathi_scheduler_kv_usage_ratio", "Fraction of KV blocks in use",
             (total.total_kv_blocks - total.free_kv_blocks) / max(total.total_kv_blocks, 1),
         )  # fmt: skip
-        yield gauge("sarathi_scheduler_workers", "Attached workers", loop.num_workers)
+        yield gauge("sarathi_scheduler_workers", "Attached workers", front.num_workers)
         for name, doc, value in (
             ("sarathi_scheduler_preemptions", "Recomputes forced by a lack of KV blocks",
              total.preemptions),
-            ("sarathi_scheduler_finished_requests", "Requests ended", loop.stats.num_finished),
+            ("sarathi_scheduler_finished_requests", "Requests ended", front.stats.num_finished),
         ):  # fmt: skip
             counter = CounterMetricFamily(name, doc, labels=["policy"])
             counter.add_metric(labels, value)

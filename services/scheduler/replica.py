@@ -1,88 +1,55 @@
-"""One model replica: a worker, the scheduler core that plans for it, and its iteration loop.
+"""One model replica: a worker, the scheduler core that plans for it, and its iterations.
 
-Every replica has its own KV blocks and requests; the IterationLoop
-(`loop.py`) owns the replicas, routes new requests to them and moves the
-requests of a replica whose worker died to one that has a worker.
+Every replica has its own KV blocks and requests. The front (`front.py`) routes
+requests to replicas and moves them between replicas only through the methods
+below; nothing outside a replica touches its core.
+
+The iterations are pipelined: each turn plans and sends step n+1, then finishes
+step n (waits for its result, applies it, queues its release), so the worker finds
+its next plan waiting when it ends a step and the control plane (planning, gRPC,
+applying, Redis) runs while it computes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.exceptions import RedisError
-
 from sarathi_serve.common.step import StepResult
-from sarathi_serve.scheduler.core import PlannedStep, RequestUpdate, SchedulerCore
-from sarathi_serve.scheduler.metrics import SchedulerMetrics
+from sarathi_serve.scheduler.core import Occupancy, PlannedStep, SchedulerCore
+from sarathi_serve.scheduler.policies import Policy
+from sarathi_serve.scheduler.releasing import Iteration, ReleaseQueue, Releaser, Timing
 from sarathi_serve.scheduler.request import Request
-from sarathi_serve.scheduler.sessions import SessionHub
-from sarathi_serve.scheduler.stats import IterationStats, StatsRing
-from sarathi_serve.scheduler.store import RedisStore
 from sarathi_serve.scheduler.workers import WorkerLink, WorkerLost
 
 log = logging.getLogger(__name__)
 
-_MAX_PERSIST_BACKOFF_S = 2.0
-
-
-class ReleaseChain:
-    """Runs the iterations' releases (persist, then send the tokens) one after another,
-    in the order the iterations ended, whichever replica ran them: a request moved to
-    another replica never has a later token sent before an earlier one. A release that
-    fails fails every release after it (a fenced-off leader writes nothing more)."""
-
-    def __init__(self) -> None:
-        self._last: asyncio.Task[None] | None = None
-
-    def add(self, release: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        previous = self._last
-
-        async def in_order() -> None:
-            if previous is not None:
-                await previous
-            await release()
-
-        self._last = asyncio.ensure_future(in_order())
-        return self._last
+_IDLE_POLL_S = 0.05  # work that cannot be planned yet (no KV blocks): look again after this
 
 
 @dataclass(frozen=True, slots=True)
-class _Timing:
-    """When an iteration started and what its control plane cost (seconds)."""
+class InFlight:
+    """A step planned and sent to a worker; its result is not applied yet."""
 
-    start_time: float  # unix seconds
-    scheduling_s: float  # policy + plan building
-    control_s: float  # planning, applying, waiting for the previous release
-    worker_wait_ms: float  # the worker's wait for this plan (0 after the replica idled)
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """A step sent to the worker (or, with nothing to compute, not sent)."""
-
+    worker: WorkerLink
     planned: PlannedStep
-    result: asyncio.Future[StepResult] | None
+    result: asyncio.Future[StepResult] | None  # None: nothing sent (nothing to compute)
     start_time: float  # unix seconds
     scheduling_s: float
-    after_idle: bool  # planned after the replica waited for work: no worker wait to count
+    after_idle: bool  # nothing was in flight: the worker's wait is not the control plane's
 
 
 @dataclass(slots=True)
-class Outputs:
-    """Where every replica's iterations go: the same for all of them."""
+class Handover:
+    """Requests leaving a replica. None holds KV blocks or a place on a worker."""
 
-    hub: SessionHub
-    store: RedisStore | None
-    stats: StatsRing
-    clock: Callable[[], float]
-    metrics: SchedulerMetrics | None = None
-    releases: ReleaseChain = field(default_factory=ReleaseChain)
+    requests: list[Request] = field(default_factory=list)  # first come, first served
+    unpersisted: list[Request] = field(default_factory=list)  # of those, not in Redis yet
+    ended: list[Request] = field(default_factory=list)  # aborted, end not released yet
 
 
 class Replica:
@@ -90,220 +57,192 @@ class Replica:
         self,
         index: int,
         core: SchedulerCore,
-        outputs: Outputs,
+        releaser: Releaser,
         on_worker_lost: Callable[[WorkerLink, str], None],
+        clock: Callable[[], float] = time.time,
     ):
         self.index = index
-        self.on_worker_lost = on_worker_lost
         self.core = core
-        self.out = outputs
         self.worker: WorkerLink | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.wake = asyncio.Event()
-        self.accepted: list[Request] = []  # to persist with the next iteration
-        self.ended: list[Request] = []  # ended without a token (aborts)
         self.step_id = 0  # the id of the next plan
-        self._in_flight: _InFlight | None = None  # sent, result not applied yet
-        self._idle = True  # the last turn found nothing to do
-        self._releasing: asyncio.Task[None] | None = None  # the last iteration's release
+        self._on_worker_lost = on_worker_lost
+        self._clock = clock
+        self._releases = ReleaseQueue(releaser)
+        self._wake = asyncio.Event()
+        self._accepted: list[Request] = []  # to persist with the next iteration
+        self._ended: list[Request] = []  # ended without a token (aborts)
+
+    # ---- views ----------------------------------------------------------------
 
     @property
     def has_worker(self) -> bool:
         return self.worker is not None and not self.worker.closed
 
+    @property
+    def worker_id(self) -> str:
+        return self.worker.worker_id if self.worker is not None and self.has_worker else ""
+
+    @property
+    def occupancy(self) -> Occupancy:
+        return self.core.occupancy
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.core.requests)
+
+    @property
+    def policy(self) -> Policy:
+        return self.core.policy
+
+    def set_policy(self, policy: Policy) -> None:
+        """From the next plan on: a step in flight was planned whole by the old one."""
+        self.core.policy = policy
+
+    def holds(self, request_id: str) -> bool:
+        return request_id in self.core.requests
+
     def outstanding_tokens(self) -> int:
-        """Work left: prompt tokens to compute plus tokens still to generate."""
-        return sum(
-            max(r.num_prefill_tokens - r.num_computed_tokens, 0)
-            + r.sampling.max_tokens
-            - len(r.output_token_ids)
-            for r in self.core.requests.values()
-        )
+        return self.core.outstanding_tokens
+
+    # ---- requests ---------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Admission checks, then queued; persisted with the next iteration."""
+        self.core.add(request)
+        self._accepted.append(request)
+        self._wake.set()
+
+    def abort(self, request_id: str) -> bool:
+        request = self.core.abort(request_id, self._clock())
+        if request is None:
+            return False
+        self._ended.append(request)
+        self._wake.set()
+        return True
+
+    def abort_session(self, session_id: str) -> None:
+        for request_id in self.core.request_ids_of_session(session_id):
+            self.abort(request_id)
+
+    def reclaim(self, request_id: str, session_id: str) -> list[int] | None:
+        return self.core.reclaim(request_id, session_id)
+
+    def receive(self, request: Request, persisted: bool = True) -> None:
+        """Queues a request that holds nothing (recovered, or handed over)."""
+        self.core.restore(request)
+        if not persisted:
+            self._accepted.append(request)
+        self._wake.set()
+
+    def receive_ended(self, requests: list[Request]) -> None:
+        self._ended.extend(requests)
+        self._wake.set()
+
+    def take_waiting(self) -> Handover:
+        """Hands over the waiting requests (never scheduled, preempted or recovered)."""
+        requests = self.core.take_waiting()
+        taken = set(map(id, requests))
+        unpersisted = [r for r in self._accepted if id(r) in taken]
+        self._accepted = [r for r in self._accepted if id(r) not in taken]
+        return Handover(requests, unpersisted)
+
+    def hand_over(self) -> Handover:
+        """Hands over everything: only a replica without a worker, whose requests all
+        wait to be recomputed."""
+        assert not self.has_worker
+        handover = self.take_waiting()
+        assert not self.core.requests
+        handover.unpersisted.extend(self._accepted)
+        handover.ended, self._accepted, self._ended = self._ended, [], []
+        return handover
+
+    # ---- workers ----------------------------------------------------------------
 
     def attach(self, link: WorkerLink) -> None:
         self.core.attach_worker(link.geometry)
         self.worker = link
-        self._in_flight = None
-        self._idle = True
-        self.wake.set()
+        self._wake.set()
 
-    def detach(self) -> list[Request]:
-        """The worker is gone: its requests wait to be recomputed (here or elsewhere)."""
+    def detach(self) -> int:
+        """The worker is gone: its requests wait to be recomputed (here or elsewhere).
+        A step in flight is dropped: its result is WorkerLost, the link is closed."""
         self.worker = None
-        self._in_flight = None  # its result is WorkerLost: the link is closed
         self.core.detach_worker()
-        return list(self.core.requests.values())
+        return len(self.core.requests)
 
-    def take_all(self) -> tuple[list[Request], list[Request], list[Request]]:
-        """Hands over every request (to another replica): (in flight, accepted, ended)."""
-        requests = list(self.core.requests.values())
-        self.core.requests.clear()
-        self.core.state.waiting.clear()
-        accepted, self.accepted = self.accepted, []
-        ended, self.ended = self.ended, []
-        return requests, accepted, ended
+    # ---- iterations ---------------------------------------------------------------
 
     async def run(self) -> None:
+        in_flight: InFlight | None = None
         while True:
+            if in_flight is not None and in_flight.worker is not self.worker:
+                in_flight = None  # planned for a worker that is gone: recomputed
             worker = self.worker
-            busy = self.core.has_work or self.accepted or self.ended or self._in_flight
-            if worker is None or not busy:
-                if self._releasing is not None:  # idle: finish the last release first
-                    await self._released()
-                    continue
-                self.wake.clear()
-                self._idle = True
-                await self.wake.wait()
+            if worker is None or not (in_flight or self._has_work):
+                await self._idle()
                 continue
             try:
-                await self._iterate(worker)
+                in_flight = await self._turn(worker, in_flight)
             except WorkerLost as exc:
-                self.on_worker_lost(worker, str(exc))
+                in_flight = None
+                self._on_worker_lost(worker, str(exc))
 
-    async def _released(self) -> None:
-        """Waits for the last iteration's release (raising what it raised)."""
-        releasing, self._releasing = self._releasing, None
-        if releasing is not None:
-            await releasing
+    async def _turn(self, worker: WorkerLink, in_flight: InFlight | None) -> InFlight | None:
+        """Plans and sends step n+1, then finishes step n; returns what is in flight."""
+        step = self._send(worker, after_idle=in_flight is None)
+        if in_flight is not None:
+            await self._finish(in_flight)
+        if step.planned.plan.chunks:
+            return step
+        await self._finish(step)  # frees, aborts, or nothing
+        if in_flight is None:  # nothing computed, nothing computing: wait for a change
+            await self._pause(_IDLE_POLL_S)
+        return None
 
-    async def _iterate(self, worker: WorkerLink) -> None:
-        """One turn: plans step n+1 and sends it, then waits for step n's result and
-        applies it. The worker finds its next plan waiting when it ends a step, so the
-        control plane (planning, gRPC, applying, Redis) runs while it computes, not
-        between its steps. The release of step n (Redis, then the tokens to the
-        gateways) runs during the next turn; tokens still leave only once they are in
-        Redis, and at most one iteration per replica waits for its release."""
+    def _send(self, worker: WorkerLink, after_idle: bool) -> InFlight:
         t_start = time.perf_counter()
-        start_time = self.out.clock()
+        start_time = self._clock()
         planned = self.core.plan(self.step_id, start_time)
         self.step_id += 1
         scheduling_s = time.perf_counter() - t_start
-        sent = None
-        if planned.plan.chunks or planned.plan.freed_request_ids:
-            sent = worker.send(planned.plan)
-        current = _InFlight(planned, sent, start_time, scheduling_s, self._idle)
-        self._idle = False
-        previous, self._in_flight = self._in_flight, current
-        if previous is not None:
-            await self._complete(previous)
-        if not planned.plan.chunks and self._in_flight is current:
-            self._in_flight = None
-            await self._complete(current)  # frees, or nothing
-            if previous is None:  # nothing to compute, nothing computing: wait for a change
-                self.wake.clear()
-                self._idle = True
-                if not (self.accepted or self.ended):
-                    await _wait(self.wake, timeout=0.05)
+        plan = planned.plan
+        result = worker.send(plan) if plan.chunks or plan.freed_request_ids else None
+        return InFlight(worker, planned, result, start_time, scheduling_s, after_idle)
 
-    async def _complete(self, step: _InFlight) -> None:
+    async def _finish(self, step: InFlight) -> None:
         """Waits for a step's result, applies it and queues its release."""
         planned = step.planned
         result = StepResult(planned.plan.step_id) if step.result is None else await step.result
         t_result = time.perf_counter()
-        updates = self.core.apply(result, self.out.clock())
-        accepted, self.accepted = self.accepted, []
-        ended, self.ended = self.ended, []
+        updates = self.core.apply(result, self._clock())
+        accepted, self._accepted = self._accepted, []
+        ended, self._ended = self._ended, []
         if planned.plan.chunks:
             self.core.observe(planned, result.execution_ms)
-        await self._released()  # one release in flight per replica
-        timing = _Timing(
+        await self._releases.drain()  # one release in flight per replica
+        timing = Timing(
             start_time=step.start_time,
             scheduling_s=step.scheduling_s,
             # on the replica's loop: planning, applying, waiting for the previous release
             control_s=step.scheduling_s + (time.perf_counter() - t_result),
             worker_wait_ms=0.0 if step.after_idle else result.worker_wait_ms,
         )
-        if updates or accepted or ended or planned.plan.chunks:
-            self._releasing = self.out.releases.add(
-                functools.partial(self._release, planned, result, timing, accepted, updates, ended)
-            )
+        self._releases.put(Iteration(planned, result, timing, accepted, updates, ended))
 
-    async def _release(
-        self,
-        planned: PlannedStep,
-        result: StepResult,
-        timing: _Timing,
-        accepted: list[Request],
-        updates: list[RequestUpdate],
-        ended: list[Request],
-    ) -> None:
-        """Persists an iteration, then sends its tokens (in the release chain's order)."""
-        t_release = time.perf_counter()
-        await self._persist(accepted, updates, ended)
-        persist_s = time.perf_counter() - t_release
-        for update in updates:
-            update.request.num_released = update.first_index + len(update.token_ids)
-            if update.stop_reason is not None:
-                self.out.stats.num_finished += 1
-                _log_finished(update.request, update.stop_reason.name)
-        for request in ended:
-            self.out.stats.num_finished += 1
-            _log_finished(request, "ABORTED")
-        if planned.plan.chunks:
-            self._record(planned, result, timing, persist_s)
-        self.out.hub.dispatch(updates, ended)
+    @property
+    def _has_work(self) -> bool:
+        return bool(self.core.has_work or self._accepted or self._ended)
 
-    async def _persist(
-        self, accepted: list[Request], updates: list[RequestUpdate], ended: list[Request]
-    ) -> None:
-        """Tokens are released only once they are in Redis: retry while it is down."""
-        store = self.out.store
-        if store is None:
+    async def _idle(self) -> None:
+        """Nothing to plan: finish the last release, then wait for a change."""
+        if self._releases.pending:
+            await self._releases.drain()
             return
-        backoff = 0.05
-        while True:
-            try:
-                await store.persist_iteration(accepted, updates, ended)
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("redis write failed (%s); holding tokens, retry in %.2fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_PERSIST_BACKOFF_S)
+        self._wake.clear()
+        await self._wake.wait()
 
-    def _record(
-        self, planned: PlannedStep, result: StepResult, timing: _Timing, persist_s: float
-    ) -> None:
-        if self.out.metrics is not None:
-            self.out.metrics.iteration(
-                planned.policy,
-                planned.num_prefill_tokens,
-                planned.num_decode_tokens,
-                result.execution_ms / 1e3,
-                timing.control_s,
-                timing.worker_wait_ms / 1e3,
-                [
-                    r.first_scheduled_time - r.arrival_time
-                    for r in planned.admitted
-                    if r.first_scheduled_time is not None
-                ],
-            )
-        self.out.stats.record(
-            IterationStats(
-                step_id=planned.plan.step_id,
-                batch_size=len(planned.plan.chunks),
-                num_prefill_tokens=planned.num_prefill_tokens,
-                num_decode_tokens=planned.num_decode_tokens,
-                execution_ms=result.execution_ms,
-                scheduling_ms=timing.scheduling_s * 1e3,
-                persist_ms=persist_s * 1e3,
-                worker_wait_ms=timing.worker_wait_ms,
-                policy=planned.policy,
-                token_budget=planned.token_budget,
-                start_time=timing.start_time,
-            )
-        )
-
-
-def _log_finished(request: Request, reason: str) -> None:
-    log.info(
-        "request %s finished (%s): %d output tokens",
-        request.request_id,
-        reason,
-        len(request.output_token_ids),
-        extra={"request_id": request.request_id},
-    )
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+    async def _pause(self, timeout_s: float) -> None:
+        self._wake.clear()
+        if not (self._accepted or self._ended):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout_s)

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.scheduler.core import RequestUpdate
-from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.request import Request, StopReason
 
 
 def pack_tokens(token_ids: Iterable[int]) -> bytes:
@@ -91,6 +91,19 @@ class StoredRequest:
     session_id: str
     arrival_time: float
     output_token_ids: list[int]
+
+    def to_request(self, awaiting_resume: bool) -> Request:
+        """The request, to recompute (prompt + tokens so far); all of them released."""
+        return Request(
+            request_id=self.request_id,
+            prompt_token_ids=self.prompt_token_ids,
+            sampling=self.sampling,
+            session_id=self.session_id,
+            arrival_time=self.arrival_time,
+            output_token_ids=list(self.output_token_ids),
+            awaiting_resume=awaiting_resume,
+            num_released=len(self.output_token_ids),
+        )
 
 
 class RedisStore:
@@ -161,10 +174,9 @@ class RedisStore:
             sizes.append(len(update.token_ids))
             tokens.extend(update.token_ids)
             if update.stop_reason is not None:
-                ops += self._finish(update.request.request_id, update.stop_reason.value)
+                ops += self._finish(update.request.request_id, update.stop_reason)
         for request in ended:
-            reason = request.stop_reason.value if request.stop_reason else "aborted"
-            ops += self._finish(request.request_id, reason)
+            ops += self._finish(request.request_id, request.stop_reason or StopReason.ABORTED)
         args: list[str | bytes | int] = [
             "" if self.epoch is None else str(self.epoch),
             self.output_key(""),
@@ -182,10 +194,10 @@ class RedisStore:
                 raise Fenced(f"epoch {self.epoch} is no longer the leader's") from exc
             raise
 
-    def _finish(self, request_id: str, reason: str) -> list[tuple[str | bytes | int, ...]]:
+    def _finish(self, request_id: str, reason: StopReason) -> list[tuple[str | bytes | int, ...]]:
         key = self.request_key(request_id)
         return [
-            ("HSET", key, "status", "finished", "stop_reason", reason),
+            ("HSET", key, "status", "finished", "stop_reason", reason.value),
             ("SREM", self.inflight_key, request_id),
             ("EXPIRE", key, self.finished_ttl_s),
             ("EXPIRE", self.output_key(request_id), self.finished_ttl_s),
@@ -195,7 +207,7 @@ class RedisStore:
         data = await self.client.get(self.output_key(request_id))
         return unpack_tokens(data.encode() if isinstance(data, str) else data or b"")
 
-    async def load_finished(self, request_id: str) -> tuple[list[int], str] | None:
+    async def load_finished(self, request_id: str) -> tuple[list[int], StopReason] | None:
         """(tokens, stop reason) of a request that finished in Redis, else None."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self.request_key(request_id), "status", "stop_reason")
@@ -203,7 +215,8 @@ class RedisStore:
         (status, reason), output = await pipe.execute()
         if status != b"finished":
             return None
-        return unpack_tokens(output or b""), (reason or b"aborted").decode()
+        stop = StopReason(reason.decode()) if reason else StopReason.ABORTED
+        return unpack_tokens(output or b""), stop
 
     async def load_inflight(self) -> list[StoredRequest]:
         """Every accepted, unfinished request with its tokens so far (two round trips)."""

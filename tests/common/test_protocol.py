@@ -103,3 +103,38 @@ def test_every_stop_reason_round_trips_and_has_a_finish_reason():
         StopReason.EOS: "stop", StopReason.LENGTH: "length", StopReason.CONTEXT: "length",
         StopReason.ABORTED: "abort", StopReason.ERROR: "error",
     }  # fmt: skip
+
+
+def test_worker_hello_round_trip():
+    from sarathi_serve.common.convert import geometry_from_pb, hello_to_pb
+    from sarathi_serve.common.step import WorkerGeometry
+
+    geometry = WorkerGeometry(num_kv_blocks=4096, block_size=16, max_model_len=8192, eos_token_id=2)
+    hello = hello_to_pb("worker-0", "SmolLM2-135M-Instruct", geometry)
+    assert (hello.worker_id, hello.model) == ("worker-0", "SmolLM2-135M-Instruct")
+    assert geometry_from_pb(hello) == geometry
+
+
+def test_session_events_round_trip():
+    from sarathi_serve.common.convert import session_events_from_pb, session_events_to_pb
+    from sarathi_serve.common.session import RequestEvent, SessionEvents
+    from sarathi_serve.common.stop_reason import StopReason
+
+    batch = SessionEvents(
+        events=[
+            RequestEvent("a", (5, 6), 3, (TokenLogprobs(-0.5, ((5, -0.5),)), TokenLogprobs(-1.0))),
+            RequestEvent("b", (7,), 0, stop_reason=StopReason.LENGTH),
+            RequestEvent("c", stop_reason=StopReason.ABORTED),
+            RequestEvent(
+                "d",
+                stop_reason=StopReason.ERROR,
+                error_code="INVALID_ARGUMENT",
+                error_message="prompt_token_ids must not be empty",
+            ),
+        ],  # fmt: skip
+        token_request_ids=["e", "f"],
+        token_ids=[11, 12],
+        token_indexes=[0, 41],
+    )
+    assert session_events_from_pb(session_events_to_pb(batch)) == batch
+    assert session_events_from_pb(session_events_to_pb(SessionEvents())) == SessionEvents()

@@ -1,0 +1,88 @@
+"""The front's routing across replicas, driven directly (no gRPC, no iterations)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sarathi_serve.common.errors import InvalidArgument
+from sarathi_serve.common.step import WorkerGeometry
+from sarathi_serve.scheduler.core import SchedulerCore
+from sarathi_serve.scheduler.front import SchedulerFront
+from sarathi_serve.scheduler.policies import make_policy
+from sarathi_serve.scheduler.stats import StatsRing
+from sarathi_serve.scheduler.store import StoredRequest
+from sarathi_serve.scheduler.workers import WorkerLink
+from tests.scheduler.helpers import GREEDY, make_request
+
+GEOMETRY = WorkerGeometry(num_kv_blocks=64, block_size=16, max_model_len=2048, eos_token_id=0)
+
+
+def _front() -> SchedulerFront:
+    def make_core() -> SchedulerCore:
+        return SchedulerCore(make_policy("sarathi", token_budget=64, max_num_seqs=64))
+
+    return SchedulerFront(make_core, None, StatsRing(), session_grace_s=60)
+
+
+def _stored(i: int) -> StoredRequest:
+    return StoredRequest(f"r{i}", list(range(10, 40)), GREEDY, "gw", float(i), [7] * (i % 3))
+
+
+def _queues(front: SchedulerFront) -> list[list[str]]:
+    return [[r.request_id for r in replica.core.state.waiting] for replica in front.replicas]
+
+
+def test_recovered_requests_are_shared_by_the_workers_that_attach_later():
+    async def scenario():
+        front = _front()
+        front.recover([_stored(i) for i in range(12)])  # a new leader: no worker yet
+        assert [len(q) for q in _queues(front)] == [12]
+        front.attach(WorkerLink("w0", GEOMETRY))
+        assert [len(q) for q in _queues(front)] == [12]
+        front.attach(WorkerLink("w1", GEOMETRY))
+        front.attach(WorkerLink("w2", GEOMETRY))
+        queues = _queues(front)
+        assert [len(q) for q in queues] == [4, 4, 4]
+        assert sorted(rid for q in queues for rid in q) == sorted(f"r{i}" for i in range(12))
+        for queue in queues:  # first come, first served within each replica
+            assert queue == sorted(queue, key=lambda rid: int(rid[1:]))
+        for replica in front.replicas:  # every request is where its replica looks it up
+            assert set(replica.core.requests) == {r.request_id for r in replica.core.state.waiting}
+        assert all(r.awaiting_resume for rep in front.replicas for r in rep.core.requests.values())
+
+    asyncio.run(scenario())
+
+
+def test_a_request_not_yet_persisted_moves_with_its_persist_duty():
+    async def scenario():
+        front = _front()
+        front.attach(WorkerLink("w0", GEOMETRY))
+        for i in range(4):
+            front.submit(make_request(f"n{i}", 30))
+        front.attach(WorkerLink("w1", GEOMETRY))
+        for replica in front.replicas:
+            # each replica persists exactly the new requests it holds
+            assert {r.request_id for r in replica._accepted} == set(replica.core.requests)
+        assert [len(q) for q in _queues(front)] == [2, 2]
+
+    asyncio.run(scenario())
+
+
+def test_a_request_id_in_flight_on_any_replica_is_refused():
+    async def scenario():
+        front = _front()
+        front.attach(WorkerLink("w0", GEOMETRY))
+        front.attach(WorkerLink("w1", GEOMETRY))
+        front.submit(make_request("a", 30))
+        front.submit(make_request("b", 30))  # the other replica: less outstanding work
+        assert sorted(r.index for r in front.replicas if r.holds("a") or r.holds("b")) == [0, 1]
+        for request_id in ("a", "b"):
+            with pytest.raises(InvalidArgument, match="already in flight"):
+                front.submit(make_request(request_id, 30))
+        front.abort("a")
+        front.submit(make_request("a", 30))  # ended: the id is free again
+        assert sum(r.holds("a") for r in front.replicas) == 1
+
+    asyncio.run(scenario())
