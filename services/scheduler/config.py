@@ -67,6 +67,7 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "redis_url": "Redis holding request state; empty: no persistence",
     "policy": f"scheduling policy: {', '.join(sorted(POLICIES))}",
     "token_budget": "tokens per iteration (the chunk size)",
+    "max_num_seqs": "requests in one iteration's batch at most",
     "max_num_waiting": "queued requests beyond which submits get RESOURCE_EXHAUSTED",
     "lease_ttl_ms": "leader lease TTL; a standby takes over within about this long",
     "target_tbt_ms": "sarathi: pick each iteration's budget to keep iterations under this (0: off)",

@@ -4,34 +4,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
 from sarathi_serve.cli import up
+from sarathi_serve.cli.up_plan import VariantPlan, parse_variant, plan_children
+from sarathi_serve.cli.up_supervisor import Child, StartupError
+from sarathi_serve.gateway.config import GatewayConfig
+from sarathi_serve.scheduler.config import SchedulerConfig
+from sarathi_serve.scheduler.policies import DEFAULT_MAX_NUM_SEQS, DEFAULT_TOKEN_BUDGET
+from sarathi_serve.worker.config import WorkerConfig
+
+CONFIGS = {"scheduler": SchedulerConfig, "worker": WorkerConfig, "gateway": GatewayConfig}
 
 
-def plan(tmp_path, *argv: str) -> list[up.Child]:
+def plan(tmp_path, *argv: str) -> list[Child]:
     parser = argparse.ArgumentParser()
     up.add_arguments(parser)
     args = parser.parse_args(["--run-dir", str(tmp_path), "--port", "0", "--http-port", "0", *argv])
-    return up._plan_children(args, tmp_path)
+    return plan_children(args, tmp_path)
 
 
-def flag(child: up.Child, name: str) -> str:
+def flag(child: Child, name: str) -> str:
     return child.argv[child.argv.index(name) + 1]
+
+
+def child_config(child: Child):
+    """What the child makes of its argv: its service's own parser (`python -m <module>`)."""
+    assert child.argv[1:3] == ["-m", f"sarathi_serve.{child.role}"]
+    return CONFIGS[child.role].from_args(child.argv[3:])
 
 
 @pytest.mark.parametrize(
     ("text", "want"),
     [
-        ("a=sarathi:256@50", up.VariantPlan("a", "sarathi", 256, 50.0)),
-        ("b=vllm", up.VariantPlan("b", "vllm", 512, 1.0)),
-        ("c=orca@0.25", up.VariantPlan("c", "orca", 512, 0.25)),
-        ("ft=faster_transformer:64", up.VariantPlan("ft", "faster_transformer", 64, 1.0)),
+        ("a=sarathi:256@50", VariantPlan("a", "sarathi", 256, 50.0)),
+        ("b=vllm", VariantPlan("b", "vllm", 512, 1.0)),
+        ("c=orca@0.25", VariantPlan("c", "orca", 512, 0.25)),
+        ("ft=faster_transformer:64", VariantPlan("ft", "faster_transformer", 64, 1.0)),
     ],
 )
 def test_variants_parse(text, want):
-    assert up.parse_variant(text) == want
+    assert parse_variant(text) == want
 
 
 @pytest.mark.parametrize(
@@ -39,7 +54,7 @@ def test_variants_parse(text, want):
 )
 def test_bad_variants_are_refused_with_the_syntax(text):
     with pytest.raises(argparse.ArgumentTypeError, match=r"NAME=POLICY\[:BUDGET\]\[@WEIGHT\]"):
-        up.parse_variant(text)
+        parse_variant(text)
 
 
 def test_each_variant_gets_its_scheduler_set_workers_and_redis_prefix(tmp_path):
@@ -48,7 +63,7 @@ def test_each_variant_gets_its_scheduler_set_workers_and_redis_prefix(tmp_path):
         "--variant", "a=sarathi:256@50", "--variant", "b=vllm:128@25",
         "--schedulers", "2", "--workers", "2", "--target-tbt-ms", "300",
     )  # fmt: skip
-    by_role: dict[str, list[up.Child]] = {}
+    by_role: dict[str, list[Child]] = {}
     for child in children:
         by_role.setdefault(child.role, []).append(child)
     assert [len(by_role[r]) for r in ("redis", "scheduler", "worker", "gateway")] == [1, 4, 4, 1]
@@ -87,7 +102,7 @@ def test_without_variants_one_set_and_the_given_redis(tmp_path):
 
 
 def test_bad_counts_are_refused(tmp_path):
-    with pytest.raises(up.StartupError, match="--workers"):
+    with pytest.raises(StartupError, match="--workers"):
         plan(tmp_path, "--workers", "0")
 
 
@@ -106,9 +121,6 @@ def test_a_busy_scheduler_port_moves_to_a_free_one_and_http_can_be_off(tmp_path)
 
 
 def test_the_documented_defaults():
-    from sarathi_serve.gateway.config import GatewayConfig
-    from sarathi_serve.scheduler.config import SchedulerConfig
-
     parser = argparse.ArgumentParser()
     up.add_arguments(parser)
     args = parser.parse_args([])
@@ -121,3 +133,66 @@ def test_the_documented_defaults():
     assert GatewayConfig().max_pending_requests == 1024  # README: back-pressure
     assert SchedulerConfig().max_num_waiting == 1024
     assert SchedulerConfig().session_grace_s == 30.0
+    # the same numbers as the services' own defaults: defined once, there
+    assert (args.token_budget, args.max_num_seqs) == (DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_NUM_SEQS)
+    assert (args.port, args.http_port) == (GatewayConfig().port, GatewayConfig().http_port)
+    assert (args.scheduler_port, args.worker_port) == (SchedulerConfig().port, WorkerConfig().port)
+    assert parse_variant("a=vllm").token_budget == DEFAULT_TOKEN_BUDGET
+
+
+@pytest.fixture
+def environment(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("SARATHI_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_each_child_parses_its_argv_into_the_config_up_planned(tmp_path, environment):
+    children = plan(
+        tmp_path,
+        "--redis-url", "redis://127.0.0.1:6390/0", "--policy", "vllm", "--token-budget", "64",
+        "--max-num-seqs", "8", "--kv-cache-gb", "0.25", "--num-threads", "2",
+        "--tensor-parallel-size", "2", "--model", "/models/smol",
+        "--api-keys-file", str(tmp_path / "keys.txt"),
+    )  # fmt: skip
+    scheduler, worker, gateway = (child_config(c) for c in children)
+    assert scheduler == SchedulerConfig(
+        port=int(children[0].address.rsplit(":", 1)[1]),
+        redis_url="redis://127.0.0.1:6390/0", policy="vllm", token_budget=64, max_num_seqs=8,
+        scheduler_id="scheduler-0", metrics_port=scheduler.metrics_port,
+    )  # fmt: skip
+    assert children[0].metrics == f"http://127.0.0.1:{scheduler.metrics_port}/metrics"
+    assert worker == WorkerConfig(
+        scheduler_addr=children[0].address, model="/models/smol", port=worker.port,
+        kv_cache_gb=0.25, num_threads=2, tensor_parallel_size=2, metrics_port=worker.metrics_port,
+    )  # fmt: skip
+    assert children[1].address == f"127.0.0.1:{worker.port}"
+    assert gateway == GatewayConfig(
+        scheduler_addr=children[0].address, model="/models/smol", port=0, http_port=0,
+        api_keys_file=str(tmp_path / "keys.txt"),
+    )  # fmt: skip
+
+
+def test_the_environment_sets_only_what_up_leaves_to_a_service(tmp_path, environment):
+    environment.setenv("SARATHI_WORKER_KV_CACHE_GB", "4")  # up's --kv-cache-gb 1 wins
+    environment.setenv("SARATHI_SCHEDULER_TARGET_TBT_MS", "99")  # up's 0.0 wins
+    environment.setenv("SARATHI_SCHEDULER_SESSION_GRACE_S", "3")  # up leaves it
+    environment.setenv("SARATHI_GATEWAY_API_KEYS", "k")  # up leaves it
+    scheduler, worker, gateway = (
+        child_config(c) for c in plan(tmp_path, "--redis-url", "redis://r/0")
+    )
+    assert (worker.kv_cache_gb, scheduler.target_tbt_ms) == (up.KV_CACHE_GB, 0.0)
+    assert (scheduler.session_grace_s, gateway.api_keys) == (3.0, "k")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tensor-parallel-size", "0"], "tensor_parallel_size must be >= 1"),
+        (["--max-num-seqs", "0"], "max_num_seqs must be >= 1"),
+        (["--kv-cache-gb", "-1"], "kv_cache_gb must be >= 0"),
+    ],
+)
+def test_a_bad_service_value_is_refused_before_anything_starts(tmp_path, argv, message):
+    with pytest.raises(StartupError, match=message):
+        plan(tmp_path, "--redis-url", "redis://r/0", *argv)
