@@ -63,6 +63,8 @@ def plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
     """The children of `up` with `args`, in start order (StartupError if it cannot be)."""
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
+    if args.workers < 1 or args.schedulers < 1:
+        raise StartupError("--workers and --schedulers must be >= 1")
     taken = _gateway_ports(args)
     scheduler_port = _preferred_port(args.scheduler_port, taken)
     worker_port = _preferred_port(args.worker_port, taken)
@@ -89,9 +91,7 @@ def plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
 
 
 def _gateway_ports(args: argparse.Namespace) -> set[int]:
-    """The gateway's ports, which must be free: the set of ports planned so far."""
-    if args.workers < 1 or args.schedulers < 1:
-        raise StartupError("--workers and --schedulers must be >= 1")
+    """The gateway's ports, which must be free: the first ports planned."""
     for what, port in (("--port", args.port), ("--http-port", args.http_port)):
         if port and not port_free(args.host, port):
             raise StartupError(f"gateway port {port} is in use: pass {what}")
