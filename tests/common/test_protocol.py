@@ -131,7 +131,7 @@ def test_session_events_round_trip():
                 error_code="INVALID_ARGUMENT",
                 error_message="prompt_token_ids must not be empty",
             ),
-        ],  # fmt: skip
+        ],
         token_request_ids=["e", "f"],
         token_ids=[11, 12],
         token_indexes=[0, 41],
