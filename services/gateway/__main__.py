@@ -25,12 +25,10 @@ from sarathi_serve.gateway.metrics import GatewayMetrics
 from sarathi_serve.gateway.openai_api import build_app
 from sarathi_serve.gateway.router import Router, Variant
 from sarathi_serve.gateway.scheduler_client import SchedulerClient
-from sarathi_serve.gateway.server import GenerationServicer
+from sarathi_serve.gateway.server import SERVICE_NAME, add_generation_service
 from sarathi_serve.gateway.validation import RequestValidator
-from sarathi_serve.protocol import generate_pb2, generate_pb2_grpc
 
 log = logging.getLogger("sarathi_serve.gateway")
-SERVICE_NAME = generate_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 
 
 class _HttpServer(uvicorn.Server):
@@ -58,9 +56,7 @@ async def serve(config: GatewayConfig) -> None:
     api_keys = ApiKeys.load(config.api_keys, config.api_keys_file)
 
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(api_keys)])
-    generate_pb2_grpc.add_GenerationServicer_to_server(
-        GenerationServicer(validator, generator), server
-    )
+    add_generation_service(server, validator, generator)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"
     if config.tls_cert_file:

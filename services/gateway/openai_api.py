@@ -204,7 +204,7 @@ class _OpenAI:
         self.generator = generator
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        prepared = [self.validator.prepare(r) for r in body.to_requests()]
+        prepared = [self.validator.prepare(r) for r in body.to_inputs()]
         echoes = [
             self._prompt_text(body, i, p) if body.echo else "" for i, p in enumerate(prepared)
         ]
@@ -238,7 +238,7 @@ class _OpenAI:
         )
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
-        prepared = [self.validator.prepare(body.to_request(self.validator.max_model_len))]
+        prepared = [self.validator.prepare(body.to_input(self.validator.max_model_len))]
         generations = await self._start(request, body.n, body.user or "", prepared, "chatcmpl")
         header = {
             "id": _base_id(generations),

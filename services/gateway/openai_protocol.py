@@ -1,19 +1,21 @@
-"""OpenAI request bodies (pydantic, strict types) and their translation to the public contract.
+"""OpenAI request bodies (pydantic, strict types) and their translation to GenerateInput.
 
-Types and protobuf-size bounds are checked here; every semantic range is
-checked once, by RequestValidator, for both the HTTP and the gRPC edge.
+Types and the bounds of generate.proto's fields are checked here, and its values
+carried as its wire would (32-bit floats, UTF-8 strings), so that both edges hand
+RequestValidator the same input; every semantic range is checked once, there.
 Unknown fields are ignored (clients send extras); fields we cannot honour are
 refused by name rather than silently dropped.
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from sarathi_serve.common.errors import InvalidArgument
-from sarathi_serve.protocol import generate_pb2 as gpb
+from sarathi_serve.gateway import generate_input as gi
 
 U32 = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
 Number = StrictFloat | StrictInt
@@ -50,33 +52,30 @@ class _SamplingFields(_Body):
     min_tokens: U32 = 0
     logit_bias: dict[str, Any] | None = None
 
-    def sampling_options(self, max_tokens: int | None, logprobs: int | None) -> gpb.SamplingOptions:
+    def sampling_options(self, max_tokens: int | None, logprobs: int | None) -> gi.SamplingOptions:
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidArgument("best_of: not supported (only best_of == n)")
         if self.logit_bias:
             raise InvalidArgument("logit_bias: not supported")
-        opts = gpb.SamplingOptions(
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return gi.SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=_optional_f32(self.temperature),
+            top_p=_optional_f32(self.top_p),
             top_k=max(self.top_k or 0, 0),
+            seed=self.seed,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
             min_tokens=self.min_tokens,
-            stop_token_ids=self.stop_token_ids or [],
-            stop=[self.stop] if isinstance(self.stop, str) else (self.stop or []),
+            min_p=_f32(0.0 if self.min_p is None else self.min_p),
+            repetition_penalty=_optional_f32(self.repetition_penalty),
+            presence_penalty=_f32(0.0 if self.presence_penalty is None else self.presence_penalty),
+            frequency_penalty=_f32(
+                0.0 if self.frequency_penalty is None else self.frequency_penalty
+            ),
+            logprobs=logprobs,
+            stop=_check_utf8(*stop),
         )
-        optional = {
-            "max_tokens": max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "repetition_penalty": self.repetition_penalty,
-            "logprobs": logprobs,
-        }
-        for name, value in optional.items():
-            if value is not None:
-                setattr(opts, name, value)
-        for name in ("min_p", "presence_penalty", "frequency_penalty"):
-            if getattr(self, name) is not None:
-                setattr(opts, name, getattr(self, name))
-        return opts
 
     @property
     def include_usage(self) -> bool:
@@ -90,7 +89,7 @@ class CompletionRequest(_SamplingFields):
     echo: StrictBool = False
     suffix: StrictStr | None = None
 
-    def to_requests(self) -> list[gpb.GenerateRequest]:
+    def to_inputs(self) -> list[gi.GenerateInput]:
         """One public request per prompt (a choice per prompt and per n)."""
         if self.suffix:
             raise InvalidArgument("suffix: not supported")
@@ -98,26 +97,23 @@ class CompletionRequest(_SamplingFields):
             raise InvalidArgument("echo: not supported together with logprobs")
         prompts = self._prompts()
         options = self.sampling_options(self.max_tokens, self.logprobs)
-        return [
-            gpb.GenerateRequest(
-                model=self.model or "", sampling=options, user=self.user or "", **prompt
-            )
-            for prompt in prompts
-        ]
+        texts = [p.text for p in prompts if isinstance(p, gi.TextPrompt)]
+        _check_utf8(self.model or "", self.user or "", *texts)
+        return [gi.GenerateInput(prompt, self.model or "", options) for prompt in prompts]
 
-    def _prompts(self) -> list[dict[str, Any]]:
+    def _prompts(self) -> list[gi.Prompt]:
         prompt = self.prompt
         if isinstance(prompt, str):
-            return [{"prompt": prompt}]
+            return [gi.TextPrompt(prompt)]
         if not prompt:
             raise InvalidArgument("prompt: must not be empty")
         if isinstance(prompt[0], int):
-            return [{"prompt_token_ids": gpb.TokenIds(ids=prompt)}]
+            return [gi.TokenPrompt(tuple(prompt))]
         if len(prompt) > MAX_PROMPTS:
             raise InvalidArgument(f"prompt: at most {MAX_PROMPTS} prompts, got {len(prompt)}")
         if isinstance(prompt[0], str):
-            return [{"prompt": p} for p in prompt]
-        return [{"prompt_token_ids": gpb.TokenIds(ids=p)} for p in prompt]
+            return [gi.TextPrompt(p) for p in prompt]
+        return [gi.TokenPrompt(tuple(p)) for p in prompt]
 
 
 class TextPart(_Body):
@@ -147,7 +143,7 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
-    def to_request(self, max_model_len: int) -> gpb.GenerateRequest:
+    def to_input(self, max_model_len: int) -> gi.GenerateInput:
         if self.tools:
             raise InvalidArgument("tools: not supported")
         if self.response_format and self.response_format.get("type") != "text":
@@ -158,15 +154,30 @@ class ChatCompletionRequest(_SamplingFields):
         if max_tokens is None:
             max_tokens = self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        messages = gpb.ChatMessages(
-            messages=[gpb.ChatMessage(role=m.role, content=m.text) for m in self.messages]
+        for m in self.messages:
+            _check_utf8(m.role, m.text)
+        messages = tuple(gi.ChatMessage(m.role, m.text) for m in self.messages)
+        # Unset: as many as the context holds (the scheduler stops at its end).
+        options = self.sampling_options(
+            max_model_len if max_tokens is None else max_tokens, logprobs
         )
-        return gpb.GenerateRequest(
-            model=self.model or "",
-            messages=messages,
-            # Unset: as many as the context holds (the scheduler stops at its end).
-            sampling=self.sampling_options(
-                max_model_len if max_tokens is None else max_tokens, logprobs
-            ),
-            user=self.user or "",
-        )
+        _check_utf8(self.model or "", self.user or "")
+        return gi.GenerateInput(gi.ChatPrompt(messages), self.model or "", options)
+
+
+def _f32(value: float) -> float:
+    """The value as generate.proto's `float` carries it: rounded to 32 bits, inf past them."""
+    return array("f", [value])[0]
+
+
+def _optional_f32(value: float | None) -> float | None:
+    return None if value is None else _f32(value)
+
+
+def _check_utf8(*texts: str) -> tuple[str, ...]:
+    """The texts, or UnicodeEncodeError for a lone surrogate (JSON may hold "\\ud800"),
+    which generate.proto's `string` cannot carry: such a body fails (500) as it did
+    when it went through protobuf."""
+    for text in texts:
+        text.encode()
+    return texts

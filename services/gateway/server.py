@@ -1,24 +1,45 @@
-"""gRPC edge of the gateway: the public `Generation` service."""
+"""gRPC edge of the gateway: the public `Generation` service.
+
+Protobuf stops here: a GenerateRequest becomes a GenerateInput on the way in, and
+each Delta a GenerateResponse on the way out.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from sarathi_serve.common.errors import ServiceError, status_of
+from sarathi_serve.gateway.generate_input import (
+    ChatMessage,
+    ChatPrompt,
+    GenerateInput,
+    Prompt,
+    SamplingOptions,
+    TextPrompt,
+    TokenPrompt,
+)
 from sarathi_serve.gateway.generation import Delta, Generation, Generator
 from sarathi_serve.gateway.router import USER_KEY, VARIANT_KEY
 from sarathi_serve.gateway.validation import RequestValidator
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
 
+SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["Generation"].full_name
 _FINISH_REASON = {
     "stop": gpb.FINISH_REASON_STOP,
     "length": gpb.FINISH_REASON_LENGTH,
     "abort": gpb.FINISH_REASON_ABORT,
 }
+
+
+def add_generation_service(
+    server: grpc.aio.Server, validator: RequestValidator, generator: Generator
+) -> None:
+    gpb_grpc.add_GenerationServicer_to_server(GenerationServicer(validator, generator), server)
 
 
 class GenerationServicer(gpb_grpc.GenerationServicer):
@@ -33,7 +54,7 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
         metadata = dict(context.invocation_metadata() or ())
         generation: Generation | None = None
         try:
-            prepared = self.validator.prepare(request)
+            prepared = self.validator.prepare(generate_input_from_pb(request))
             generation = await self.generator.start(
                 request_id,
                 prepared,
@@ -48,6 +69,48 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
         finally:
             if generation is not None:
                 generation.close()  # the client went away: free its KV blocks now
+
+
+def generate_input_from_pb(msg: gpb.GenerateRequest) -> GenerateInput:
+    """Unset optional fields (HasField) become None; the validator picks their defaults."""
+    return GenerateInput(
+        prompt=_prompt_from_pb(msg),
+        model=msg.model,
+        sampling=_sampling_from_pb(msg.sampling),  # unset: all defaults, as an empty one
+    )
+
+
+def _prompt_from_pb(msg: gpb.GenerateRequest) -> Prompt | None:
+    kind = msg.WhichOneof("input")
+    if kind == "prompt":
+        return TextPrompt(msg.prompt)
+    if kind == "messages":
+        return ChatPrompt(tuple(ChatMessage(m.role, m.content) for m in msg.messages.messages))
+    if kind == "prompt_token_ids":
+        return TokenPrompt(tuple(msg.prompt_token_ids.ids))
+    return None
+
+
+def _sampling_from_pb(msg: gpb.SamplingOptions) -> SamplingOptions:
+    def optional(name: str) -> Any:
+        return getattr(msg, name) if msg.HasField(name) else None
+
+    return SamplingOptions(
+        max_tokens=optional("max_tokens"),
+        temperature=optional("temperature"),
+        top_p=optional("top_p"),
+        top_k=msg.top_k,
+        seed=optional("seed"),
+        stop_token_ids=tuple(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+        min_tokens=msg.min_tokens,
+        min_p=msg.min_p,
+        repetition_penalty=optional("repetition_penalty"),
+        presence_penalty=msg.presence_penalty,
+        frequency_penalty=msg.frequency_penalty,
+        logprobs=optional("logprobs"),
+        stop=tuple(msg.stop),
+    )
 
 
 def _response(request_id: str, delta: Delta) -> gpb.GenerateResponse:

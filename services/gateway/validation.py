@@ -1,4 +1,6 @@
-"""Public request -> (prompt token ids, sampling params), or InvalidArgument naming the field."""
+"""A public request -> (prompt token ids, sampling params), or InvalidArgument naming the field.
+
+Both edges call it on the GenerateInput they made, so each range is checked once."""
 
 from __future__ import annotations
 
@@ -8,7 +10,14 @@ from typing import Any
 
 from sarathi_serve.common.errors import InvalidArgument, NotFound
 from sarathi_serve.common.sampling import DEFAULT_MAX_TOKENS, MAX_LOGPROBS, SamplingParams
-from sarathi_serve.protocol import generate_pb2 as gpb
+from sarathi_serve.gateway.generate_input import (
+    ChatMessage,
+    ChatPrompt,
+    GenerateInput,
+    SamplingOptions,
+    TextPrompt,
+    TokenPrompt,
+)
 
 MAX_STOP_TOKEN_IDS = 64
 MAX_STOP_STRINGS = 16
@@ -29,16 +38,15 @@ class RequestValidator:
         self.model_name = model_name
         self.max_model_len = max_model_len
 
-    def prepare(self, request: gpb.GenerateRequest) -> PreparedRequest:
+    def prepare(self, request: GenerateInput) -> PreparedRequest:
         if request.model and request.model != self.model_name:
             raise NotFound(
                 f"model: {request.model!r} is not served here; "
                 f"this gateway serves {self.model_name!r}"
             )
         prompt_ids = self._prompt_token_ids(request)
-        options = request.sampling if request.HasField("sampling") else gpb.SamplingOptions()
-        sampling = self._sampling(options)
-        stop = _stop_strings(options.stop)
+        sampling = self._sampling(request.sampling)
+        stop = _stop_strings(request.sampling.stop)
         if len(prompt_ids) >= self.max_model_len:
             raise InvalidArgument(
                 f"prompt: {len(prompt_ids)} tokens; the model's context is {self.max_model_len} "
@@ -46,16 +54,16 @@ class RequestValidator:
             )
         return PreparedRequest(prompt_ids, sampling, stop)
 
-    def _prompt_token_ids(self, request: gpb.GenerateRequest) -> list[int]:
-        kind = request.WhichOneof("input")
-        if kind == "prompt":
-            if not request.prompt:
+    def _prompt_token_ids(self, request: GenerateInput) -> list[int]:
+        prompt = request.prompt
+        if isinstance(prompt, TextPrompt):
+            if not prompt.text:
                 raise InvalidArgument("prompt: must not be empty")
-            ids = list(self.tokenizer.encode(request.prompt, add_special_tokens=True))
-        elif kind == "messages":
-            ids = self._chat_token_ids(request.messages)
-        elif kind == "prompt_token_ids":
-            ids = list(request.prompt_token_ids.ids)
+            ids = list(self.tokenizer.encode(prompt.text, add_special_tokens=True))
+        elif isinstance(prompt, ChatPrompt):
+            ids = self._chat_token_ids(prompt.messages)
+        elif isinstance(prompt, TokenPrompt):
+            ids = list(prompt.token_ids)
             vocab = len(self.tokenizer)
             bad = [t for t in ids if t >= vocab]
             if bad:
@@ -65,82 +73,88 @@ class RequestValidator:
         else:
             raise InvalidArgument("prompt: one of prompt, messages or prompt_token_ids is required")
         if not ids:
-            raise InvalidArgument(f"{kind}: must not be empty")
+            raise InvalidArgument(f"{prompt.name}: must not be empty")
         return ids
 
-    def _chat_token_ids(self, messages: gpb.ChatMessages) -> list[int]:
-        if not messages.messages:
+    def _chat_token_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        if not messages:
             raise InvalidArgument("messages: must not be empty")
-        for i, m in enumerate(messages.messages):
+        for i, m in enumerate(messages):
             if m.role not in _CHAT_ROLES:
                 raise InvalidArgument(
                     f"messages[{i}].role: {m.role!r} is not one of {sorted(_CHAT_ROLES)}"
                 )
-        conversation = [{"role": m.role, "content": m.content} for m in messages.messages]
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
         text = self.tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True
         )
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _sampling(self, opts: gpb.SamplingOptions) -> SamplingParams:
-        max_tokens = opts.max_tokens if opts.HasField("max_tokens") else DEFAULT_MAX_TOKENS
-        temperature = opts.temperature if opts.HasField("temperature") else 1.0
-        top_p = opts.top_p if opts.HasField("top_p") else 1.0
-        if max_tokens < 1:
-            raise InvalidArgument(f"max_tokens: must be >= 1, got {max_tokens}")
-        if not math.isfinite(temperature) or temperature < 0:
-            raise InvalidArgument(f"temperature: must be >= 0, got {temperature}")
-        if not math.isfinite(top_p) or not 0 < top_p <= 1:
-            raise InvalidArgument(f"top_p: must be in (0, 1], got {top_p}")
-        if len(opts.stop_token_ids) > MAX_STOP_TOKEN_IDS:
-            raise InvalidArgument(
-                f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(opts.stop_token_ids)}"
-            )
-        if opts.min_tokens > max_tokens:
-            raise InvalidArgument(
-                f"min_tokens: must be <= max_tokens ({max_tokens}), got {opts.min_tokens}"
-            )
-        repetition_penalty = opts.repetition_penalty if opts.HasField("repetition_penalty") else 1.0
-        checks = [
-            ("min_p", opts.min_p, 0.0 <= opts.min_p <= 1.0, "in [0, 1]"),
-            ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0"),
-            (
-                "presence_penalty",
-                opts.presence_penalty,
-                -2 <= opts.presence_penalty <= 2,
-                "in [-2, 2]",
-            ),
-            (
-                "frequency_penalty",
-                opts.frequency_penalty,
-                -2 <= opts.frequency_penalty <= 2,
-                "in [-2, 2]",
-            ),
-        ]
-        for name, value, ok, expected in checks:
-            if not (math.isfinite(value) and ok):
-                raise InvalidArgument(f"{name}: must be {expected}, got {value}")
-        logprobs = opts.logprobs if opts.HasField("logprobs") else None
-        if logprobs is not None and logprobs > MAX_LOGPROBS:
-            raise InvalidArgument(f"logprobs: at most {MAX_LOGPROBS}, got {logprobs}")
+    def _sampling(self, opts: SamplingOptions) -> SamplingParams:
+        """The options with the defaults of those left unset, checked."""
+        max_tokens = DEFAULT_MAX_TOKENS if opts.max_tokens is None else opts.max_tokens
+        temperature = 1.0 if opts.temperature is None else opts.temperature
+        top_p = 1.0 if opts.top_p is None else opts.top_p
+        repetition_penalty = 1.0 if opts.repetition_penalty is None else opts.repetition_penalty
+        _check_sampling(opts, max_tokens, temperature, top_p, repetition_penalty)
         return SamplingParams(
             temperature=temperature,
             top_p=top_p,
             top_k=opts.top_k,
-            seed=opts.seed if opts.HasField("seed") else None,
+            seed=opts.seed,
             max_tokens=max_tokens,
-            stop_token_ids=tuple(opts.stop_token_ids),
+            stop_token_ids=opts.stop_token_ids,
             ignore_eos=opts.ignore_eos,
             min_tokens=opts.min_tokens,
             min_p=opts.min_p,
             repetition_penalty=repetition_penalty,
             presence_penalty=opts.presence_penalty,
             frequency_penalty=opts.frequency_penalty,
-            logprobs=logprobs,
+            logprobs=opts.logprobs,
         )
 
 
-def _stop_strings(stop: Any) -> tuple[str, ...]:
+def _check_sampling(
+    opts: SamplingOptions,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    repetition_penalty: float,
+) -> None:
+    """InvalidArgument naming the first field out of its range (NaN never is in one)."""
+    if max_tokens < 1:
+        raise InvalidArgument(f"max_tokens: must be >= 1, got {max_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InvalidArgument(f"temperature: must be >= 0, got {temperature}")
+    if not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise InvalidArgument(f"top_p: must be in (0, 1], got {top_p}")
+    if len(opts.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidArgument(
+            f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(opts.stop_token_ids)}"
+        )
+    if opts.min_tokens > max_tokens:
+        raise InvalidArgument(
+            f"min_tokens: must be <= max_tokens ({max_tokens}), got {opts.min_tokens}"
+        )
+    checks = [
+        ("min_p", opts.min_p, 0.0 <= opts.min_p <= 1.0, "in [0, 1]"),
+        ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0"),
+        ("presence_penalty", opts.presence_penalty, -2 <= opts.presence_penalty <= 2, "in [-2, 2]"),
+        (
+            "frequency_penalty",
+            opts.frequency_penalty,
+            -2 <= opts.frequency_penalty <= 2,
+            "in [-2, 2]",
+        ),
+    ]
+    for name, value, ok, expected in checks:
+        if not (math.isfinite(value) and ok):
+            raise InvalidArgument(f"{name}: must be {expected}, got {value}")
+    if opts.logprobs is not None and opts.logprobs > MAX_LOGPROBS:
+        raise InvalidArgument(f"logprobs: at most {MAX_LOGPROBS}, got {opts.logprobs}")
+
+
+def _stop_strings(stop: tuple[str, ...]) -> tuple[str, ...]:
     if len(stop) > MAX_STOP_STRINGS:
         raise InvalidArgument(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
     for i, s in enumerate(stop):
@@ -150,4 +164,4 @@ def _stop_strings(stop: Any) -> tuple[str, ...]:
             raise InvalidArgument(
                 f"stop[{i}]: at most {MAX_STOP_STRING_CHARS} characters, got {len(s)}"
             )
-    return tuple(stop)
+    return stop

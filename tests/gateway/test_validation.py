@@ -1,8 +1,15 @@
 import pytest
 
 from sarathi_serve.common.errors import InvalidArgument, NotFound
+from sarathi_serve.gateway.generate_input import (
+    ChatMessage,
+    ChatPrompt,
+    GenerateInput,
+    SamplingOptions,
+    TextPrompt,
+    TokenPrompt,
+)
 from sarathi_serve.gateway.validation import RequestValidator
-from sarathi_serve.protocol import generate_pb2 as gpb
 
 
 @pytest.fixture
@@ -11,52 +18,59 @@ def validator(tokenizer):
 
 
 def request(**sampling):
-    return gpb.GenerateRequest(prompt="Hello there", sampling=gpb.SamplingOptions(**sampling))
+    return GenerateInput(TextPrompt("Hello there"), sampling=SamplingOptions(**sampling))
+
+
+def chat(*messages: tuple[str, str]) -> GenerateInput:
+    return GenerateInput(ChatPrompt(tuple(ChatMessage(role, text) for role, text in messages)))
 
 
 def test_defaults(validator):
-    prepared = validator.prepare(gpb.GenerateRequest(prompt="Hello"))
+    prepared = validator.prepare(GenerateInput(TextPrompt("Hello")))
     assert prepared.prompt_token_ids and prepared.sampling.max_tokens == 16
     assert prepared.sampling.temperature == 1.0 and prepared.sampling.top_p == 1.0
+    assert prepared.sampling.repetition_penalty == 1.0 and prepared.sampling.seed is None
+    assert prepared.sampling.logprobs is None and prepared.stop == ()
 
 
 @pytest.mark.parametrize(
-    ("req", "field"),
+    ("req", "message"),
     [
-        (gpb.GenerateRequest(prompt=""), "prompt"),
-        (gpb.GenerateRequest(), "prompt"),
-        (gpb.GenerateRequest(prompt="word " * 100), "prompt"),
-        (request(max_tokens=0), "max_tokens"),
-        (request(temperature=-0.5), "temperature"),
-        (request(temperature=float("nan")), "temperature"),
-        (request(top_p=0.0), "top_p"),
-        (request(top_p=1.5), "top_p"),
-        (request(stop_token_ids=list(range(65))), "stop_token_ids"),
-        (gpb.GenerateRequest(messages=gpb.ChatMessages()), "messages"),
+        (GenerateInput(TextPrompt("")), "prompt: must not be empty"),
+        (GenerateInput(None), "prompt: one of prompt, messages or prompt_token_ids is required"),
+        (GenerateInput(TextPrompt("word " * 100)), "prompt: "),
+        (request(max_tokens=0), "max_tokens: must be >= 1, got 0"),
+        (request(temperature=-0.5), "temperature: must be >= 0, got -0.5"),
+        (request(temperature=float("nan")), "temperature: must be >= 0, got nan"),
+        (request(top_p=0.0), "top_p: must be in (0, 1], got 0.0"),
+        (request(top_p=1.5), "top_p: must be in (0, 1], got 1.5"),
+        (request(stop_token_ids=tuple(range(65))), "stop_token_ids: at most 64, got 65"),
+        (chat(), "messages: must not be empty"),
+        (chat(("robot", "x")), "messages[0].role: 'robot' is not one of"),
         (
-            gpb.GenerateRequest(
-                messages=gpb.ChatMessages(messages=[gpb.ChatMessage(role="robot", content="x")])
-            ),
-            "messages[0].role",
+            GenerateInput(TokenPrompt((10**6,))),
+            "prompt_token_ids: 1000000 is outside the vocabulary",
         ),
-        (gpb.GenerateRequest(prompt_token_ids=gpb.TokenIds(ids=[10**6])), "prompt_token_ids"),
-        (gpb.GenerateRequest(prompt_token_ids=gpb.TokenIds()), "prompt_token_ids"),
+        (GenerateInput(TokenPrompt(())), "prompt_token_ids: must not be empty"),
+        (request(stop=("x",) * 17), "stop: at most 16 strings, got 17"),
+        (request(stop=("",)), "stop[0]: must not be empty"),
+        (request(stop=("x" * 513,)), "stop[0]: at most 512 characters, got 513"),
     ],
 )
-def test_bad_input_names_the_field(validator, req, field):
+def test_bad_input_names_the_field(validator, req, message):
     with pytest.raises(InvalidArgument) as info:
         validator.prepare(req)
-    assert str(info.value).startswith(field + ":")
+    assert str(info.value).startswith(message)
 
 
 def test_unknown_model(validator):
     with pytest.raises(NotFound, match="model"):
-        validator.prepare(gpb.GenerateRequest(model="gpt-9", prompt="hi"))
+        validator.prepare(GenerateInput(TextPrompt("hi"), model="gpt-9"))
+    assert validator.prepare(GenerateInput(TextPrompt("hi"), model="SmolLM2-135M-Instruct"))
 
 
 def test_chat_template_is_applied(validator, tokenizer):
-    msgs = gpb.ChatMessages(messages=[gpb.ChatMessage(role="user", content="Hi!")])
-    ids = validator.prepare(gpb.GenerateRequest(messages=msgs)).prompt_token_ids
+    ids = validator.prepare(chat(("user", "Hi!"))).prompt_token_ids
     text = tokenizer.decode(ids)
     assert "<|im_start|>user" in text and text.rstrip().endswith("<|im_start|>assistant")
 
@@ -79,16 +93,28 @@ def test_sampling_ranges(validator, sampling, field):
 
 
 def test_full_sampling_options_pass_through(validator):
-    sampling = validator.prepare(
+    prepared = validator.prepare(
         request(
+            max_tokens=5,
+            temperature=0.0,
+            top_p=0.5,
+            top_k=7,
+            seed=3,
+            stop_token_ids=(1, 2),
+            ignore_eos=True,
+            min_tokens=2,
             min_p=0.1,
             repetition_penalty=1.1,
             presence_penalty=0.5,
             frequency_penalty=-0.5,
-            logprobs=2,
+            logprobs=0,
+            stop=("end",),
         )
-    ).sampling
-    assert (sampling.min_p, sampling.presence_penalty, sampling.frequency_penalty) == pytest.approx(
-        (0.1, 0.5, -0.5)
     )
-    assert sampling.repetition_penalty == pytest.approx(1.1) and sampling.logprobs == 2
+    sampling = prepared.sampling
+    assert (sampling.max_tokens, sampling.top_k, sampling.seed, sampling.min_tokens) == (5, 7, 3, 2)
+    assert sampling.temperature == 0.0 and sampling.top_p == 0.5 and sampling.ignore_eos
+    assert sampling.stop_token_ids == (1, 2) and prepared.stop == ("end",)
+    penalties = (sampling.min_p, sampling.presence_penalty, sampling.frequency_penalty)
+    assert penalties == (0.1, 0.5, -0.5)
+    assert sampling.repetition_penalty == 1.1 and sampling.logprobs == 0
