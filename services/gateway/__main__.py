@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 import uvicorn
+from grpc_health.v1 import health as grpc_health
+from starlette.types import ASGIApp
 from transformers import AutoConfig, AutoTokenizer
 
 from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
@@ -33,6 +35,30 @@ log = logging.getLogger("sarathi_serve.gateway")
 
 class _HttpServer(uvicorn.Server):
     """uvicorn inside our event loop; the gateway owns the signal handlers."""
+
+    task: asyncio.Task[None]
+
+    @classmethod
+    def launch(cls, config: GatewayConfig, app: ASGIApp) -> _HttpServer:
+        """Serves the OpenAI API on `config.http_port` (TLS as the gRPC port)."""
+        http = cls(
+            uvicorn.Config(
+                app,
+                host=config.host,
+                port=config.http_port,
+                log_level="warning",
+                access_log=False,
+                ssl_certfile=config.tls_cert_file or None,
+                ssl_keyfile=config.tls_key_file or None,
+                timeout_graceful_shutdown=2,
+            )
+        )
+        http.task = asyncio.create_task(http.serve())
+        return http
+
+    async def stop(self) -> None:
+        self.should_exit = True
+        await self.task
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -55,6 +81,34 @@ async def serve(config: GatewayConfig) -> None:
     generator = Generator(tokenizer, Router(variants), metrics, config.max_pending_requests)
     api_keys = ApiKeys.load(config.api_keys, config.api_keys_file)
 
+    server, health = await _start_grpc(config, validator, generator, api_keys)
+    http: _HttpServer | None = None
+    if config.http_port:
+        app = build_app(validator, generator, metrics, api_keys, config.max_body_bytes)
+        http = _HttpServer.launch(config, app)
+    await set_serving(health, [SERVICE_NAME], True)
+    log.info(
+        "gateway serving %s on %s:%d (gRPC) and %s (HTTP); variants: %s; API keys %s",
+        validator.model_name,
+        config.host,
+        config.port,
+        f"{config.host}:{config.http_port}" if config.http_port else "off",
+        ", ".join(f"{v.name}={v.spec.weight:g}@{v.spec.scheduler_addr}" for v in variants),
+        "on" if api_keys.enabled else "off",
+    )
+    await _until_stopped(http)
+    await set_serving(health, [SERVICE_NAME], False)
+    if http is not None:
+        await http.stop()
+    await server.stop(grace=2.0)
+    for variant in variants:
+        await variant.client.close()
+
+
+async def _start_grpc(
+    config: GatewayConfig, validator: RequestValidator, generator: Generator, api_keys: ApiKeys
+) -> tuple[grpc.aio.Server, grpc_health.aio.HealthServicer]:
+    """The public Generation service (and health, reflection), on TLS if configured."""
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(api_keys)])
     add_generation_service(server, validator, generator)
     health = add_health_and_reflection(server, [SERVICE_NAME])
@@ -67,45 +121,16 @@ async def serve(config: GatewayConfig) -> None:
     else:
         server.add_insecure_port(address)
     await server.start()
+    return server, health
 
-    http: _HttpServer | None = None
-    http_task: asyncio.Task[None] | None = None
-    if config.http_port:
-        app = build_app(validator, generator, metrics, api_keys, config.max_body_bytes)
-        http = _HttpServer(
-            uvicorn.Config(
-                app,
-                host=config.host,
-                port=config.http_port,
-                log_level="warning",
-                access_log=False,
-                ssl_certfile=config.tls_cert_file or None,
-                ssl_keyfile=config.tls_key_file or None,
-                timeout_graceful_shutdown=2,
-            )
-        )
-        http_task = asyncio.create_task(http.serve())
-    await set_serving(health, [SERVICE_NAME], True)
-    log.info(
-        "gateway serving %s on %s (gRPC) and %s (HTTP); variants: %s; API keys %s",
-        validator.model_name,
-        address,
-        f"{config.host}:{config.http_port}" if config.http_port else "off",
-        ", ".join(f"{v.name}={v.spec.weight:g}@{v.spec.scheduler_addr}" for v in variants),
-        "on" if api_keys.enabled else "off",
-    )
+
+async def _until_stopped(http: _HttpServer | None) -> None:
+    """Until SIGINT or SIGTERM, or the HTTP server ends by itself."""
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    waiters = [asyncio.create_task(stop.wait())] + ([http_task] if http_task else [])
+    waiters = [asyncio.create_task(stop.wait())] + ([http.task] if http is not None else [])
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    await set_serving(health, [SERVICE_NAME], False)
-    if http is not None and http_task is not None:
-        http.should_exit = True
-        await http_task
-    await server.stop(grace=2.0)
-    for variant in variants:
-        await variant.client.close()
 
 
 def _served_name(model: str, model_dir: Path) -> str:
