@@ -39,6 +39,7 @@ _FINISH_REASON = {
 def add_generation_service(
     server: grpc.aio.Server, validator: RequestValidator, generator: Generator
 ) -> None:
+    """Serves the public Generation service (SERVICE_NAME) on `server`."""
     gpb_grpc.add_GenerationServicer_to_server(GenerationServicer(validator, generator), server)
 
 

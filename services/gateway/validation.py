@@ -39,6 +39,7 @@ class RequestValidator:
         self.max_model_len = max_model_len
 
     def prepare(self, request: GenerateInput) -> PreparedRequest:
+        """NotFound for another model; InvalidArgument naming the first field at fault."""
         if request.model and request.model != self.model_name:
             raise NotFound(
                 f"model: {request.model!r} is not served here; "
