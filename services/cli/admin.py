@@ -84,11 +84,14 @@ def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
         f"{reply.num_free_kv_blocks}/{reply.num_total_kv_blocks}; workers {reply.num_workers}"
     )
     for r in reply.replicas:
+        hit_rate = r.prefix_cache_hits / r.prefix_cache_queries if r.prefix_cache_queries else 0
         print(
             f"  replica {r.index}: worker {r.worker_id or '(none)'}; running {r.num_running}, "
             f"waiting {r.num_waiting}; KV blocks free {r.num_free_kv_blocks}/"
-            f"{r.num_total_kv_blocks}"
+            f"{r.num_total_kv_blocks}; prefix cache: {hit_rate:.1%} of "
+            f"{r.prefix_cache_queries} prompt tokens hit, {r.num_cached_kv_blocks} blocks"
         )
+    print(f"  routing: lowest {reply.routing_score}")
     print(
         f"{'step':>6} {'budget':>6} {'policy':>18} {'batch':>5} {'prefill':>7} {'decode':>6} "
         f"{'exec ms':>8} {'gap ms':>7}"

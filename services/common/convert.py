@@ -87,6 +87,7 @@ def plan_to_pb(plan: StepPlan) -> pb.StepPlan:
                 token_ids=r.token_ids,
                 num_output_tokens=r.num_output_tokens,
                 sampling=sampling_to_pb(r.sampling),
+                num_computed_tokens=r.num_computed_tokens,
             )
             for r in plan.new_requests
         ],
@@ -107,6 +108,7 @@ def plan_from_pb(msg: pb.StepPlan) -> StepPlan:
                 token_ids=tuple(r.token_ids),
                 num_output_tokens=r.num_output_tokens,
                 sampling=sampling_from_pb(r.sampling),
+                num_computed_tokens=r.num_computed_tokens,
             )
             for r in msg.new_requests
         ),

@@ -25,6 +25,9 @@ class NewRequest:
     token_ids: tuple[int, ...]  # prompt + tokens generated so far
     num_output_tokens: int
     sampling: SamplingParams
+    # Tokens whose KV is already in the request's first blocks (a cached prefix,
+    # whole blocks, shared with other requests: the worker never writes there).
+    num_computed_tokens: int = 0
 
 
 @dataclass(slots=True)  # not frozen: 256 of these a step, and frozen ones cost 3x to build

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&sarathi_serve/protocol/scheduler.proto\x12\nsarathi.v1\"\xb7\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\r\n\x05min_p\x18\t \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\n \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x15\n\x08logprobs\x18\r \x01(\rH\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"M\n\rTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x02 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\"\xb3\x01\n\x0eSessionRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.sarathi.v1.SessionHelloH\x00\x12$\n\x06submit\x18\x02 \x01(\x0b\x32\x12.sarathi.v1.SubmitH\x00\x12\"\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x11.sarathi.v1.AbortH\x00\x12$\n\x06resume\x18\x04 \x01(\x0b\x32\x12.sarathi.v1.ResumeH\x00\x42\x06\n\x04kind\"\"\n\x0cSessionHello\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"I\n\x06Resume\x12\"\n\x06submit\x18\x01 \x01(\x0b\x32\x12.sarathi.v1.Submit\x12\x1b\n\x13num_received_tokens\x18\x02 \x01(\r\"d\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"~\n\rSessionEvents\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sarathi.v1.RequestEvent\x12\x19\n\x11token_request_ids\x18\x02 \x03(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x15\n\rtoken_indexes\x18\x04 \x03(\r\"\xd5\x01\n\x0cRequestEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11\x66irst_token_index\x18\x07 \x01(\r\x12+\n\x08logprobs\x18\x06 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\x12+\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x16.sarathi.v1.StopReason\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"k\n\rWorkerMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.sarathi.v1.WorkerHelloH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.sarathi.v1.StepResultH\x00\x42\x06\n\x04kind\"\x87\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x14\n\x0c\x65os_token_id\x18\x06 \x01(\r\"|\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_output_tokens\x18\x03 \x01(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\"\xd4\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12,\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x16.sarathi.v1.NewRequest\x12\x19\n\x11\x66reed_request_ids\x18\x04 \x03(\t\x12\x19\n\x11\x63hunk_request_ids\x18\x05 \x03(\t\x12\x18\n\x10\x63hunk_num_tokens\x18\x06 \x03(\r\x12\x1c\n\x14\x63hunk_num_new_blocks\x18\x07 \x03(\r\x12\x15\n\rnew_block_ids\x18\x08 \x03(\rJ\x04\x08\x03\x10\x04\"\xc5\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x14\n\x0c\x65xecution_ms\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0clogprob_rows\x18\x06 \x03(\r\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\x12\x16\n\x0eworker_wait_ms\x18\x08 \x01(\x01\")\n\x0fGetStatsRequest\x12\x16\n\x0emax_iterations\x18\x01 \x01(\r\"\xff\x01\n\x0eIterationStats\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x1a\n\x12num_prefill_tokens\x18\x03 \x01(\r\x12\x19\n\x11num_decode_tokens\x18\x04 \x01(\r\x12\x14\n\x0c\x65xecution_ms\x18\x05 \x01(\x01\x12\x15\n\rscheduling_ms\x18\x06 \x01(\x01\x12\x12\n\npersist_ms\x18\x07 \x01(\x01\x12\x16\n\x0eworker_wait_ms\x18\x08 \x01(\x01\x12\x0e\n\x06policy\x18\t \x01(\t\x12\x14\n\x0ctoken_budget\x18\n \x01(\r\x12\x12\n\nstart_time\x18\x0b \x01(\x01\"\xf3\x02\n\x10GetStatsResponse\x12.\n\niterations\x18\x01 \x03(\x0b\x32\x1a.sarathi.v1.IterationStats\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x04 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x05 \x01(\r\x12\x13\n\x0bnum_workers\x18\x06 \x01(\r\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x08 \x01(\r\x12\x14\n\x0cnum_finished\x18\t \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\n \x01(\x04\x12\x14\n\x0cscheduler_id\x18\x0b \x01(\t\x12\x11\n\tis_leader\x18\x0c \x01(\x08\x12\r\n\x05\x65poch\x18\r \x01(\x04\x12*\n\x08replicas\x18\x0e \x03(\x0b\x32\x18.sarathi.v1.ReplicaStats\"\x93\x01\n\x0cReplicaStats\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x04 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x05 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x06 \x01(\r\"\xa8\x01\n\x10SetPolicyRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x19\n\x0ctoken_budget\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_num_seqs\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rtarget_tbt_ms\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\x0f\n\r_token_budgetB\x0f\n\r_max_num_seqsB\x10\n\x0e_target_tbt_ms\"f\n\x11SetPolicyResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x02 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x03 \x01(\r\x12\x15\n\rfirst_step_id\x18\x04 \x01(\x04*\x9f\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTOP_REASON_EOS\x10\x01\x12\x16\n\x12STOP_REASON_LENGTH\x10\x02\x12\x17\n\x13STOP_REASON_CONTEXT\x10\x03\x12\x17\n\x13STOP_REASON_ABORTED\x10\x04\x12\x15\n\x11STOP_REASON_ERROR\x10\x05\x32\xa1\x02\n\tScheduler\x12\x44\n\x07Session\x12\x1a.sarathi.v1.SessionRequest\x1a\x19.sarathi.v1.SessionEvents(\x01\x30\x01\x12=\n\x06\x41ttach\x12\x19.sarathi.v1.WorkerMessage\x1a\x14.sarathi.v1.StepPlan(\x01\x30\x01\x12\x45\n\x08GetStats\x12\x1b.sarathi.v1.GetStatsRequest\x1a\x1c.sarathi.v1.GetStatsResponse\x12H\n\tSetPolicy\x12\x1c.sarathi.v1.SetPolicyRequest\x1a\x1d.sarathi.v1.SetPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&sarathi_serve/protocol/scheduler.proto\x12\nsarathi.v1\"\xb7\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\r\n\x05min_p\x18\t \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\n \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x15\n\x08logprobs\x18\r \x01(\rH\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"M\n\rTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x02 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\"\xb3\x01\n\x0eSessionRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.sarathi.v1.SessionHelloH\x00\x12$\n\x06submit\x18\x02 \x01(\x0b\x32\x12.sarathi.v1.SubmitH\x00\x12\"\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x11.sarathi.v1.AbortH\x00\x12$\n\x06resume\x18\x04 \x01(\x0b\x32\x12.sarathi.v1.ResumeH\x00\x42\x06\n\x04kind\"\"\n\x0cSessionHello\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"I\n\x06Resume\x12\"\n\x06submit\x18\x01 \x01(\x0b\x32\x12.sarathi.v1.Submit\x12\x1b\n\x13num_received_tokens\x18\x02 \x01(\r\"x\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\x12\x12\n\ncache_salt\x18\x04 \x01(\t\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"~\n\rSessionEvents\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sarathi.v1.RequestEvent\x12\x19\n\x11token_request_ids\x18\x02 \x03(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x15\n\rtoken_indexes\x18\x04 \x03(\r\"\xd5\x01\n\x0cRequestEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11\x66irst_token_index\x18\x07 \x01(\r\x12+\n\x08logprobs\x18\x06 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\x12+\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x16.sarathi.v1.StopReason\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"k\n\rWorkerMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.sarathi.v1.WorkerHelloH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.sarathi.v1.StepResultH\x00\x42\x06\n\x04kind\"\x87\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x14\n\x0c\x65os_token_id\x18\x06 \x01(\r\"\x99\x01\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_output_tokens\x18\x03 \x01(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.sarathi.v1.SamplingParams\x12\x1b\n\x13num_computed_tokens\x18\x05 \x01(\r\"\xd4\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12,\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x16.sarathi.v1.NewRequest\x12\x19\n\x11\x66reed_request_ids\x18\x04 \x03(\t\x12\x19\n\x11\x63hunk_request_ids\x18\x05 \x03(\t\x12\x18\n\x10\x63hunk_num_tokens\x18\x06 \x03(\r\x12\x1c\n\x14\x63hunk_num_new_blocks\x18\x07 \x03(\r\x12\x15\n\rnew_block_ids\x18\x08 \x03(\rJ\x04\x08\x03\x10\x04\"\xc5\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x14\n\x0c\x65xecution_ms\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0clogprob_rows\x18\x06 \x03(\r\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.sarathi.v1.TokenLogprobs\x12\x16\n\x0eworker_wait_ms\x18\x08 \x01(\x01\")\n\x0fGetStatsRequest\x12\x16\n\x0emax_iterations\x18\x01 \x01(\r\"\xff\x01\n\x0eIterationStats\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x1a\n\x12num_prefill_tokens\x18\x03 \x01(\r\x12\x19\n\x11num_decode_tokens\x18\x04 \x01(\r\x12\x14\n\x0c\x65xecution_ms\x18\x05 \x01(\x01\x12\x15\n\rscheduling_ms\x18\x06 \x01(\x01\x12\x12\n\npersist_ms\x18\x07 \x01(\x01\x12\x16\n\x0eworker_wait_ms\x18\x08 \x01(\x01\x12\x0e\n\x06policy\x18\t \x01(\t\x12\x14\n\x0ctoken_budget\x18\n \x01(\r\x12\x12\n\nstart_time\x18\x0b \x01(\x01\"\x8a\x03\n\x10GetStatsResponse\x12.\n\niterations\x18\x01 \x03(\x0b\x32\x1a.sarathi.v1.IterationStats\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x04 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x05 \x01(\r\x12\x13\n\x0bnum_workers\x18\x06 \x01(\r\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x08 \x01(\r\x12\x14\n\x0cnum_finished\x18\t \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\n \x01(\x04\x12\x14\n\x0cscheduler_id\x18\x0b \x01(\t\x12\x11\n\tis_leader\x18\x0c \x01(\x08\x12\r\n\x05\x65poch\x18\r \x01(\x04\x12*\n\x08replicas\x18\x0e \x03(\x0b\x32\x18.sarathi.v1.ReplicaStats\x12\x15\n\rrouting_score\x18\x0f \x01(\t\"\xea\x01\n\x0cReplicaStats\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0bnum_running\x18\x03 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x04 \x01(\r\x12\x1a\n\x12num_free_kv_blocks\x18\x05 \x01(\r\x12\x1b\n\x13num_total_kv_blocks\x18\x06 \x01(\r\x12\x1c\n\x14prefix_cache_queries\x18\x07 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x08 \x01(\x04\x12\x1c\n\x14num_cached_kv_blocks\x18\t \x01(\r\"\xa8\x01\n\x10SetPolicyRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x19\n\x0ctoken_budget\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_num_seqs\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rtarget_tbt_ms\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\x0f\n\r_token_budgetB\x0f\n\r_max_num_seqsB\x10\n\x0e_target_tbt_ms\"f\n\x11SetPolicyResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x02 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x03 \x01(\r\x12\x15\n\rfirst_step_id\x18\x04 \x01(\x04*\x9f\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTOP_REASON_EOS\x10\x01\x12\x16\n\x12STOP_REASON_LENGTH\x10\x02\x12\x17\n\x13STOP_REASON_CONTEXT\x10\x03\x12\x17\n\x13STOP_REASON_ABORTED\x10\x04\x12\x15\n\x11STOP_REASON_ERROR\x10\x05\x32\xa1\x02\n\tScheduler\x12\x44\n\x07Session\x12\x1a.sarathi.v1.SessionRequest\x1a\x19.sarathi.v1.SessionEvents(\x01\x30\x01\x12=\n\x06\x41ttach\x12\x19.sarathi.v1.WorkerMessage\x1a\x14.sarathi.v1.StepPlan(\x01\x30\x01\x12\x45\n\x08GetStats\x12\x1b.sarathi.v1.GetStatsRequest\x1a\x1c.sarathi.v1.GetStatsResponse\x12H\n\tSetPolicy\x12\x1c.sarathi.v1.SetPolicyRequest\x1a\x1d.sarathi.v1.SetPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sarathi_serve.protocol.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=3104
-  _globals['_STOPREASON']._serialized_end=3263
+  _globals['_STOPREASON']._serialized_start=3264
+  _globals['_STOPREASON']._serialized_end=3423
   _globals['_SAMPLINGPARAMS']._serialized_start=55
   _globals['_SAMPLINGPARAMS']._serialized_end=366
   _globals['_TOKENLOGPROBS']._serialized_start=368
@@ -44,35 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUME']._serialized_start=665
   _globals['_RESUME']._serialized_end=738
   _globals['_SUBMIT']._serialized_start=740
-  _globals['_SUBMIT']._serialized_end=840
-  _globals['_ABORT']._serialized_start=842
-  _globals['_ABORT']._serialized_end=869
-  _globals['_SESSIONEVENTS']._serialized_start=871
-  _globals['_SESSIONEVENTS']._serialized_end=997
-  _globals['_REQUESTEVENT']._serialized_start=1000
-  _globals['_REQUESTEVENT']._serialized_end=1213
-  _globals['_WORKERMESSAGE']._serialized_start=1215
-  _globals['_WORKERMESSAGE']._serialized_end=1322
-  _globals['_WORKERHELLO']._serialized_start=1325
-  _globals['_WORKERHELLO']._serialized_end=1460
-  _globals['_NEWREQUEST']._serialized_start=1462
-  _globals['_NEWREQUEST']._serialized_end=1586
-  _globals['_STEPPLAN']._serialized_start=1589
-  _globals['_STEPPLAN']._serialized_end=1801
-  _globals['_STEPRESULT']._serialized_start=1804
-  _globals['_STEPRESULT']._serialized_end=2001
-  _globals['_GETSTATSREQUEST']._serialized_start=2003
-  _globals['_GETSTATSREQUEST']._serialized_end=2044
-  _globals['_ITERATIONSTATS']._serialized_start=2047
-  _globals['_ITERATIONSTATS']._serialized_end=2302
-  _globals['_GETSTATSRESPONSE']._serialized_start=2305
-  _globals['_GETSTATSRESPONSE']._serialized_end=2676
-  _globals['_REPLICASTATS']._serialized_start=2679
-  _globals['_REPLICASTATS']._serialized_end=2826
-  _globals['_SETPOLICYREQUEST']._serialized_start=2829
-  _globals['_SETPOLICYREQUEST']._serialized_end=2997
-  _globals['_SETPOLICYRESPONSE']._serialized_start=2999
-  _globals['_SETPOLICYRESPONSE']._serialized_end=3101
-  _globals['_SCHEDULER']._serialized_start=3266
-  _globals['_SCHEDULER']._serialized_end=3555
+  _globals['_SUBMIT']._serialized_end=860
+  _globals['_ABORT']._serialized_start=862
+  _globals['_ABORT']._serialized_end=889
+  _globals['_SESSIONEVENTS']._serialized_start=891
+  _globals['_SESSIONEVENTS']._serialized_end=1017
+  _globals['_REQUESTEVENT']._serialized_start=1020
+  _globals['_REQUESTEVENT']._serialized_end=1233
+  _globals['_WORKERMESSAGE']._serialized_start=1235
+  _globals['_WORKERMESSAGE']._serialized_end=1342
+  _globals['_WORKERHELLO']._serialized_start=1345
+  _globals['_WORKERHELLO']._serialized_end=1480
+  _globals['_NEWREQUEST']._serialized_start=1483
+  _globals['_NEWREQUEST']._serialized_end=1636
+  _globals['_STEPPLAN']._serialized_start=1639
+  _globals['_STEPPLAN']._serialized_end=1851
+  _globals['_STEPRESULT']._serialized_start=1854
+  _globals['_STEPRESULT']._serialized_end=2051
+  _globals['_GETSTATSREQUEST']._serialized_start=2053
+  _globals['_GETSTATSREQUEST']._serialized_end=2094
+  _globals['_ITERATIONSTATS']._serialized_start=2097
+  _globals['_ITERATIONSTATS']._serialized_end=2352
+  _globals['_GETSTATSRESPONSE']._serialized_start=2355
+  _globals['_GETSTATSRESPONSE']._serialized_end=2749
+  _globals['_REPLICASTATS']._serialized_start=2752
+  _globals['_REPLICASTATS']._serialized_end=2986
+  _globals['_SETPOLICYREQUEST']._serialized_start=2989
+  _globals['_SETPOLICYREQUEST']._serialized_end=3157
+  _globals['_SETPOLICYRESPONSE']._serialized_start=3159
+  _globals['_SETPOLICYRESPONSE']._serialized_end=3261
+  _globals['_SCHEDULER']._serialized_start=3426
+  _globals['_SCHEDULER']._serialized_end=3715
 # @@protoc_insertion_point(module_scope)

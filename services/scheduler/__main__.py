@@ -118,7 +118,10 @@ async def _take_over(
     def make_core() -> SchedulerCore:  # one per model replica (worker)
         policy = config.make_policy()
         return SchedulerCore(
-            policy, max_num_waiting=config.max_num_waiting, watermark=config.watermark
+            policy,
+            max_num_waiting=config.max_num_waiting,
+            watermark=config.watermark,
+            prefix_caching=config.prefix_caching,
         )
 
     front = SchedulerFront(

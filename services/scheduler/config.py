@@ -36,6 +36,7 @@ class SchedulerConfig:
     low_chunk_size: int = 0  # > 0: the paper's dynamic chunk schedule (sarathi policy)
     chunk_schedule_max_tokens: int = 8192
     chunk_schedule_stages: int = 16
+    prefix_caching: bool = True  # reuse the KV of cached prompt prefixes (--no-prefix-caching)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -75,6 +76,8 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "progresses (the paper's dynamic chunk schedule; 0: off)",
     "chunk_schedule_max_tokens": "dynamic chunk schedule: prefill progress of the last stage",
     "chunk_schedule_stages": "dynamic chunk schedule: number of chunk sizes",
+    "prefix_caching": "reuse the KV of cached prompt prefixes (whole blocks, shared "
+    "between requests with the same cache salt); --no-prefix-caching turns it off",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "session_grace_s": "how long a disconnected gateway's requests wait for it to resume",
 }

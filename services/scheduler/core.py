@@ -6,9 +6,7 @@ worker results, as vLLM's scheduler tests do.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
-from dataclasses import dataclass
 
 from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted
 from sarathi_serve.common.step import (
@@ -16,61 +14,29 @@ from sarathi_serve.common.step import (
     ScheduledChunk,
     StepPlan,
     StepResult,
-    TokenLogprobs,
     WorkerGeometry,
 )
-from sarathi_serve.scheduler.block_manager import BlockManager
+from sarathi_serve.scheduler.block_manager import BlockManager, PrefixCacheStats
+from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep, RequestUpdate
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
 from sarathi_serve.scheduler.state import SchedulerState
 
 
-@dataclass(slots=True)  # not frozen: one per request per step, and frozen ones cost 3x to build
-class RequestUpdate:
-    """New tokens of one request in one iteration (and its end, if it ended)."""
-
-    request: Request
-    token_ids: tuple[int, ...]
-    stop_reason: StopReason | None
-    logprobs: tuple[TokenLogprobs, ...] = ()  # parallel to token_ids, when requested
-    # index of token_ids[0] in the request's output (fixed here: the output grows on
-    # while the update waits for its release)
-    first_index: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Occupancy:
-    """How full a core (or, summed, the scheduler) is."""
-
-    running: int = 0
-    waiting: int = 0
-    free_kv_blocks: int = 0
-    total_kv_blocks: int = 0
-    preemptions: int = 0
-
-    def __add__(self, other: Occupancy) -> Occupancy:
-        mine, theirs = dataclasses.astuple(self), dataclasses.astuple(other)
-        return Occupancy(*(a + b for a, b in zip(mine, theirs, strict=True)))
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedStep:
-    plan: StepPlan
-    num_prefill_tokens: int
-    num_decode_tokens: int
-    admitted: tuple[Request, ...]  # scheduled for the first time
-    policy: str  # the policy that planned it, and its budget
-    token_budget: int
-    # The requests it computes, each with its incarnation (how often it had been
-    # preempted): a token of the step counts only for the same incarnation.
-    rows: dict[str, tuple[Request, int]] = dataclasses.field(default_factory=dict)
-
-
 class SchedulerCore:
-    def __init__(self, policy: Policy, *, max_num_waiting: int = 1024, watermark: float = 0.01):
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        max_num_waiting: int = 1024,
+        watermark: float = 0.01,
+        prefix_caching: bool = True,
+    ):
         self.policy = policy
         self.max_num_waiting = max_num_waiting
         self.watermark = watermark
+        self.prefix_caching = prefix_caching
+        self.prefix_stats = PrefixCacheStats()  # over every worker this replica had
         self.state = SchedulerState()
         self.requests: dict[str, Request] = {}
         self.geometry: WorkerGeometry | None = None
@@ -137,7 +103,14 @@ class SchedulerCore:
             free_kv_blocks=self.blocks.num_free_blocks if self.blocks else 0,
             total_kv_blocks=self.blocks.num_blocks if self.blocks else 0,
             preemptions=self.state.num_preemptions,
+            cached_kv_blocks=self.blocks.num_cached_blocks if self.blocks else 0,
+            prefix_cache_queries=self.prefix_stats.queries,
+            prefix_cache_hits=self.prefix_stats.hits,
         )
+
+    def cached_prefix_tokens(self, request: Request) -> int:
+        """How many prompt tokens of a new request this replica holds cached."""
+        return self.blocks.cached_prefix_tokens(request) if self.blocks else 0
 
     @property
     def outstanding_tokens(self) -> int:
@@ -158,7 +131,13 @@ class SchedulerCore:
     def attach_worker(self, geometry: WorkerGeometry) -> None:
         self.detach_worker()
         self.geometry = geometry
-        self.blocks = BlockManager(geometry.num_kv_blocks, geometry.block_size, self.watermark)
+        self.blocks = BlockManager(
+            geometry.num_kv_blocks,
+            geometry.block_size,
+            self.watermark,
+            caching=self.prefix_caching,
+            stats=self.prefix_stats,
+        )
 
     def detach_worker(self) -> None:
         """The worker is gone: running requests wait to be recomputed on the next one."""
@@ -178,8 +157,10 @@ class SchedulerCore:
         one is applied (the worker computes while the next plan is made): a decode then
         feeds the token the worker sampled itself in the step before, and a request that
         turns out to have stopped in that step costs one wasted token, dropped by apply."""
-        assert self.blocks is not None, "plan() needs an attached worker"
-        schedule = self.policy.schedule(self.state, self.blocks)
+        blocks = self.blocks
+        assert blocks is not None, "plan() needs an attached worker"
+        schedule = self.policy.schedule(self.state, blocks)
+        block_size = blocks.block_size if blocks.caching else 1 << 62  # off: never full
         for victim in schedule.preempted:
             self._forget_on_worker(victim)
         new_requests, chunks, admitted = [], [], []
@@ -196,6 +177,7 @@ class SchedulerCore:
                         tuple(request.all_token_ids()),
                         len(request.output_token_ids),
                         request.sampling,
+                        request.num_computed_tokens,  # its cached prefix, if any
                     )
                 )
                 request.on_worker = True
@@ -211,6 +193,8 @@ class SchedulerCore:
             chunks.append(ScheduledChunk(request.request_id, num_tokens, new_blocks))
             rows[request.request_id] = (request, request.num_preemptions)
             request.num_computed_tokens += num_tokens
+            if request.num_computed_tokens >= (request.num_cached_blocks + 1) * block_size:
+                blocks.cache_computed_blocks(request)  # a block is full: once in block_size
         plan = StepPlan(step_id, tuple(new_requests), tuple(chunks), tuple(self._freed_ids))
         self._freed_ids.clear()
         planned = PlannedStep(

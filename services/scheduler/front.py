@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from sarathi_serve.common.errors import InvalidArgument
 from sarathi_serve.common.stop_reason import StopReason
-from sarathi_serve.scheduler.core import Occupancy, SchedulerCore
+from sarathi_serve.scheduler.core import SchedulerCore
+from sarathi_serve.scheduler.iteration import Occupancy
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.policies import Policy, make_policy
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
@@ -33,6 +34,12 @@ from sarathi_serve.scheduler.store import RedisStore, StoredRequest
 from sarathi_serve.scheduler.workers import WorkerLink
 
 log = logging.getLogger(__name__)
+
+UNCACHED_PROMPT_WEIGHT = 1.0  # a prompt token to compute counts as much as outstanding work
+ROUTING_SCORE = (
+    f"outstanding tokens (prompt tokens to compute + tokens to generate) "
+    f"+ {UNCACHED_PROMPT_WEIGHT:g} x the request's prompt tokens not cached on the replica"
+)
 
 
 class SchedulerFront:
@@ -80,7 +87,7 @@ class SchedulerFront:
             # A seed of our own, kept in Redis: a recomputed request draws the same tokens.
             seed = random.getrandbits(62)
             request.sampling = dataclasses.replace(request.sampling, seed=seed)
-        replica = self._least_loaded()
+        replica = self._route(request)
         replica.submit(request)
         log.info(
             "request %s accepted: %d prompt tokens, replica %d",
@@ -159,6 +166,22 @@ class SchedulerFront:
 
     def _holder(self, request_id: str) -> Replica | None:
         return next((r for r in self.replicas if r.holds(request_id)), None)
+
+    def _route(self, request: Request) -> Replica:
+        """The replica with the lowest ROUTING_SCORE for a new request: the work it would
+        have with the request, counting the prompt tokens it holds cached as done. A
+        replica holding a long prefix wins unless the others have less work by more than
+        the prefix; with nothing cached anywhere it is the least loaded replica."""
+        candidates = [r for r in self.replicas if r.has_worker] or self.replicas
+        if len(candidates) == 1:
+            return candidates[0]
+        num_prompt = len(request.prompt_token_ids)
+
+        def score(replica: Replica) -> float:
+            uncached = num_prompt - replica.cached_prefix_tokens(request)
+            return replica.outstanding_tokens() + UNCACHED_PROMPT_WEIGHT * uncached
+
+        return min(candidates, key=lambda r: (score(r), r.index))
 
     def _least_loaded(self) -> Replica:
         candidates = [r for r in self.replicas if r.has_worker] or self.replicas

@@ -113,10 +113,18 @@ class _Occupancy(Collector):
             (total.total_kv_blocks - total.free_kv_blocks) / max(total.total_kv_blocks, 1),
         )  # fmt: skip
         yield gauge("sarathi_scheduler_workers", "Attached workers", front.num_workers)
+        yield gauge(
+            "sarathi_scheduler_prefix_cache_blocks", "Full KV blocks in the prefix cache",
+            total.cached_kv_blocks,
+        )  # fmt: skip
         for name, doc, value in (
             ("sarathi_scheduler_preemptions", "Recomputes forced by a lack of KV blocks",
              total.preemptions),
             ("sarathi_scheduler_finished_requests", "Requests ended", front.stats.num_finished),
+            ("sarathi_scheduler_prefix_cache_queries",
+             "Prompt tokens looked up in the prefix cache", total.prefix_cache_queries),
+            ("sarathi_scheduler_prefix_cache_hits",
+             "Prompt tokens found in the prefix cache", total.prefix_cache_hits),
         ):  # fmt: skip
             counter = CounterMetricFamily(name, doc, labels=["policy"])
             counter.add_metric(labels, value)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from sarathi_serve.common.step import StepResult
-from sarathi_serve.scheduler.core import PlannedStep, RequestUpdate
+from sarathi_serve.scheduler.iteration import PlannedStep, RequestUpdate
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import Sessions

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sarathi_serve.common.step import StepResult
-from sarathi_serve.scheduler.core import Occupancy, PlannedStep, SchedulerCore
+from sarathi_serve.scheduler.core import SchedulerCore
+from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.releasing import Iteration, ReleaseQueue, Releaser, Timing
 from sarathi_serve.scheduler.request import Request
@@ -103,6 +104,9 @@ class Replica:
 
     def outstanding_tokens(self) -> int:
         return self.core.outstanding_tokens
+
+    def cached_prefix_tokens(self, request: Request) -> int:
+        return self.core.cached_prefix_tokens(request)
 
     # ---- requests ---------------------------------------------------------------
 

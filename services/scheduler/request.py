@@ -30,8 +30,12 @@ class Request:
     # Tokens to (re)compute before decoding starts: the prompt, or on recompute
     # the prompt plus the tokens generated before preemption.
     num_prefill_tokens: int = 0
+    cache_salt: str = ""  # requests share cached KV only with the same salt
     block_ids: list[int] = field(default_factory=list)
     num_blocks_sent: int = 0  # how many of block_ids the worker has been told
+    num_cached_blocks: int = 0  # how many of block_ids are in the prefix cache
+    block_hashes: list[bytes] = field(default_factory=list)  # of its full blocks, in order
+    hash_block_size: int = 0  # the block size block_hashes were computed for
     on_worker: bool = False  # the worker holds this request's tokens
     num_preemptions: int = 0
     awaiting_resume: bool = False  # recovered by a new leader; its gateway has not resumed it yet
@@ -70,3 +74,11 @@ class Request:
 
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    def token_ids_between(self, start: int, end: int) -> list[int]:
+        """Tokens [start, end) of prompt + output, without building the whole list."""
+        prompt = self.prompt_token_ids
+        if end <= len(prompt):
+            return prompt[start:end]
+        output_start = max(start - len(prompt), 0)
+        return prompt[start:end] + self.output_token_ids[output_start : end - len(prompt)]

@@ -20,7 +20,7 @@ from sarathi_serve.common.convert import geometry_from_pb, sampling_from_pb, ses
 from sarathi_serve.common.errors import InvalidArgument
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
-from sarathi_serve.scheduler.front import SchedulerFront
+from sarathi_serve.scheduler.front import ROUTING_SCORE, SchedulerFront
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import Outbox
 from sarathi_serve.scheduler.workers import WorkerLink
@@ -177,7 +177,11 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 num_waiting=occupancy.waiting,
                 num_free_kv_blocks=occupancy.free_kv_blocks,
                 num_total_kv_blocks=occupancy.total_kv_blocks,
+                prefix_cache_queries=occupancy.prefix_cache_queries,
+                prefix_cache_hits=occupancy.prefix_cache_hits,
+                num_cached_kv_blocks=occupancy.cached_kv_blocks,
             )
+        reply.routing_score = ROUTING_SCORE
         reply.epoch = self.epoch
         return reply
 
@@ -189,6 +193,7 @@ def _request_from_pb(msg: pb.Submit, gateway_id: str) -> Request:
         sampling=sampling_from_pb(msg.sampling),
         session_id=gateway_id,
         arrival_time=time.time(),
+        cache_salt=msg.cache_salt,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Protocol
 from sarathi_serve.common.errors import ServiceError, Unavailable
 from sarathi_serve.common.session import RequestEvent, SessionEvents
 from sarathi_serve.common.stop_reason import StopReason
-from sarathi_serve.scheduler.core import RequestUpdate
+from sarathi_serve.scheduler.iteration import RequestUpdate
 from sarathi_serve.scheduler.request import Request
 
 log = logging.getLogger(__name__)

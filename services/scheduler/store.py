@@ -3,7 +3,7 @@
 Schema (all keys under `prefix`, default `sarathi`):
 
     {p}:req:{id}   HASH   prompt (packed uint32 LE), sampling (JSON), session,
-                          arrival (unix s), status (running|finished), stop_reason
+                          arrival (unix s), cache_salt, status (running|finished), stop_reason
     {p}:out:{id}   STRING generated token ids, packed uint32 LE, APPENDed per iteration
     {p}:inflight   SET    ids of accepted, unfinished requests
 
@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from sarathi_serve.common.sampling import SamplingParams
-from sarathi_serve.scheduler.core import RequestUpdate
+from sarathi_serve.scheduler.iteration import RequestUpdate
 from sarathi_serve.scheduler.request import Request, StopReason
 
 
@@ -91,6 +91,7 @@ class StoredRequest:
     session_id: str
     arrival_time: float
     output_token_ids: list[int]
+    cache_salt: str = ""
 
     def to_request(self, awaiting_resume: bool) -> Request:
         """The request, to recompute (prompt + tokens so far); all of them released."""
@@ -103,6 +104,7 @@ class StoredRequest:
             output_token_ids=list(self.output_token_ids),
             awaiting_resume=awaiting_resume,
             num_released=len(self.output_token_ids),
+            cache_salt=self.cache_salt,
         )
 
 
@@ -146,24 +148,7 @@ class RedisStore:
             return
         ops: list[tuple[str | bytes | int, ...]] = []
         for request in accepted:
-            key = self.request_key(request.request_id)
-            ops.append(
-                (
-                    "HSET",
-                    key,
-                    "prompt",
-                    pack_tokens(request.prompt_token_ids),
-                    "sampling",
-                    json.dumps(asdict(request.sampling)),
-                    "session",
-                    request.session_id,
-                    "arrival",
-                    repr(request.arrival_time),
-                    "status",
-                    "running",
-                )
-            )
-            ops.append(("SADD", self.inflight_key, request.request_id))
+            ops += self._accept(request)
         ids = []
         sizes = array("I")
         tokens = array("I")
@@ -193,6 +178,18 @@ class RedisStore:
             if "FENCED" in str(exc):
                 raise Fenced(f"epoch {self.epoch} is no longer the leader's") from exc
             raise
+
+    def _accept(self, request: Request) -> list[tuple[str | bytes | int, ...]]:
+        fields = {
+            "prompt": pack_tokens(request.prompt_token_ids),
+            "sampling": json.dumps(asdict(request.sampling)),
+            "session": request.session_id,
+            "arrival": repr(request.arrival_time),
+            "cache_salt": request.cache_salt,
+            "status": "running",
+        }
+        hset = ("HSET", self.request_key(request.request_id), *_flat(fields))
+        return [hset, ("SADD", self.inflight_key, request.request_id)]
 
     def _finish(self, request_id: str, reason: StopReason) -> list[tuple[str | bytes | int, ...]]:
         key = self.request_key(request_id)
@@ -242,6 +239,7 @@ class RedisStore:
                     sampling=_sampling_from_json(fields[b"sampling"]),
                     session_id=fields[b"session"].decode(),
                     arrival_time=float(fields[b"arrival"]),
+                    cache_salt=fields.get(b"cache_salt", b"").decode(),
                     output_token_ids=unpack_tokens(output or b""),
                 )
             )
@@ -252,3 +250,7 @@ def _sampling_from_json(data: bytes) -> SamplingParams:
     fields = json.loads(data)
     fields["stop_token_ids"] = tuple(fields.get("stop_token_ids", ()))
     return SamplingParams(**fields)
+
+
+def _flat(fields: dict[str, str | bytes]) -> list[str | bytes]:
+    return [item for pair in fields.items() for item in pair]

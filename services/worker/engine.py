@@ -48,6 +48,7 @@ class WorkerEngine:
                 token_ids=list(new.token_ids),
                 num_prompt_tokens=len(new.token_ids) - new.num_output_tokens,
                 sampling=new.sampling,
+                num_computed_tokens=new.num_computed_tokens,  # a cached prefix
             )
         batch = []
         for chunk in plan.chunks:

@@ -111,6 +111,8 @@ class ContractWorker(threading.Thread):
         self.computed: dict[str, int] = {}
         self.blocks: dict[str, list[int]] = {}
         self.new_requests: list[str] = []
+        self.cached_prefix: dict[str, int] = {}  # request id -> num_computed_tokens when new
+        self.tables: dict[str, list[int]] = {}  # request id -> its last block table
         self.freed: list[str] = []
         self.violations: list[str] = []
         self.max_step_tokens = 0
@@ -167,7 +169,14 @@ class ContractWorker(threading.Thread):
             )
             self.tokens[new.request_id] = len(new.token_ids)
             self.prompt_len[new.request_id] = len(new.token_ids) - new.num_output_tokens
-            self.computed[new.request_id] = 0
+            # a cached prefix: whole blocks, never the last token (it is sampled from)
+            self.check(
+                new.num_computed_tokens % BLOCK == 0
+                and new.num_computed_tokens < len(new.token_ids),
+                f"{new.request_id}: a cached prefix of {new.num_computed_tokens} tokens",
+            )
+            self.computed[new.request_id] = new.num_computed_tokens
+            self.cached_prefix[new.request_id] = new.num_computed_tokens
             self.blocks[new.request_id] = []
             self.new_requests.append(new.request_id)
         result = pb.StepResult(step_id=plan.step_id)
@@ -185,6 +194,14 @@ class ContractWorker(threading.Thread):
             if rid not in self.tokens:
                 continue
             self.blocks[rid] += new_block_ids
+            self.tables[rid] = list(self.blocks[rid])
+            written = {
+                self.blocks[rid][pos // BLOCK]
+                for pos in range(self.computed[rid], self.computed[rid] + num_tokens)
+                if pos // BLOCK < len(self.blocks[rid])
+            }
+            others = {b for other, blocks in self.blocks.items() if other != rid for b in blocks}
+            self.check(not written & others, f"{rid}: writes into a block another request holds")
             self.computed[rid] += num_tokens
             self.check(
                 self.computed[rid] <= self.tokens[rid], f"{rid}: computes tokens it does not have"
@@ -197,7 +214,8 @@ class ContractWorker(threading.Thread):
                 result.token_ids.append(token_of(rid, self.tokens[rid] - self.prompt_len[rid]))
                 self.tokens[rid] += 1
         live = [b for blocks in self.blocks.values() for b in blocks]
-        self.check(len(live) == len(set(live)), "a KV block is held by two requests")
+        for blocks in self.blocks.values():
+            self.check(len(blocks) == len(set(blocks)), "a request holds a KV block twice")
         self.check(all(0 <= b < NUM_BLOCKS for b in live), "a block id outside the worker's cache")
         return result
 
@@ -373,6 +391,27 @@ def test_abort_ends_the_request_and_frees_it_on_the_worker(gateway, worker):
         time.sleep(0.01)
     assert "abort" in worker.freed
     gateway.assert_ended("abort")
+    assert not worker.violations, worker.violations
+
+
+def test_a_cached_prefix_starts_a_request_past_it_in_shared_blocks(gateway, worker):
+    """The prefix cache on the wire: a request sharing a running request's prompt
+    prefix is sent with that prefix as computed tokens, its block table starting with
+    the same blocks; nobody writes into them (checked by the worker on every chunk)."""
+    prefix = list(range(100, 100 + 3 * BLOCK))
+    gateway.submit("owner", [*prefix, 1], max_tokens=100_000, ignore_eos=True)
+    assert gateway.next_event("owner", time.monotonic() + 10) is not None  # prompt computed
+    gateway.submit("reader", [*prefix, 2, 3], max_tokens=3)
+    assert gateway.output("reader") == (expected("reader", 3), pb.STOP_REASON_LENGTH)
+    gateway.submit("repeat", [*prefix, 1], max_tokens=2)  # all but its last block cached
+    assert gateway.output("repeat") == (expected("repeat", 2), pb.STOP_REASON_LENGTH)
+    gateway.abort("owner")
+    gateway.output("owner", received=expected("owner", 1))
+    assert worker.cached_prefix["owner"] == 0
+    assert worker.cached_prefix["reader"] == worker.cached_prefix["repeat"] == 3 * BLOCK
+    for rid in ("reader", "repeat"):
+        assert worker.tables[rid][:3] == worker.tables["owner"][:3], rid
+    assert worker.tables["repeat"][3] != worker.tables["owner"][3]
     assert not worker.violations, worker.violations
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
-from sarathi_serve.scheduler.core import RequestUpdate
+from sarathi_serve.scheduler.iteration import RequestUpdate
 from sarathi_serve.scheduler.request import StopReason
 from sarathi_serve.scheduler.store import Fenced, RedisStore, pack_tokens, unpack_tokens
 from tests.redis_server import RedisServer

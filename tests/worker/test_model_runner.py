@@ -133,3 +133,43 @@ def test_cuda_kv_cache_is_sized_from_free_memory(tiny_llama):
     total = torch.cuda.get_device_properties(0).total_memory
     assert 0.5 * total < runner.kv_cache.num_bytes < 0.9 * total
     assert runner.backend.name in ("flex", "flash")
+
+
+@pytest.mark.parametrize("backend", ["torch", "flex"])
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_cached_prefix_in_shared_blocks_gives_the_tokens_of_a_full_compute(tiny_llama, backend):
+    """The prefix cache's contract: a new request whose first chunk starts past a cached
+    prefix reads that prefix's KV from blocks another request wrote (and goes on using),
+    and writes only into blocks of its own."""
+    runner = ModelRunner(
+        tiny_llama, kv_cache_bytes=4 << 20, block_size=4, attention_backend=backend
+    )
+    ref = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    system = torch.randint(3, 300, (18,), generator=torch.Generator().manual_seed(3)).tolist()
+    owner = Sequence("owner", [*system, 7, 8], 20, GREEDY, list(range(10, 18)))
+    owner.token_ids.append(runner.execute([BatchEntry(owner, 20)]).sampled["owner"])
+    owner.num_computed_tokens = 20
+    shared_slots = torch.tensor([b * 4 + i for b in owner.block_ids[:4] for i in range(4)])
+    kv_before = runner.kv_cache.read(0, shared_slots)
+    # a: 4 of its 5 full blocks shared; b: an exact repeat of 4 blocks, its last recomputed
+    prompts = {"a": [*system, 9, 10, 11], "b": system[:16]}
+    seqs = []
+    for i, (rid, prompt) in enumerate(prompts.items()):
+        num_shared = 4 if rid == "a" else 3
+        own = list(range(30 + 4 * i, 34 + 4 * i))
+        table = owner.block_ids[:num_shared] + own
+        seqs.append(Sequence(rid, list(prompt), len(prompt), GREEDY, table, 4 * num_shared))
+    for _ in range(6):  # the owner decodes alongside: its blocks stay in use
+        batch = [BatchEntry(s, len(s.token_ids) - s.num_computed_tokens) for s in [*seqs, owner]]
+        sampled = runner.execute(batch).sampled
+        for entry in batch:
+            entry.sequence.num_computed_tokens = len(entry.sequence.token_ids)
+            entry.sequence.token_ids.append(sampled[entry.sequence.request_id])
+    for seq, prompt in zip(seqs, prompts.values(), strict=True):
+        expected = ref.generate(
+            torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()  # fmt: skip
+        assert seq.token_ids[len(prompt) :] == expected, seq.request_id
+    for before, after in zip(kv_before, runner.kv_cache.read(0, shared_slots), strict=True):
+        assert torch.equal(before, after), "a shared block was written"

@@ -94,6 +94,14 @@ def schedule_decodes(
     return budget
 
 
+def next_waiting(state: SchedulerState, blocks: BlockManager) -> Request:
+    """The head of the waiting queue, started on its longest cached prefix (a policy
+    that does not admit it after all calls `blocks.forget_reuse(request)`)."""
+    request = state.waiting[0]
+    blocks.reuse_cached_prefix(request)
+    return request
+
+
 def make_room(
     request: Request, num_tokens: int, state: SchedulerState, blocks: BlockManager, out: Schedule
 ) -> bool:
@@ -130,10 +138,11 @@ def schedule_whole_prefills(
             return budget
         budget = _take_whole(request, blocks, out, budget)
     while state.waiting and len(state.running) < max_running:
-        request = state.waiting[0]
-        if not _fits(request, budget, out, first_may_exceed):
-            break
-        if not blocks.can_allocate(request, request.num_pending_tokens, admit=True):
+        request = next_waiting(state, blocks)
+        if not _fits(request, budget, out, first_may_exceed) or not blocks.can_allocate(
+            request, request.num_pending_tokens, admit=True
+        ):
+            blocks.forget_reuse(request)
             break
         state.admit(request)
         budget = _take_whole(request, blocks, out, budget)

@@ -30,6 +30,7 @@ from sarathi_serve.scheduler.policies.base import (
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_TOKEN_BUDGET,
     Schedule,
+    next_waiting,
     schedule_decodes,
     validate_limits,
 )
@@ -136,9 +137,10 @@ class SarathiPolicy:
         self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
     ) -> None:
         while state.waiting and budget > 0 and len(state.running) < self.max_running:
-            request = state.waiting[0]
+            request = next_waiting(state, blocks)
             num_tokens = self._chunk(request, out, budget)
             if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens, admit=True):
+                blocks.forget_reuse(request)
                 break
             state.admit(request)
             blocks.allocate(request, num_tokens)

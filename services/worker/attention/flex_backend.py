@@ -2,9 +2,11 @@
 
 The whole KV pool is one long key sequence; a mask function keeps each query
 token to the slots of its own request's blocks at positions it may see (causal,
-optionally windowed). The block mask is built from the step's block tables, so
-the kernel skips every KV tile that holds none of a query tile's context.
-On CUDA the kernel is compiled (Triton); elsewhere it runs unfused, for tests.
+optionally windowed). A block may be in several requests' tables (a shared cached
+prefix), always at the same index, since a shared block holds the same positions.
+The block mask is built from the step's block tables, so the kernel skips every KV
+tile that holds none of a query tile's context. On CUDA the kernel is compiled
+(Triton); elsewhere it runs unfused, for tests.
 """
 
 from __future__ import annotations
@@ -25,19 +27,19 @@ class FlexMetadata:
     q_seq: torch.Tensor  # [T] request index of each query token
     q_pos: torch.Tensor  # [T] position of each query token in its sequence
     kv_len: int  # slots [0, kv_len) hold every context of this step
-    block_owner: torch.Tensor  # [kv_len / block_size] request owning each block, -1 for none
-    block_rank: torch.Tensor  # [kv_len / block_size] index of the block in its owner's table
+    holds: torch.Tensor  # [R, kv_len / block_size] whether request r's table has the block
+    block_rank: torch.Tensor  # [kv_len / block_size] index of the block in the tables holding it
     _masks: dict[int | None, BlockMask] = field(default_factory=dict)
 
     def block_mask(self, window: int | None) -> BlockMask:
         if window not in self._masks:
             bs = self.layout.block_size
-            q_seq, q_pos, owner, rank = self.q_seq, self.q_pos, self.block_owner, self.block_rank
+            q_seq, q_pos, holds, rank = self.q_seq, self.q_pos, self.holds, self.block_rank
 
             def visible(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
                 block = kv_idx // bs
                 kv_pos = rank[block] * bs + kv_idx % bs
-                seen = (owner[block] == q_seq[q_idx]) & (kv_pos <= q_pos[q_idx])
+                seen = holds[q_seq[q_idx], block] & (kv_pos <= q_pos[q_idx])
                 if window is not None:
                     seen = seen & (kv_pos > q_pos[q_idx] - window)
                 return seen
@@ -62,13 +64,13 @@ class FlexBackend:
             self._attend = torch.compile(flex_attention, dynamic=True)
             self._compiled = True
         num_blocks = 1 + max(max(t) for t in layout.block_tables)
-        owner = torch.full((num_blocks,), -1, dtype=torch.long)
+        holds = torch.zeros((len(layout.block_tables), num_blocks), dtype=torch.bool)
         rank = torch.zeros((num_blocks,), dtype=torch.long)
         q_seq: list[int] = []
         q_pos: list[int] = []
         for i, table in enumerate(layout.block_tables):
             ids = torch.tensor(table, dtype=torch.long)
-            owner[ids] = i
+            holds[i, ids] = True
             rank[ids] = torch.arange(len(table))
             n, ctx = layout.num_query[i], layout.context_len[i]
             q_seq += [i] * n
@@ -78,7 +80,7 @@ class FlexBackend:
             q_seq=torch.tensor(q_seq, device=dev),
             q_pos=torch.tensor(q_pos, device=dev),
             kv_len=num_blocks * layout.block_size,
-            block_owner=owner.to(dev),
+            holds=holds.to(dev),
             block_rank=rank.to(dev),
         )
 
