@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p, GatewayConfig, "api_keys_file", "require these API keys (one per line) at the gateway"
     )
     add_field_argument(
+        p, GatewayConfig, "salt_cache_per_api_key", GATEWAY_HELPS["salt_cache_per_api_key"]
+    )
+    add_field_argument(
         p,
         SchedulerConfig,
         "port",
@@ -72,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_field_argument(
         p, SchedulerConfig, "policy", SCHEDULER_HELPS["policy"], choices=sorted(POLICIES)
     )
-    for name in ("token_budget", "max_num_seqs", "target_tbt_ms"):
+    for name in ("token_budget", "max_num_seqs", "target_tbt_ms", "prefix_caching"):
         add_field_argument(p, SchedulerConfig, name, SCHEDULER_HELPS[name])
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     add_field_argument(

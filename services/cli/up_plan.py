@@ -176,6 +176,7 @@ def _scheduler_children(
                 "token_budget": variant.token_budget,
                 "max_num_seqs": args.max_num_seqs,
                 "target_tbt_ms": args.target_tbt_ms if variant.policy == "sarathi" else 0.0,
+                "prefix_caching": args.prefix_caching,
                 "metrics_port": metrics_port,
             },
         )
@@ -237,6 +238,7 @@ def _gateway_child(args: argparse.Namespace, routes: list[dict[str, Any]], run_d
         "host": args.host,
         "port": args.port,
         "http_port": args.http_port,
+        "salt_cache_per_api_key": args.salt_cache_per_api_key,
     }
     if args.variant:
         variants_file = run_dir / "variants.json"

@@ -78,7 +78,13 @@ async def serve(config: GatewayConfig) -> None:
     for variant in variants:
         variant.client.start()
     metrics = GatewayMetrics(validator.model_name)
-    generator = Generator(tokenizer, Router(variants), metrics, config.max_pending_requests)
+    generator = Generator(
+        tokenizer,
+        Router(variants),
+        metrics,
+        config.max_pending_requests,
+        salt_cache_per_api_key=config.salt_cache_per_api_key,
+    )
     api_keys = ApiKeys.load(config.api_keys, config.api_keys_file)
 
     server, health = await _start_grpc(config, validator, generator, api_keys)

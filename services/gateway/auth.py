@@ -6,6 +6,7 @@ list (the SARATHI_GATEWAY_API_KEYS environment variable). No keys: open access.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,6 +44,15 @@ class ApiKeys:
             return False
         given = key.strip().encode()
         return any(hmac.compare_digest(given, k) for k in self._keys)
+
+
+def tenant_of(authorization: str | None) -> str:
+    """A name for the API key in `authorization` (`Bearer <key>`) that does not reveal
+    it, or "" without one: the per-key part of a prefix-cache salt."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return ""
+    return hashlib.sha256(key.strip().encode()).hexdigest()[:32]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

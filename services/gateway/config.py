@@ -28,6 +28,7 @@ class GatewayConfig:
     tls_key_file: str = ""
     max_pending_requests: int = 1024
     max_body_bytes: int = 4 << 20
+    salt_cache_per_api_key: bool = False  # requests of two API keys share no cached prefix
 
     def __post_init__(self) -> None:
         if self.max_pending_requests < 1:
@@ -58,4 +59,6 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "tls_key_file": "PEM private key of tls_cert_file",
     "max_pending_requests": "requests in flight beyond which new ones get 429 / RESOURCE_EXHAUSTED",
     "max_body_bytes": "HTTP bodies over this size get 413",
+    "salt_cache_per_api_key": "salt the prefix cache per API key: requests of two keys "
+    "never share cached prompt prefixes (so one cannot time the other's prompts)",
 }

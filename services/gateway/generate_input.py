@@ -74,3 +74,4 @@ class GenerateInput:
     prompt: Prompt | None
     model: str = ""
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    cache_salt: str = ""  # shares cached prompt prefixes only with the same salt

@@ -162,17 +162,26 @@ class Generator:
         router: Router[SchedulerClient],
         metrics: GatewayMetrics,
         max_pending_requests: int,
+        salt_cache_per_api_key: bool = False,
     ):
         self.tokenizer = tokenizer
         self.router = router
         self.metrics = metrics
         self.max_pending_requests = max_pending_requests
+        self.salt_cache_per_api_key = salt_cache_per_api_key
         self._num_pending = 0
 
     async def start(
-        self, request_id: str, prepared: PreparedRequest, user: str = "", pinned: str = ""
+        self,
+        request_id: str,
+        prepared: PreparedRequest,
+        user: str = "",
+        pinned: str = "",
+        tenant: str = "",
     ) -> Generation:
-        """Submits the request; raises ServiceError if it cannot be admitted."""
+        """Submits the request; raises ServiceError if it cannot be admitted. `tenant`
+        names the API key (`auth.tenant_of`): with salting per key, requests of two
+        keys never share cached prefixes."""
         variant = self.router.pick(user, pinned)
         if self._num_pending >= self.max_pending_requests:
             self.metrics.reject(variant.name, "RESOURCE_EXHAUSTED")
@@ -180,8 +189,11 @@ class Generator:
                 f"{self._num_pending} requests are in flight on this gateway (the limit): "
                 "retry later"
             )
+        salt = prepared.cache_salt
+        if self.salt_cache_per_api_key and tenant:
+            salt = f"{tenant}:{salt}"
         events = await variant.client.submit(
-            request_id, prepared.prompt_token_ids, prepared.sampling
+            request_id, prepared.prompt_token_ids, prepared.sampling, cache_salt=salt
         )
         log.info(
             "request %s: %d prompt tokens, variant %s",

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from sarathi_serve.gateway.auth import tenant_of
 from sarathi_serve.gateway.generation import Delta, Generation, Generator, Logprob
 from sarathi_serve.gateway.openai_answers import (
     REQUEST_ID_HEADER,
@@ -109,6 +110,7 @@ class OpenAICompletions:
         base = request.headers.get(REQUEST_ID_HEADER) or f"{prefix}-{uuid.uuid4().hex}"
         user = user or request.headers.get(USER_KEY, "")
         pinned = request.headers.get(VARIANT_KEY, "")
+        tenant = tenant_of(request.headers.get("authorization"))
         generations: list[Generation] = []
         try:
             for p in prepared:
@@ -117,7 +119,10 @@ class OpenAICompletions:
                     sampling = replace(p.sampling, seed=seed + j) if seed is not None else None
                     choice = replace(p, sampling=sampling) if sampling else p
                     request_id = base if len(prepared) * n == 1 else f"{base}-{len(generations)}"
-                    generations.append(await self.generator.start(request_id, choice, user, pinned))
+                    generation = await self.generator.start(
+                        request_id, choice, user, pinned, tenant
+                    )
+                    generations.append(generation)
         except BaseException:
             for g in generations:
                 g.close()

@@ -46,6 +46,7 @@ class _SamplingFields(_Body):
     n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
     best_of: StrictInt | None = None
     user: StrictStr | None = None
+    cache_salt: StrictStr | None = None  # vLLM's field: prefixes are shared per salt
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     ignore_eos: StrictBool = False
@@ -98,8 +99,9 @@ class CompletionRequest(_SamplingFields):
         prompts = self._prompts()
         options = self.sampling_options(self.max_tokens, self.logprobs)
         texts = [p.text for p in prompts if isinstance(p, gi.TextPrompt)]
-        _check_utf8(self.model or "", self.user or "", *texts)
-        return [gi.GenerateInput(prompt, self.model or "", options) for prompt in prompts]
+        _check_utf8(self.model or "", self.user or "", self.cache_salt or "", *texts)
+        salt = self.cache_salt or ""
+        return [gi.GenerateInput(prompt, self.model or "", options, salt) for prompt in prompts]
 
     def _prompts(self) -> list[gi.Prompt]:
         prompt = self.prompt
@@ -161,8 +163,9 @@ class ChatCompletionRequest(_SamplingFields):
         options = self.sampling_options(
             max_model_len if max_tokens is None else max_tokens, logprobs
         )
-        _check_utf8(self.model or "", self.user or "")
-        return gi.GenerateInput(gi.ChatPrompt(messages), self.model or "", options)
+        _check_utf8(self.model or "", self.user or "", self.cache_salt or "")
+        salt = self.cache_salt or ""
+        return gi.GenerateInput(gi.ChatPrompt(messages), self.model or "", options, salt)
 
 
 def _f32(value: float) -> float:

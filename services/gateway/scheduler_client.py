@@ -95,6 +95,7 @@ class SchedulerClient:
         prompt_token_ids: list[int],
         sampling: SamplingParams,
         timeout: float = 10.0,
+        cache_salt: str = "",
     ) -> asyncio.Queue[TokenEvent]:
         """Sends a request; returns the queue its events arrive on."""
         try:
@@ -109,6 +110,7 @@ class SchedulerClient:
             request_id=request_id,
             prompt_token_ids=prompt_token_ids,
             sampling=sampling_to_pb(sampling),
+            cache_salt=cache_salt,
         )
         entry = _InFlight(submit, asyncio.Queue())
         self._inflight[request_id] = entry

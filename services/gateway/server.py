@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from sarathi_serve.common.errors import ServiceError, status_of
+from sarathi_serve.gateway.auth import tenant_of
 from sarathi_serve.gateway.generate_input import (
     ChatMessage,
     ChatPrompt,
@@ -61,6 +62,7 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 prepared,
                 user=request.user or str(metadata.get(USER_KEY, "")),
                 pinned=str(metadata.get(VARIANT_KEY, "")),
+                tenant=tenant_of(str(metadata.get("authorization", ""))),
             )
             await context.send_initial_metadata(((VARIANT_KEY, generation.variant),))
             async for delta in generation.deltas():
@@ -78,6 +80,7 @@ def generate_input_from_pb(msg: gpb.GenerateRequest) -> GenerateInput:
         prompt=_prompt_from_pb(msg),
         model=msg.model,
         sampling=_sampling_from_pb(msg.sampling),  # unset: all defaults, as an empty one
+        cache_salt=msg.cache_salt,
     )
 
 

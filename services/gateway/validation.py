@@ -22,6 +22,7 @@ from sarathi_serve.gateway.generate_input import (
 MAX_STOP_TOKEN_IDS = 64
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 512
+MAX_CACHE_SALT_CHARS = 256
 _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
@@ -30,6 +31,7 @@ class PreparedRequest:
     prompt_token_ids: list[int]
     sampling: SamplingParams
     stop: tuple[str, ...] = ()  # stop strings, cut from the text by the gateway
+    cache_salt: str = ""
 
 
 class RequestValidator:
@@ -53,7 +55,9 @@ class RequestValidator:
                 f"prompt: {len(prompt_ids)} tokens; the model's context is {self.max_model_len} "
                 "and at least one token must be generated"
             )
-        return PreparedRequest(prompt_ids, sampling, stop)
+        if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
+            raise InvalidArgument(f"cache_salt: at most {MAX_CACHE_SALT_CHARS} characters")
+        return PreparedRequest(prompt_ids, sampling, stop, request.cache_salt)
 
     def _prompt_token_ids(self, request: GenerateInput) -> list[int]:
         prompt = request.prompt

@@ -196,3 +196,11 @@ def test_the_environment_sets_only_what_up_leaves_to_a_service(tmp_path, environ
 def test_a_bad_service_value_is_refused_before_anything_starts(tmp_path, argv, message):
     with pytest.raises(StartupError, match=message):
         plan(tmp_path, "--redis-url", "redis://r/0", *argv)
+
+
+def test_prefix_cache_flags_reach_the_scheduler_and_the_gateway(tmp_path):
+    on = {c.role: child_config(c) for c in plan(tmp_path, "--redis-url", "redis://x:1/0")}
+    assert on["scheduler"].prefix_caching and not on["gateway"].salt_cache_per_api_key
+    argv = ("--redis-url", "redis://x:1/0", "--no-prefix-caching", "--salt-cache-per-api-key")
+    off = {c.role: child_config(c) for c in plan(tmp_path, *argv)}
+    assert not off["scheduler"].prefix_caching and off["gateway"].salt_cache_per_api_key
