@@ -305,6 +305,14 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrival", choices=["poisson", "gamma"], default="poisson")
     p.add_argument("--burstiness", type=float, default=1.0, help="gamma: 1/cv^2")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--prefixes",
+        default="",
+        help="K:N: every prompt starts with one of K shared N-token prompts",
+    )
+    p.add_argument(
+        "--turns", type=int, default=1, help="conversations of T turns (each resends the last)"
+    )
 
 
 def workload_from(args: argparse.Namespace, rate: float) -> WorkloadSpec:
@@ -318,6 +326,8 @@ def workload_from(args: argparse.Namespace, rate: float) -> WorkloadSpec:
         max_prompt_len=args.max_prompt_len,
         max_output_len=args.max_output_len,
         seed=args.seed,
+        prefixes=args.prefixes,
+        turns=args.turns,
     )
 
 

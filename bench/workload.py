@@ -5,11 +5,19 @@ once. Lengths: a trace CSV with `num_prefill_tokens,num_decode_tokens` columns
 (the paper's sharegpt / arxiv traces), or synthetic `fixed:P:D`,
 `uniform:PMIN:PMAX:DMIN:DMAX`, `zipf:PMAX:DMAX[:A]`. Trace lengths are scaled
 (`length_scale`) and capped for small machines; the output says so.
+
+Repetition, as chat and agent traffic has it (what a prefix cache serves):
+`prefixes="K:N"` starts every prompt with one of K system prompts of N tokens;
+`turns=T` groups the requests into conversations of T turns, each turn's prompt
+being the previous turn's prompt, an answer as long as that turn's output, and its
+own new tokens (the answer's tokens are not the model's, so a server reuses the
+conversation's prompts, not its generated tokens).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +49,8 @@ class WorkloadSpec:
     # round of a comparison sends prompts no server has seen, so a prefix cache cannot
     # serve a replayed workload from memory.
     prompt_salt: int = 0
+    prefixes: str = ""  # "K:N": K shared system prompts of N tokens each
+    turns: int = 1  # conversations of this many turns
 
     def describe(self) -> str:
         scaled = f", lengths x{self.length_scale:g}" if self.length_scale != 1 else ""
@@ -48,6 +58,12 @@ class WorkloadSpec:
             f"{self.num_requests} requests, {self.arrival} arrivals at {self.rate:g}/s, "
             f"lengths {Path(self.lengths).name if ':' not in self.lengths else self.lengths}"
             f"{scaled}, capped at {self.max_prompt_len}/{self.max_output_len}"
+            + (
+                f", {self.prefixes.replace(':', ' shared prefixes of ')} tokens"
+                if self.prefixes
+                else ""
+            )
+            + (f", {self.turns} turns per conversation" if self.turns > 1 else "")
         )
 
 
@@ -56,10 +72,33 @@ def make_requests(spec: WorkloadSpec) -> list[RequestSpec]:
     prompts, outputs = _lengths(spec, rng)
     arrivals = _arrivals(spec, rng)
     tokens = np.random.default_rng((spec.seed, spec.prompt_salt))
-    return [
-        RequestSpec(float(t), tokens.integers(VOCAB_LOW, VOCAB_HIGH, size=int(p)).tolist(), int(d))
-        for t, p, d in zip(arrivals, prompts, outputs, strict=True)
-    ]
+
+    def draw(n: int) -> list[int]:
+        return tokens.integers(VOCAB_LOW, VOCAB_HIGH, size=int(n)).tolist()
+
+    shared = _shared_prefixes(spec.prefixes, draw)
+    num_conversations = -(-spec.num_requests // max(spec.turns, 1))
+    history: dict[int, list[int]] = {}  # conversation -> its last prompt + answer
+    requests = []
+    for i, (t, p, d) in enumerate(zip(arrivals, prompts, outputs, strict=True)):
+        conversation = i % num_conversations
+        start = history.get(conversation)
+        if start is None:
+            start = shared[rng.integers(len(shared))] if shared else []
+        prompt = (start + draw(p))[: spec.max_prompt_len]
+        if spec.turns > 1:
+            history[conversation] = prompt + draw(d)
+        requests.append(RequestSpec(float(t), prompt, int(d)))
+    return requests
+
+
+def _shared_prefixes(text: str, draw: Callable[[int], list[int]]) -> list[list[int]]:
+    if not text:
+        return []
+    count, _, length = text.partition(":")
+    if not count.isdigit() or not length.isdigit() or int(count) < 1:
+        raise ValueError(f"prefixes: expected K:N (K system prompts of N tokens), got {text!r}")
+    return [draw(int(length)) for _ in range(int(count))]
 
 
 def _arrivals(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 
@@ -36,6 +37,29 @@ def test_prompt_salt_changes_the_tokens_only():
         (r.arrival_s, len(r.prompt_token_ids), r.output_len) for r in second
     ]
     assert all(a.prompt_token_ids != b.prompt_token_ids for a, b in zip(first, second, strict=True))
+
+
+def test_shared_prefixes_start_every_prompt_with_one_of_k():
+    spec = WorkloadSpec("fixed:20:4", rate=2.0, num_requests=40, seed=1, prefixes="3:50")
+    requests = make_requests(spec)
+    starts = {tuple(r.prompt_token_ids[:50]) for r in requests}
+    assert len(starts) == 3 and all(len(r.prompt_token_ids) == 70 for r in requests)
+    assert len({tuple(r.prompt_token_ids[50:]) for r in requests}) == 40  # own tokens
+    with pytest.raises(ValueError, match="K:N"):
+        make_requests(dataclasses.replace(spec, prefixes="three"))
+
+
+def test_each_turn_resends_its_conversation_so_far():
+    spec = WorkloadSpec("fixed:10:5", rate=2.0, num_requests=12, seed=2, turns=3)
+    requests = make_requests(spec)
+    conversations = [requests[c::4] for c in range(4)]  # 12 requests, 4 conversations
+    for turns in conversations:
+        assert [len(r.prompt_token_ids) for r in turns] == [10, 25, 40]
+        for before, after in itertools.pairwise(turns):
+            assert after.prompt_token_ids[: len(before.prompt_token_ids)] == before.prompt_token_ids
+            assert after.arrival_s >= before.arrival_s
+    plain = make_requests(dataclasses.replace(spec, turns=1))
+    assert [len(r.prompt_token_ids) for r in plain] == [10] * 12
 
 
 def test_gamma_burstiness_changes_the_spread_not_the_rate():
