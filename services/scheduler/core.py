@@ -85,6 +85,12 @@ class SchedulerCore:
         request.awaiting_resume = False
         return request.output_token_ids[: request.num_released]
 
+    def hold_session(self, session_id: str) -> None:
+        """The session's requests wait for their gateway to resume them (`reclaim`)."""
+        for request in self.requests.values():
+            if request.session_id == session_id:
+                request.awaiting_resume = True
+
     def request_ids_of_session(self, session_id: str) -> list[str]:
         return [r.request_id for r in self.requests.values() if r.session_id == session_id]
 

@@ -106,6 +106,10 @@ class SchedulerFront:
         for replica in self.replicas:
             replica.abort_session(gateway_id)
 
+    def hold_session(self, gateway_id: str) -> None:
+        for replica in self.replicas:
+            replica.hold_session(gateway_id)
+
     def reclaim(self, request_id: str, gateway_id: str) -> list[int] | None:
         holder = self._holder(request_id)
         return None if holder is None else holder.reclaim(request_id, gateway_id)

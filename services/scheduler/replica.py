@@ -128,6 +128,9 @@ class Replica:
         for request_id in self.core.request_ids_of_session(session_id):
             self.abort(request_id)
 
+    def hold_session(self, session_id: str) -> None:
+        self.core.hold_session(session_id)
+
     def reclaim(self, request_id: str, session_id: str) -> list[int] | None:
         return self.core.reclaim(request_id, session_id)
 

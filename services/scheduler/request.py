@@ -38,7 +38,7 @@ class Request:
     hash_block_size: int = 0  # the block size block_hashes were computed for
     on_worker: bool = False  # the worker holds this request's tokens
     num_preemptions: int = 0
-    awaiting_resume: bool = False  # recovered by a new leader; its gateway has not resumed it yet
+    awaiting_resume: bool = False  # its gateway reconnected (or a new leader recovered it): held
     num_released: int = 0  # output tokens in Redis and free to send (a resume sends no more)
     stop_reason: StopReason | None = None
     first_scheduled_time: float | None = None

@@ -36,6 +36,10 @@ class Requests(Protocol):
 
     def abort_session(self, gateway_id: str) -> None: ...
 
+    def hold_session(self, gateway_id: str) -> None:
+        """Sends nothing more of the gateway's requests until each is resumed."""
+        ...
+
     async def load_finished(self, request_id: str) -> tuple[list[int], StopReason] | None: ...
 
 
@@ -50,10 +54,13 @@ class Sessions:
 
     def open(self, gateway_id: str) -> Outbox:
         """A new stream of this gateway; an older one of the same gateway is ended.
-        The first message (empty) tells the gateway that this scheduler leads."""
+        The first message (empty) tells the gateway that this scheduler leads. The
+        gateway's requests from before are held until it resumes each one: a token
+        released before the resume goes out with its catch-up, in order, not ahead."""
         old = self._queues.get(gateway_id)
         if old is not None:
             old.put_nowait(None)
+        self.requests.hold_session(gateway_id)
         queue: Outbox = asyncio.Queue()
         queue.put_nowait(SessionEvents())
         self._queues[gateway_id] = queue

@@ -7,9 +7,11 @@ import asyncio
 import pytest
 
 from sarathi_serve.common.errors import InvalidArgument
+from sarathi_serve.common.session import RequestEvent, SessionEvents
 from sarathi_serve.common.step import WorkerGeometry
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.front import SchedulerFront
+from sarathi_serve.scheduler.iteration import RequestUpdate
 from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.stats import StatsRing
 from sarathi_serve.scheduler.store import StoredRequest
@@ -84,5 +86,37 @@ def test_a_request_id_in_flight_on_any_replica_is_refused():
         front.abort("a")
         front.submit(make_request("a", 30))  # ended: the id is free again
         assert sum(r.holds("a") for r in front.replicas) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_reopened_session_gets_a_request_only_after_resuming_it():
+    """Tokens released between a gateway's reconnect and its Resume go out with the
+    catch-up, in order: never ahead of it (the gateway would take them as the next)."""
+
+    async def scenario():
+        front = _front()
+        front.attach(WorkerLink("w0", GEOMETRY))
+        first = front.sessions.open("gw")
+        assert first.get_nowait() == SessionEvents()  # the leader's acknowledgement
+        request = make_request("r", 30, session="gw")
+        front.submit(request)
+        request.output_token_ids += [7, 8]
+        front.sessions.dispatch([RequestUpdate(request, (7,), None, (), 0)])
+        front.sessions.dispatch([RequestUpdate(request, (8,), None, (), 1)])
+        assert [first.get_nowait().token_ids for _ in range(2)] == [[7], [8]]
+        request.num_released = 2
+        front.sessions.close("gw", first)  # the gateway drops after receiving token 0
+        second = front.sessions.open("gw")
+        assert second.get_nowait() == SessionEvents()
+        request.output_token_ids.append(9)
+        front.sessions.dispatch([RequestUpdate(request, (9,), None, (), 2)])
+        request.num_released = 3
+        assert second.empty(), "a token went out before the request was resumed"
+        await front.sessions.resume("gw", request, 1)
+        assert second.get_nowait().events == [RequestEvent("r", (8, 9), 1)]
+        request.output_token_ids.append(10)
+        front.sessions.dispatch([RequestUpdate(request, (10,), None, (), 3)])
+        assert second.get_nowait().token_ids == [10]
 
     asyncio.run(scenario())
