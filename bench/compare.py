@@ -10,10 +10,12 @@ started with `up`; the policy is swapped live between trials, after draining),
 or NAME=URL of any OpenAI-compatible server (a peer such as vLLM). Every rate
 runs every configuration in turn (`--repeats` rounds), so slow drifts of a
 noisy machine hit all of them alike. Every configuration of a round gets the same
-prompts, and every round (and capacity trial) new ones: a server's prefix cache
-never sees a prompt twice. With `--capacity`, each configuration's
-capacity is searched instead: the highest rate with P99 TBT <= `--slo-tbt-ms`
-and median scheduling delay <= 2 s (the paper's rule), by bisection.
+lengths and arrival times, and prompt tokens of its own that no run has sent before
+(our configurations share one system, hence one prefix cache): a prefix cache serves
+only the repetition inside a workload (`--prefixes`, `--turns`), never a replay.
+With `--capacity`, each configuration's capacity is searched instead: the highest
+rate with P99 TBT <= `--slo-tbt-ms` and median scheduling delay <= 2 s (the paper's
+rule), by bisection.
 
 Writes OUT.json, OUT.txt (the table) and PNG plots: TBT CDF per configuration,
 latency vs load, capacity bars.
@@ -132,8 +134,9 @@ def _fixed_rates(args: argparse.Namespace, system: LocalSystem | None) -> dict[s
     runs = []
     rates = [float(r) for r in args.rates.split(",")]
     rounds = (rate for rate in rates for _ in range(args.repeats))
-    for salt, rate in enumerate(rounds):  # one round: the same prompts for every config
-        for config in args.config:
+    for round_index, rate in enumerate(rounds):  # one round: the same lengths for all
+        for i, config in enumerate(args.config):
+            salt = round_index * len(args.config) + i  # fresh tokens for every trial
             runs.append(_trial(args, system, config, rate, salt))
     return {"mode": "fixed", "runs": runs}
 

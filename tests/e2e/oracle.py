@@ -53,14 +53,17 @@ def generate_tokens(
     *,
     request_id: str = "",
     api_key: str = "",
+    cache_salt: str = "",
     **sampling: float,
 ) -> list[int]:
-    """Greedy unless `sampling` says otherwise (temperature, top_p, seed, ...)."""
+    """Greedy unless `sampling` says otherwise (temperature, top_p, seed, ...); a new
+    `cache_salt` keeps the request off prefixes other requests left in the cache."""
     options = {"temperature": 0.0, **sampling}
     request = gpb.GenerateRequest(
         request_id=request_id,
         prompt=prompt,
         sampling=gpb.SamplingOptions(max_tokens=max_tokens, **options),
+        cache_salt=cache_salt,
     )
     with grpc.insecure_channel(addr) as channel:
         return [
