@@ -178,8 +178,12 @@ def test_admin_set_policy_with_a_token_budget_and_stats(system):
     assert len(stats["iterations"]) == 5
     assert stats["tokenBudget"] == 32 and stats["iterations"][-1]["tokenBudget"] == 32
     assert all(it["numPrefillTokens"] + it["numDecodeTokens"] <= 32 for it in stats["iterations"])
+    assert "not cached" in stats["routingScore"]
+    replica = stats["replicas"][0]
+    assert int(replica["prefixCacheQueries"]) >= int(replica["prefixCacheHits"]) >= 0
     table = cli("admin", "--run-dir", str(system.run_dir), "stats", "--last", "3")
     assert table.returncode == 0 and "sarathi" in table.stdout
+    assert "prefix cache:" in table.stdout and "routing: lowest" in table.stdout
 
 
 def test_bench_serve_against_the_running_system(system, tmp_path):

@@ -178,6 +178,9 @@ def test_every_service_exposes_prometheus_metrics(system):
             'sarathi_scheduler_tokens_total{kind="decode",policy="sarathi"}',
             'sarathi_scheduler_worker_wait_seconds_count{policy="sarathi"} ',
             'sarathi_scheduler_is_leader{scheduler_id="scheduler-0"} 1.0',
+            'sarathi_scheduler_prefix_cache_queries_total{policy="sarathi"}',
+            'sarathi_scheduler_prefix_cache_hits_total{policy="sarathi"}',
+            'sarathi_scheduler_prefix_cache_blocks{policy="sarathi"}',
         ],
         "worker": ["sarathi_worker_step_seconds_count ", "sarathi_worker_kv_blocks "],
     }
