@@ -2,10 +2,15 @@
 Hugging Face `generate` for requests that reuse a cached prefix ending inside their
 prompt, exact repeats, the next turn of a conversation (its cached part includes the
 tokens generated in the turn before), requests that hit after part of their prefix was
-evicted, and preempted ones; the scheduler counts the hits; salts and
+evicted, preempted ones, and requests in flight on shared prefixes when the worker and
+then the leader are killed; the scheduler counts the hits; salts and
 `--no-prefix-caching` keep requests apart; two replicas route by cached prefix."""
 
 from __future__ import annotations
+
+import os
+import signal
+import threading
 
 import grpc
 import pytest
@@ -13,7 +18,8 @@ import torch
 
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
-from tests.e2e.oracle import PARAGRAPH
+from sarathi_serve.common import probes
+from tests.e2e.oracle import PARAGRAPH, wait_until
 
 MAX_TOKENS = 12
 SYSTEM = (
@@ -83,8 +89,6 @@ def test_eviction_and_preemption_with_a_small_cache(system_factory, tokenizer, r
     prompts += [tokenizer.encode(PARAGRAPH * 2 + "In short,")]  # evicts the system prompt
     prompts += [prompts[0], prompts[2]]  # hit again whatever is left of it
 
-    import threading
-
     outputs: dict[int, list[int]] = {}
 
     def one(i: int) -> None:
@@ -134,8 +138,6 @@ def test_two_replicas_route_by_cached_prefix(system_factory, tokenizer, referenc
 
 
 def test_two_replicas_still_balance_requests_that_share_nothing(system_factory, tokenizer):
-    import threading
-
     system = system_factory("--workers", "2")
     prompts = [tokenizer.encode(f"Story number {i}: once upon a time") for i in range(6)]
     threads = [
@@ -148,3 +150,51 @@ def test_two_replicas_still_balance_requests_that_share_nothing(system_factory, 
         t.join()
     queries = [r.prefix_cache_queries for r in system.stats().replicas]
     assert all(q > 0 for q in queries), f"one replica took everything: {queries}"
+
+
+def test_kills_with_shared_prefixes_in_flight_give_exact_tokens(
+    system_factory, tokenizer, reference
+):
+    """kill -9 of the worker, then of the leader, while requests that hit one cached
+    system prompt stream: each stream still ends with exactly the reference tokens,
+    and requests sent after each kill (a restarted worker's cache is cold, a new
+    leader's too) reuse no KV that is gone."""
+    system = system_factory("--token-budget", "32", "--schedulers", "2")
+    system_ids = tokenizer.encode(SYSTEM)
+    prompts = [system_ids + tokenizer.encode(f"Question {i}: {q}")
+               for i, q in enumerate(QUESTIONS * 2)]  # fmt: skip
+    assert generate_ids(system.gateway_addr, prompts[0]) == reference(prompts[0])
+
+    def kill_in_flight(pid: int, stats) -> None:
+        outputs: dict[int, list[int] | Exception] = {}
+
+        def one(i: int) -> None:
+            try:
+                outputs[i] = generate_ids(system.gateway_addr, prompts[i], max_tokens=24)
+            except Exception as exc:  # reported below, with the request's index
+                outputs[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+        hits_before = sum(r.prefix_cache_hits for r in stats().replicas)
+        for t in threads:
+            t.start()
+        wait_until(lambda: stats().num_running >= 3, "3 requests running")
+        wait_until(lambda: sum(r.prefix_cache_hits for r in stats().replicas) > hits_before,
+                   "requests in flight hit the cached system prompt")  # fmt: skip
+        os.kill(pid, signal.SIGKILL)
+        for t in threads:
+            t.join(timeout=300)
+        for i, ids in enumerate(prompts):
+            assert outputs.get(i) == reference(ids, 24), f"request {i} after the kill"
+        after = system_ids + tokenizer.encode(" One more question?")
+        assert generate_ids(system.gateway_addr, after) == reference(after)
+
+    kill_in_flight(system.record("worker").pid, system.stats)
+    system.refresh()
+    leader = next(r for r in system.schedulers if r.address == system.scheduler_addr)
+    kill_in_flight(leader.pid, lambda: probes.scheduler_stats(leader.address))
+    system.refresh()  # `up` restarted the killed leader: it may be the standby now, or lead
+    new_leader = next(r for r in system.schedulers if r.address == system.scheduler_addr)
+    assert new_leader.pid != leader.pid
+    stats = system.stats()
+    assert stats.epoch >= 2 and stats.num_running == 0 and stats.num_waiting == 0
