@@ -130,6 +130,7 @@ async def _take_over(
         StatsRing(config.max_stats),
         session_grace_s=config.session_grace_s,
         metrics=metrics,
+        pace_plans=config.pace_plans,
     )
     if store is not None:
         front.recover(await store.load_inflight())

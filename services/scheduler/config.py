@@ -37,6 +37,7 @@ class SchedulerConfig:
     chunk_schedule_max_tokens: int = 8192
     chunk_schedule_stages: int = 16
     prefix_caching: bool = True  # reuse the KV of cached prompt prefixes (--no-prefix-caching)
+    pace_plans: bool = True  # plan each step just before the one computing ends (pacing.py)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -78,6 +79,8 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "chunk_schedule_stages": "dynamic chunk schedule: number of chunk sizes",
     "prefix_caching": "reuse the KV of cached prompt prefixes (whole blocks, shared "
     "between requests with the same cache salt); --no-prefix-caching turns it off",
+    "pace_plans": "plan each step shortly before the step computing ends, not as it "
+    "starts, so that requests arriving meanwhile join it; --no-pace-plans: as it starts",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "session_grace_s": "how long a disconnected gateway's requests wait for it to resume",
 }

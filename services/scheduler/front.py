@@ -23,6 +23,7 @@ from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.iteration import Occupancy
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
+from sarathi_serve.scheduler.pacing import PlanPacer
 from sarathi_serve.scheduler.policies import Policy, make_policy
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 from sarathi_serve.scheduler.releasing import Releaser
@@ -52,8 +53,10 @@ class SchedulerFront:
         session_grace_s: float = 30.0,
         metrics: SchedulerMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        pace_plans: bool = True,
     ):
         self.make_core = make_core
+        self.pace_plans = pace_plans
         self.store = store
         self.stats = stats
         self.clock = clock
@@ -250,7 +253,12 @@ class SchedulerFront:
 
     def _add_replica(self) -> Replica:
         replica = Replica(
-            len(self.replicas), self.make_core(), self._releaser, self.detach, self.clock
+            len(self.replicas),
+            self.make_core(),
+            self._releaser,
+            self.detach,
+            self.clock,
+            pacer=PlanPacer() if self.pace_plans else None,
         )
         if self.replicas:
             replica.set_policy(self.policy)

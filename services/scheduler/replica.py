@@ -7,7 +7,9 @@ below; nothing outside a replica touches its core.
 The iterations are pipelined: each turn plans and sends step n+1, then finishes
 step n (waits for its result, applies it, queues its release), so the worker finds
 its next plan waiting when it ends a step and the control plane (planning, gRPC,
-applying, Redis) runs while it computes.
+applying, Redis) runs while it computes. With a pacer (`pacing.py`, the default) the
+turn plans step n+1 shortly before step n is due to end rather than as it starts, so
+requests that arrive meanwhile join it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from sarathi_serve.common.step import StepResult
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep
+from sarathi_serve.scheduler.pacing import PlanPacer
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.releasing import Iteration, ReleaseQueue, Releaser, Timing
 from sarathi_serve.scheduler.request import Request
@@ -42,6 +45,7 @@ class InFlight:
     start_time: float  # unix seconds
     scheduling_s: float
     after_idle: bool  # nothing was in flight: the worker's wait is not the control plane's
+    sent_at: float  # perf_counter seconds
 
 
 @dataclass(slots=True)
@@ -61,6 +65,7 @@ class Replica:
         releaser: Releaser,
         on_worker_lost: Callable[[WorkerLink, str], None],
         clock: Callable[[], float] = time.time,
+        pacer: PlanPacer | None = None,
     ):
         self.index = index
         self.core = core
@@ -72,6 +77,8 @@ class Replica:
         self._wake = asyncio.Event()
         self._accepted: list[Request] = []  # to persist with the next iteration
         self._ended: list[Request] = []  # ended without a token (aborts)
+        self.pacer = pacer
+        self._last_result_at = 0.0  # perf_counter seconds
 
     # ---- views ----------------------------------------------------------------
 
@@ -196,6 +203,8 @@ class Replica:
 
     async def _turn(self, worker: WorkerLink, in_flight: InFlight | None) -> InFlight | None:
         """Plans and sends step n+1, then finishes step n; returns what is in flight."""
+        if in_flight is not None and self.pacer is not None:
+            await self._until_due(self.pacer, in_flight)
         step = self._send(worker, after_idle=in_flight is None)
         if in_flight is not None:
             await self._finish(in_flight)
@@ -206,6 +215,13 @@ class Replica:
             await self._pause(_IDLE_POLL_S)
         return None
 
+    async def _until_due(self, pacer: PlanPacer, computing: InFlight) -> None:
+        """Waits until the pacer's time to plan the next step, or until `computing` ends."""
+        started_at = max(computing.sent_at, self._last_result_at)
+        delay_s = pacer.due(started_at, computing.planned) - time.perf_counter()
+        if delay_s > 0 and computing.result is not None and not computing.result.done():
+            await asyncio.wait([computing.result], timeout=delay_s)
+
     def _send(self, worker: WorkerLink, after_idle: bool) -> InFlight:
         t_start = time.perf_counter()
         start_time = self._clock()
@@ -214,18 +230,22 @@ class Replica:
         scheduling_s = time.perf_counter() - t_start
         plan = planned.plan
         result = worker.send(plan) if plan.chunks or plan.freed_request_ids else None
-        return InFlight(worker, planned, result, start_time, scheduling_s, after_idle)
+        sent_at = time.perf_counter()
+        return InFlight(worker, planned, result, start_time, scheduling_s, after_idle, sent_at)
 
     async def _finish(self, step: InFlight) -> None:
         """Waits for a step's result, applies it and queues its release."""
         planned = step.planned
         result = StepResult(planned.plan.step_id) if step.result is None else await step.result
-        t_result = time.perf_counter()
+        t_result = self._last_result_at = time.perf_counter()
         updates = self.core.apply(result, self._clock())
         accepted, self._accepted = self._accepted, []
         ended, self._ended = self._ended, []
         if planned.plan.chunks:
             self.core.observe(planned, result.execution_ms)
+            if self.pacer is not None:
+                wait_ms = 0.0 if step.after_idle else result.worker_wait_ms
+                self.pacer.observe(planned, result.execution_ms, wait_ms)
         await self._releases.drain()  # one release in flight per replica
         timing = Timing(
             start_time=step.start_time,

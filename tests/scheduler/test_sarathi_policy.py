@@ -151,6 +151,17 @@ def test_step_time_model_recovers_an_affine_step_time():
     assert model.max_prefill_tokens(10, 100.0) == 37  # (100 - 20 - 5) / 2
 
 
+def test_step_time_model_stays_solvable_after_many_steps_of_one_shape():
+    """Steady decoding: thousands of steps alike (a singular fit without a ridge that
+    outlives the decay); the model still predicts that step."""
+    from sarathi_serve.scheduler.policies.step_model import StepTimeModel
+
+    model = StepTimeModel()
+    for _ in range(5000):
+        model.observe(0, 3, 60.0)
+    assert model.predict_ms(0, 3) == pytest.approx(60.0, rel=0.01)
+
+
 def test_slo_driven_budget_fills_the_target_and_follows_the_machine():
     policy = SarathiPolicy(token_budget=256, target_tbt_ms=100.0)
     state, blocks = SchedulerState(), BlockManager(1000, 4)

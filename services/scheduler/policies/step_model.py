@@ -20,7 +20,8 @@ MIN_OBSERVATIONS = 8
 class StepTimeModel:
     def __init__(self, decay: float = 0.98, ridge: float = 1e-3):
         self.decay = decay
-        self._xtx = np.eye(3) * ridge
+        self._ridge = np.eye(3) * ridge  # not decayed: steps all of one shape stay solvable
+        self._xtx = np.zeros((3, 3))
         self._xty = np.zeros(3)
         self.num_observations = 0
         self._weights: np.ndarray | None = None
@@ -43,7 +44,7 @@ class StepTimeModel:
     @property
     def weights(self) -> np.ndarray:
         if self._weights is None:
-            self._weights = np.linalg.solve(self._xtx, self._xty)
+            self._weights = np.linalg.solve(self._xtx + self._ridge, self._xty)
         return self._weights
 
     def predict_ms(self, num_prefill: int, num_decode: int) -> float:
