@@ -26,6 +26,7 @@ class WorkerConfig:
     gpu_memory_utilization: float = 0.9
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
     num_threads: int = 0  # 0: torch's default
+    small_step_tokens: int = 32  # CPU: smaller steps run on one thread fewer (step_threads.py)
     device: str = "cpu"
     attention_backend: str = "auto"
     linear_backend: str = "auto"
@@ -56,6 +57,8 @@ class WorkerConfig:
             raise ValueError(f"null_step_ms must be >= 0, got {self.null_step_ms}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
+        if self.small_step_tokens < 0:
+            raise ValueError(f"small_step_tokens must be >= 0, got {self.small_step_tokens}")
 
     @property
     def scheduler_addrs(self) -> list[str]:
@@ -85,6 +88,9 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "kv_cache_gb": "memory for the paged KV cache; 0: 1 GiB on CPU, measured on CUDA",
     "gpu_memory_utilization": "CUDA: fraction of the GPU for weights, activations and KV cache",
     "num_threads": "torch threads; 0: torch's default",
+    "small_step_tokens": "CPU: steps of fewer tokens than this (a few decodes) run on one "
+    "torch thread fewer, leaving a core to the scheduler and gateway beside the worker; "
+    "0: every step on all threads",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "null_model": "no model: answer each step at once with a hashed token (control-plane bench)",
     "null_step_ms": "with --null-model: each step takes this long, like an accelerator's step",

@@ -86,6 +86,7 @@ def build_runner(config: WorkerConfig, tp: TensorParallel, seed: int | None) -> 
         attention_backend=config.attention_backend,
         linear_backend=config.linear_backend,
         tp=tp,
+        small_step_tokens=config.small_step_tokens,
     )
 
 

@@ -24,6 +24,7 @@ from sarathi_serve.worker.attention import AttentionMetadata
 from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 from sarathi_serve.worker.linear import pack_linears, use_onednn
+from sarathi_serve.worker.step_threads import StepThreads
 from sarathi_serve.worker.parallel import TensorParallel, check_divisible, shard_model
 from sarathi_serve.worker.sampler import Sampler, SamplingRow
 
@@ -121,12 +122,15 @@ class ModelRunner:
         tp: TensorParallel | None = None,
         gpu_memory_utilization: float = 0.9,
         profile_tokens: int = 2048,
+        small_step_tokens: int = 0,
     ):
         tp = tp or TensorParallel()
         model = _load_model(model_path, model, dtype, tp)
         self.model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` narrowly
         self.model.eval()
         self.device = torch.device(device)
+        cpu = self.device.type == "cpu" and small_step_tokens > 0
+        self.step_threads = StepThreads(small_step_tokens) if cpu else None
         self.linear_backend = "torch"
         if use_onednn(linear_backend, self.device, dtype):
             pack_linears(self.model)
@@ -202,6 +206,8 @@ class ModelRunner:
     def execute(self, batch: list[BatchEntry]) -> StepOutput:
         """Runs one step; samples a token for each request that finished its
         pending tokens (last prompt chunk or a decode)."""
+        if self.step_threads is not None:
+            self.step_threads.fit(sum(entry.num_tokens for entry in batch))
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         logits_rows = torch.tensor([row for row, _ in sample_rows], dtype=torch.long)
         out = self.model(
