@@ -106,3 +106,13 @@ def test_histogram_quantile_interpolates_like_promql():
     }
     assert _histogram_quantile(buckets, 0.5) == pytest.approx(0.1 + 0.9 * (20 - 10) / 20)
     assert math.isnan(_histogram_quantile({}, 0.5))
+
+
+def test_cache_cost_bench_fills_the_cache_and_times_both_cases():
+    from sarathi_serve.bench import cache_cost
+
+    rows = cache_cost.main(["--num-blocks", "600", "--running", "8", "--iterations", "5"])
+    assert [r["cache"] for r in rows] == ["empty", "full"] * 2
+    full = [r for r in rows if r["cache"] == "full"]
+    assert all(r["cached_blocks"] >= 0.9 * 600 - 8 * 5 for r in full), rows
+    assert all(r["ms"] > 0 for r in rows)
