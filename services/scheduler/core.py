@@ -22,6 +22,8 @@ from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
 from sarathi_serve.scheduler.state import SchedulerState
 
+NEVER_FULL = 1 << 62  # a block size no request reaches
+
 
 class SchedulerCore:
     def __init__(
@@ -166,7 +168,8 @@ class SchedulerCore:
         blocks = self.blocks
         assert blocks is not None, "plan() needs an attached worker"
         schedule = self.policy.schedule(self.state, blocks)
-        block_size = blocks.block_size if blocks.caching else 1 << 62  # off: never full
+        # tokens per cached block; with the cache off no block ever fills
+        block_size = blocks.block_size if blocks.caching else NEVER_FULL
         for victim in schedule.preempted:
             self._forget_on_worker(victim)
         new_requests, chunks, admitted = [], [], []
