@@ -53,6 +53,10 @@ class _SamplingFields(_Body):
     min_tokens: U32 = 0
     logit_bias: dict[str, Any] | None = None
 
+    def _check_names_utf8(self) -> None:
+        for field in ("model", "user", "cache_salt"):
+            _check_utf8(field, getattr(self, field) or "")
+
     def sampling_options(self, max_tokens: int | None, logprobs: int | None) -> gi.SamplingOptions:
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidArgument("best_of: not supported (only best_of == n)")
@@ -75,7 +79,7 @@ class _SamplingFields(_Body):
                 0.0 if self.frequency_penalty is None else self.frequency_penalty
             ),
             logprobs=logprobs,
-            stop=_check_utf8(*stop),
+            stop=_check_utf8("stop", *stop),
         )
 
     @property
@@ -99,7 +103,8 @@ class CompletionRequest(_SamplingFields):
         prompts = self._prompts()
         options = self.sampling_options(self.max_tokens, self.logprobs)
         texts = [p.text for p in prompts if isinstance(p, gi.TextPrompt)]
-        _check_utf8(self.model or "", self.user or "", self.cache_salt or "", *texts)
+        _check_utf8("prompt", *texts)
+        self._check_names_utf8()
         salt = self.cache_salt or ""
         return [gi.GenerateInput(prompt, self.model or "", options, salt) for prompt in prompts]
 
@@ -156,14 +161,14 @@ class ChatCompletionRequest(_SamplingFields):
         if max_tokens is None:
             max_tokens = self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        for m in self.messages:
-            _check_utf8(m.role, m.text)
+        for i, m in enumerate(self.messages):
+            _check_utf8(f"messages[{i}]", m.role, m.text)
         messages = tuple(gi.ChatMessage(m.role, m.text) for m in self.messages)
         # Unset: as many as the context holds (the scheduler stops at its end).
         options = self.sampling_options(
             max_model_len if max_tokens is None else max_tokens, logprobs
         )
-        _check_utf8(self.model or "", self.user or "", self.cache_salt or "")
+        self._check_names_utf8()
         salt = self.cache_salt or ""
         return gi.GenerateInput(gi.ChatPrompt(messages), self.model or "", options, salt)
 
@@ -177,10 +182,15 @@ def _optional_f32(value: float | None) -> float | None:
     return None if value is None else _f32(value)
 
 
-def _check_utf8(*texts: str) -> tuple[str, ...]:
-    """The texts, or UnicodeEncodeError for a lone surrogate (JSON may hold "\\ud800"),
-    which generate.proto's `string` cannot carry: such a body fails (500) as it did
-    when it went through protobuf."""
+def _check_utf8(field: str, *texts: str) -> tuple[str, ...]:
+    """The texts, or InvalidArgument (400) naming `field` for a lone surrogate (JSON
+    may hold "\\ud800"), which is not Unicode text: UTF-8 and generate.proto's
+    `string` cannot carry it."""
     for text in texts:
-        text.encode()
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                f"{field}: not valid Unicode text (a lone surrogate at character {exc.start})"
+            ) from None
     return texts

@@ -83,6 +83,13 @@ BAD_BODIES = [
     ("/v1/chat/completions", {**CHAT_OK, "logprobs": True, "top_logprobs": 99}, 400, "logprobs"),
     ("/v1/chat/completions", {**CHAT_OK, "response_format": {"type": "json_object"}}, 400,
      "response_format"),
+    # lone surrogates ("\ud800" is valid JSON, not Unicode text): 400, never 500
+    ("/v1/completions", {**OK, "prompt": "\ud800"}, 400, "prompt"),
+    ("/v1/completions", {**OK, "stop": ["ok", "a\udfff"]}, 400, "stop"),
+    ("/v1/completions", {**OK, "user": "\ud800"}, 400, "user"),
+    ("/v1/completions", {**OK, "model": "\ud800"}, 400, "model"),
+    ("/v1/chat/completions", {**CHAT_OK, "messages": [{"role": "user", "content": "\ud83d"}]},
+     400, "messages[0]"),
 ]  # fmt: skip
 
 

@@ -110,21 +110,22 @@ def test_floats_are_the_wires_32_bits(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "field"),
     [
-        {"prompt": "\ud800"},
-        {"prompt": ["ok", "\ud800"]},
-        {"prompt": "ok", "stop": "\ud800"},
-        {"prompt": "ok", "user": "\ud800"},
-        {"prompt": "ok", "model": "\ud800"},
+        ({"prompt": "\ud800"}, "prompt"),
+        ({"prompt": ["ok", "\ud800"]}, "prompt"),
+        ({"prompt": "ok", "stop": "\ud800"}, "stop"),
+        ({"prompt": "ok", "user": "\ud800"}, "user"),
+        ({"prompt": "ok", "model": "\ud800"}, "model"),
+        ({"prompt": "ok", "cache_salt": "a\udfffb"}, "cache_salt"),
     ],
 )
-def test_strings_protobuf_cannot_carry_fail_as_they_did(body):
-    with pytest.raises(UnicodeEncodeError):
+def test_a_lone_surrogate_is_invalid_argument_naming_its_field(body, field):
+    with pytest.raises(InvalidArgument, match=rf"^{field}: not valid Unicode text"):
         CompletionRequest(**body).to_inputs()
 
 
-def test_a_chat_string_protobuf_cannot_carry_fails_as_it_did():
-    body = ChatCompletionRequest(messages=[{"role": "user", "content": "\udfff"}])
-    with pytest.raises(UnicodeEncodeError):
+def test_a_lone_surrogate_in_a_chat_message_is_invalid_argument():
+    body = ChatCompletionRequest(messages=[{"role": "user", "content": "ok \udfff"}])
+    with pytest.raises(InvalidArgument, match=r"^messages\[0\]: not valid Unicode text"):
         body.to_input(64)
