@@ -7,10 +7,12 @@ each Delta a GenerateResponse on the way out.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from sarathi_serve.common.errors import ServiceError, status_of
 from sarathi_serve.gateway.auth import tenant_of
@@ -40,8 +42,37 @@ _FINISH_REASON = {
 def add_generation_service(
     server: grpc.aio.Server, validator: RequestValidator, generator: Generator
 ) -> None:
-    """Serves the public Generation service (SERVICE_NAME) on `server`."""
-    gpb_grpc.add_GenerationServicer_to_server(GenerationServicer(validator, generator), server)
+    """Serves the public Generation service (SERVICE_NAME) on `server`. Its requests are
+    parsed leniently: bytes that are no GenerateRequest (invalid UTF-8 in a string, a
+    truncated field) reach `Generate` as an `Undecodable`, answered INVALID_ARGUMENT
+    (grpc's own parsing would answer UNKNOWN)."""
+    servicer = GenerationServicer(validator, generator)
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=_lenient(gpb.GenerateRequest.FromString),
+            response_serializer=gpb.GenerateResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Request bytes that did not parse, and why."""
+
+    reason: str
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_or_undecodable(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc) or "DecodeError")
+
+    return parse_or_undecodable
 
 
 class GenerationServicer(gpb_grpc.GenerationServicer):
@@ -50,8 +81,15 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
         self.generator = generator
 
     async def Generate(
-        self, request: gpb.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: gpb.GenerateRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gpb.GenerateResponse]:
+        if isinstance(request, Undecodable):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "request: not a valid GenerateRequest (a string field that is not UTF-8, "
+                f"or a truncated field): {request.reason}",
+            )
+            return
         request_id = request.request_id or f"req-{uuid.uuid4().hex}"
         metadata = dict(context.invocation_metadata() or ())
         generation: Generation | None = None

@@ -147,6 +147,27 @@ def test_bad_grpc_requests_name_the_field(grpc_stub, request_, field):
     assert details.startswith(field), details
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x1a\x02\xff\xfe",  # prompt (field 3): bytes that are not UTF-8
+        b"\x12\x01\xc3" + b"\x1a\x02hi",  # model (field 2): a cut multi-byte character
+        b"\x1a\x05hello\x30",  # a truncated message: field 6's tag, no value
+    ],
+)
+def test_a_grpc_request_that_does_not_parse_is_invalid_argument(stack, raw):
+    with grpc.insecure_channel(stack.grpc_addr) as channel:
+        call = channel.unary_stream(
+            f"/{gpb.DESCRIPTOR.services_by_name['Generation'].full_name}/Generate",
+            request_serializer=lambda data: data,
+            response_deserializer=gpb.GenerateResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            list(call(raw, timeout=30))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value
+    assert error.value.details().startswith("request: "), error.value.details()
+
+
 def test_unknown_model_is_not_found(grpc_stub):
     code, _ = _grpc_code(grpc_stub, gpb.GenerateRequest(prompt="hi", model="gpt-4"))
     assert code == grpc.StatusCode.NOT_FOUND
