@@ -88,8 +88,7 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "request: not a valid GenerateRequest (a string field that is not UTF-8, "
                 f"or a truncated field): {request.reason}",
-            )
-            return
+            )  # raises: the call ends here
         request_id = request.request_id or f"req-{uuid.uuid4().hex}"
         metadata = dict(context.invocation_metadata() or ())
         generation: Generation | None = None

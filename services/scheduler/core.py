@@ -89,9 +89,8 @@ class SchedulerCore:
 
     def hold_session(self, session_id: str) -> None:
         """The session's requests wait for their gateway to resume them (`reclaim`)."""
-        for request in self.requests.values():
-            if request.session_id == session_id:
-                request.awaiting_resume = True
+        for request_id in self.request_ids_of_session(session_id):
+            self.requests[request_id].awaiting_resume = True
 
     def request_ids_of_session(self, session_id: str) -> list[str]:
         return [r.request_id for r in self.requests.values() if r.session_id == session_id]

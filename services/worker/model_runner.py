@@ -24,9 +24,9 @@ from sarathi_serve.worker.attention import AttentionMetadata
 from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 from sarathi_serve.worker.linear import pack_linears, use_onednn
-from sarathi_serve.worker.step_threads import StepThreads
 from sarathi_serve.worker.parallel import TensorParallel, check_divisible, shard_model
 from sarathi_serve.worker.sampler import Sampler, SamplingRow
+from sarathi_serve.worker.step_threads import StepThreads
 
 log = logging.getLogger(__name__)
 

@@ -185,6 +185,17 @@ def test_the_environment_sets_only_what_up_leaves_to_a_service(tmp_path, environ
     assert (scheduler.session_grace_s, gateway.api_keys) == (3.0, "k")
 
 
+def test_the_readme_switches_for_pacing_and_small_step_threads_reach_the_children(
+    tmp_path, environment
+):
+    scheduler, worker, _ = (child_config(c) for c in plan(tmp_path, "--redis-url", "redis://r/0"))
+    assert (scheduler.pace_plans, worker.small_step_tokens) == (True, 32)  # on by default
+    environment.setenv("SARATHI_SCHEDULER_PACE_PLANS", "0")
+    environment.setenv("SARATHI_WORKER_SMALL_STEP_TOKENS", "0")
+    scheduler, worker, _ = (child_config(c) for c in plan(tmp_path, "--redis-url", "redis://r/0"))
+    assert (scheduler.pace_plans, worker.small_step_tokens) == (False, 0)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
