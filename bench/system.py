@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from sarathi_serve.common import probes
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.net import free_port
 from sarathi_serve.common.run_records import read_system
 from sarathi_serve.protocol import scheduler_pb2 as pb
@@ -38,6 +39,7 @@ class LocalSystem:
         scheduler = next(r for r in records if r.role == "scheduler")
         self.scheduler_addr = scheduler.address
         self.scheduler_metrics = scheduler.metrics
+        self.token = InternalToken.from_env(self.run_dir)
 
     def set_policy(self, policy: str, token_budget: int, target_tbt_ms: float = 0.0) -> None:
         self.drain()
@@ -47,13 +49,14 @@ class LocalSystem:
                     policy=policy, token_budget=token_budget, target_tbt_ms=target_tbt_ms
                 ),
                 timeout=10,
+                metadata=self.token.metadata,
             )
 
     def drain(self, timeout_s: float = 600.0) -> None:
         """Waits until no request runs or waits (between two trials)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            stats = probes.scheduler_stats(self.scheduler_addr, timeout=5.0)
+            stats = probes.scheduler_stats(self.scheduler_addr, timeout=5.0, token=self.token)
             if stats.num_running == 0 and stats.num_waiting == 0:
                 return
             time.sleep(0.5)

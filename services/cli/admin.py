@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from sarathi_serve.common.auth import InternalToken, Metadata
 from sarathi_serve.common.run_records import default_run_dir, read_system
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
@@ -45,17 +46,18 @@ def scheduler_addr(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        metadata = InternalToken.from_env(args.run_dir).metadata
         with grpc.insecure_channel(scheduler_addr(args)) as channel:
             stub = pb_grpc.SchedulerStub(channel)
             if args.action == "set-policy":
-                return _set_policy(stub, args)
-            return _stats(stub, args)
+                return _set_policy(stub, args, metadata)
+            return _stats(stub, args, metadata)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
 
 
-def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
+def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Metadata) -> int:
     request = pb.SetPolicyRequest(policy=args.policy)
     if args.token_budget is not None:
         request.token_budget = args.token_budget
@@ -63,7 +65,7 @@ def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
         request.target_tbt_ms = args.target_tbt_ms
     if args.max_num_seqs is not None:
         request.max_num_seqs = args.max_num_seqs
-    reply = stub.SetPolicy(request, timeout=10)
+    reply = stub.SetPolicy(request, timeout=10, metadata=metadata)
     print(
         f"policy {reply.policy} (token budget {reply.token_budget}, max {reply.max_num_seqs} seqs) "
         f"from step {reply.first_step_id}"
@@ -71,8 +73,9 @@ def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace) -> int:
-    reply = stub.GetStats(pb.GetStatsRequest(max_iterations=args.last), timeout=10)
+def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Metadata) -> int:
+    request = pb.GetStatsRequest(max_iterations=args.last)
+    reply = stub.GetStats(request, timeout=10, metadata=metadata)
     if args.json:
         from google.protobuf.json_format import MessageToDict
 

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sarathi_serve.common import probes
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.run_records import default_run_dir, pid_alive, read_system
 
 
@@ -22,13 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     records = read_system(args.run_dir)
+    token = InternalToken.from_env(args.run_dir)
     rows = []
     for record in records:
         alive = pid_alive(record.pid)
         if record.role == "up":
             state = "RUNNING" if alive else "EXITED"
         else:
-            state = probes.probe(record.role, record.address) if alive else "EXITED"
+            state = probes.probe(record.role, record.address, token) if alive else "EXITED"
         rows.append({**asdict(record), "health": state})
     if args.json:
         print(json.dumps(rows, indent=2))

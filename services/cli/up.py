@@ -9,6 +9,7 @@ A child that exits unexpectedly is restarted; `status` shows the restarts.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from sarathi_serve.cli.up_supervisor import (
     stop_all,
     supervise,
 )
+from sarathi_serve.common.auth import TOKEN_ENV, InternalToken
 from sarathi_serve.common.config import add_field_argument
 from sarathi_serve.common.models import resolve_model
 from sarathi_serve.common.run_records import (
@@ -108,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if not InternalToken.from_env().enabled:  # the children and the CLI share a new one
+        os.environ[TOKEN_ENV] = InternalToken.create(run_dir).token
     try:
         children = plan_children(args, run_dir)
     except StartupError as exc:

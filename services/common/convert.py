@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from sarathi_serve.common.errors import error_from_code
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.session import RequestEvent, SessionEvents
 from sarathi_serve.common.step import (
@@ -66,6 +67,7 @@ def hello_to_pb(worker_id: str, model: str, geometry: WorkerGeometry) -> pb.Work
         block_size=geometry.block_size,
         max_model_len=geometry.max_model_len,
         eos_token_id=geometry.eos_token_id,
+        vocab_size=geometry.vocab_size,
     )
 
 
@@ -75,6 +77,7 @@ def geometry_from_pb(hello: pb.WorkerHello) -> WorkerGeometry:
         block_size=hello.block_size,
         max_model_len=hello.max_model_len,
         eos_token_id=hello.eos_token_id,
+        vocab_size=hello.vocab_size,
     )
 
 
@@ -153,6 +156,10 @@ def result_to_pb(result: StepResult) -> pb.StepResult:
         logprob_rows=[rows[rid] for rid in result.logprobs],
         logprobs=[logprobs_to_pb(lp) for lp in result.logprobs.values()],
         worker_wait_ms=result.worker_wait_ms,
+        failures=[
+            pb.RequestFailure(request_id=rid, error_code=exc.code.name, error_message=str(exc))
+            for rid, exc in result.failures.items()
+        ],
     )
 
 
@@ -167,6 +174,9 @@ def result_from_pb(msg: pb.StepResult) -> StepResult:
             for row, lp in zip(msg.logprob_rows, msg.logprobs, strict=True)
         },
         worker_wait_ms=msg.worker_wait_ms,
+        failures={
+            f.request_id: error_from_code(f.error_code, f.error_message) for f in msg.failures
+        },
     )
 
 

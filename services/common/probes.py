@@ -8,6 +8,7 @@ import socket
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 
@@ -35,31 +36,39 @@ def redis_health(address: str, timeout: float = 1.0) -> str:
 
 
 def scheduler_stats(
-    address: str, timeout: float = 2.0, max_iterations: int = 1
+    address: str,
+    timeout: float = 2.0,
+    max_iterations: int = 1,
+    token: InternalToken | None = None,
 ) -> pb.GetStatsResponse:
     """The scheduler's counters and its last `max_iterations` iterations (0: all it keeps;
-    polling for counters with 0 would copy up to 10,000 iterations on its event loop)."""
+    polling for counters with 0 would copy up to 10,000 iterations on its event loop).
+    `token`: the internal token (default: the environment's)."""
+    metadata = (token or InternalToken.from_env()).metadata
     with grpc.insecure_channel(address) as channel:
         return pb_grpc.SchedulerStub(channel).GetStats(
-            pb.GetStatsRequest(max_iterations=max_iterations), timeout=timeout
+            pb.GetStatsRequest(max_iterations=max_iterations), timeout=timeout, metadata=metadata
         )
 
 
-def leads_with_a_worker(address: str, min_workers: int = 1) -> bool:
+def leads_with_a_worker(
+    address: str, min_workers: int = 1, token: InternalToken | None = None
+) -> bool:
     """Whether the scheduler at `address` leads and has workers attached (ready to serve)."""
     try:
-        stats = scheduler_stats(address, timeout=1.0)
+        stats = scheduler_stats(address, timeout=1.0, token=token)
     except grpc.RpcError:
         return False
     return stats.is_leader and stats.num_workers >= min_workers
 
 
-def probe(role: str, address: str) -> str:
+def probe(role: str, address: str, token: InternalToken | None = None) -> str:
     if role == "redis":
         return redis_health(address)
     if role == "scheduler":
         try:
-            return "LEADER" if scheduler_stats(address, timeout=1.0).is_leader else "STANDBY"
+            leads = scheduler_stats(address, timeout=1.0, token=token).is_leader
+            return "LEADER" if leads else "STANDBY"
         except grpc.RpcError:
             return "UNREACHABLE"
     return grpc_health(address)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sarathi_serve.common.errors import ServiceError
 from sarathi_serve.common.sampling import SamplingParams
 
 
@@ -15,6 +16,7 @@ class WorkerGeometry:
     block_size: int
     max_model_len: int
     eos_token_id: int
+    vocab_size: int = 0  # rows of the embedding (0: not told, token ids are not checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +67,6 @@ class StepResult:
     error: str = ""
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)  # who asked for them
     worker_wait_ms: float = 0.0  # the worker waited this long for the plan after its last result
+    # Requests the worker could not compute, each with why: they end with that error
+    # while the rest of the step goes on.
+    failures: dict[str, ServiceError] = field(default_factory=dict)

@@ -17,10 +17,11 @@ from grpc_health.v1 import health as grpc_health
 from starlette.types import ASGIApp
 from transformers import AutoConfig, AutoTokenizer
 
+from sarathi_serve.common.auth import BearerInterceptor, InternalToken
 from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.models import resolve_model
-from sarathi_serve.gateway.auth import ApiKeys, AuthInterceptor
+from sarathi_serve.gateway.auth import ApiKeys
 from sarathi_serve.gateway.config import GatewayConfig
 from sarathi_serve.gateway.generation import Generator
 from sarathi_serve.gateway.metrics import GatewayMetrics
@@ -71,8 +72,11 @@ async def serve(config: GatewayConfig) -> None:
     max_model_len = int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
     validator = RequestValidator(tokenizer, _served_name(config.model, model_dir), max_model_len)
     gateway_id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
+    token = InternalToken.from_env()
     variants = [
-        Variant(spec, SchedulerClient(spec.scheduler_addrs, gateway_id, config.resume_timeout_s))
+        Variant(
+            spec, SchedulerClient(spec.scheduler_addrs, gateway_id, config.resume_timeout_s, token)
+        )
         for spec in config.variants()
     ]
     for variant in variants:
@@ -115,7 +119,9 @@ async def _start_grpc(
     config: GatewayConfig, validator: RequestValidator, generator: Generator, api_keys: ApiKeys
 ) -> tuple[grpc.aio.Server, grpc_health.aio.HealthServicer]:
     """The public Generation service (and health, reflection), on TLS if configured."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(api_keys)])
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[BearerInterceptor(api_keys, "a valid API key")]
+    )
     add_generation_service(server, validator, generator)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"

@@ -1,4 +1,5 @@
-"""Optional API keys, checked at both edges before anything reaches the scheduler.
+"""Optional API keys, checked at both edges before anything reaches the scheduler
+(gRPC: `common.auth.BearerInterceptor`).
 
 Keys come from a file (one per line, `#` comments) and/or a comma-separated
 list (the SARATHI_GATEWAY_API_KEYS environment variable). No keys: open access.
@@ -8,13 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import grpc
-
-_PUBLIC_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+from sarathi_serve.common.auth import bearer_key
 
 
 class ApiKeys:
@@ -39,45 +36,12 @@ class ApiKeys:
         """`authorization`: the header's value, `Bearer <key>`."""
         if not self._keys:
             return True
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            return False
-        given = key.strip().encode()
-        return any(hmac.compare_digest(given, k) for k in self._keys)
+        given = bearer_key(authorization).encode()
+        return bool(given) and any(hmac.compare_digest(given, k) for k in self._keys)
 
 
 def tenant_of(authorization: str | None) -> str:
     """A name for the API key in `authorization` (`Bearer <key>`) that does not reveal
     it, or "" without one: the per-key part of a prefix-cache salt."""
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        return ""
-    return hashlib.sha256(key.strip().encode()).hexdigest()[:32]
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """gRPC: `authorization: Bearer <key>` metadata, else UNAUTHENTICATED."""
-
-    def __init__(self, keys: ApiKeys):
-        self.keys = keys
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        if not self.keys.enabled or details.method.startswith(_PUBLIC_METHODS):
-            return await continuation(details)
-        metadata = dict(details.invocation_metadata or ())
-        if self.keys.allows(metadata.get("authorization")):
-            return await continuation(details)
-        return _DENY
-
-
-async def _deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "authorization: a valid API key is required"
-    )
-
-
-_DENY = grpc.unary_stream_rpc_method_handler(_deny)
+    key = bearer_key(authorization)
+    return hashlib.sha256(key.encode()).hexdigest()[:32] if key else ""

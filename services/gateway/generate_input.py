@@ -75,3 +75,5 @@ class GenerateInput:
     model: str = ""
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     cache_salt: str = ""  # shares cached prompt prefixes only with the same salt
+    # max_tokens unset: as many as the context holds (OpenAI chat), not DEFAULT_MAX_TOKENS
+    fill_context: bool = False

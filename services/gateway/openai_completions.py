@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from sarathi_serve.common.errors import InvalidArgument
+from sarathi_serve.common.limits import MAX_CLIENT_REQUEST_ID_CHARS, request_id_problem
 from sarathi_serve.gateway.auth import tenant_of
 from sarathi_serve.gateway.generation import Delta, Generation, Generator, Logprob
 from sarathi_serve.gateway.openai_answers import (
@@ -68,7 +70,7 @@ class OpenAICompletions:
         return await _answer(request, body, generations, header, choice_chunk, choice_body)
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
-        prepared = [self.validator.prepare(body.to_input(self.validator.max_model_len))]
+        prepared = [self.validator.prepare(body.to_input())]
         generations = await self._start(request, body.n, body.user or "", prepared, "chatcmpl")
         header = {
             "id": base_id(generations),
@@ -108,6 +110,9 @@ class OpenAICompletions:
     ) -> list[Generation]:
         """Admits n choices per prompt; all or none (a refusal closes those started)."""
         base = request.headers.get(REQUEST_ID_HEADER) or f"{prefix}-{uuid.uuid4().hex}"
+        problem = request_id_problem(base, MAX_CLIENT_REQUEST_ID_CHARS)
+        if problem:
+            raise InvalidArgument(f"{REQUEST_ID_HEADER}: {problem}")
         user = user or request.headers.get(USER_KEY, "")
         pinned = request.headers.get(VARIANT_KEY, "")
         tenant = tenant_of(request.headers.get("authorization"))

@@ -150,7 +150,7 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
-    def to_input(self, max_model_len: int) -> gi.GenerateInput:
+    def to_input(self) -> gi.GenerateInput:
         if self.tools:
             raise InvalidArgument("tools: not supported")
         if self.response_format and self.response_format.get("type") != "text":
@@ -164,13 +164,12 @@ class ChatCompletionRequest(_SamplingFields):
         for i, m in enumerate(self.messages):
             _check_utf8(f"messages[{i}]", m.role, m.text)
         messages = tuple(gi.ChatMessage(m.role, m.text) for m in self.messages)
-        # Unset: as many as the context holds (the scheduler stops at its end).
-        options = self.sampling_options(
-            max_model_len if max_tokens is None else max_tokens, logprobs
-        )
+        options = self.sampling_options(max_tokens, logprobs)
         self._check_names_utf8()
         salt = self.cache_salt or ""
-        return gi.GenerateInput(gi.ChatPrompt(messages), self.model or "", options, salt)
+        # max_tokens unset: as many as the context holds
+        prompt = gi.ChatPrompt(messages)
+        return gi.GenerateInput(prompt, self.model or "", options, salt, fill_context=True)
 
 
 def _f32(value: float) -> float:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.convert import logprobs_from_pb, sampling_to_pb, stop_reason_from_pb
 from sarathi_serve.common.errors import (
     InvalidArgument,
@@ -57,10 +58,17 @@ class _InFlight:
 class SchedulerClient:
     """One Session per gateway; each request reads its events from its own queue."""
 
-    def __init__(self, scheduler_addrs: list[str], gateway_id: str, resume_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        scheduler_addrs: list[str],
+        gateway_id: str,
+        resume_timeout_s: float = 60.0,
+        token: InternalToken | None = None,
+    ):
         if not scheduler_addrs:
             raise ValueError("at least one scheduler address is needed")
         self.scheduler_addrs = scheduler_addrs
+        self.token = token or InternalToken()
         self.gateway_id = gateway_id
         self.resume_timeout_s = resume_timeout_s
         self._inflight: dict[str, _InFlight] = {}
@@ -177,7 +185,7 @@ class SchedulerClient:
                 yield message
 
         # A leader answers at once with an empty batch; a standby fails the call.
-        async for batch in stub.Session(requests()):
+        async for batch in stub.Session(requests(), metadata=self.token.metadata):
             if not self._connected.is_set():
                 self._mark_connected(outbox, addr)
             self._dispatch(batch)

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from sarathi_serve.common.errors import ServiceError, status_of
+from sarathi_serve.common.limits import MAX_CLIENT_REQUEST_ID_CHARS, request_id_problem
 from sarathi_serve.gateway.auth import tenant_of
 from sarathi_serve.gateway.generate_input import (
     ChatMessage,
@@ -89,6 +90,9 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 "request: not a valid GenerateRequest (a string field that is not UTF-8, "
                 f"or a truncated field): {request.reason}",
             )  # raises: the call ends here
+        problem = request_id_problem(request.request_id, MAX_CLIENT_REQUEST_ID_CHARS)
+        if request.request_id and problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request_id: {problem}")
         request_id = request.request_id or f"req-{uuid.uuid4().hex}"
         metadata = dict(context.invocation_metadata() or ())
         generation: Generation | None = None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sarathi_serve.common.errors import InvalidArgument, NotFound
+from sarathi_serve.common.limits import MAX_CACHE_SALT_CHARS, MAX_STOP_TOKEN_IDS
 from sarathi_serve.common.sampling import DEFAULT_MAX_TOKENS, MAX_LOGPROBS, SamplingParams
 from sarathi_serve.gateway.generate_input import (
     ChatMessage,
@@ -19,10 +20,8 @@ from sarathi_serve.gateway.generate_input import (
     TokenPrompt,
 )
 
-MAX_STOP_TOKEN_IDS = 64
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 512
-MAX_CACHE_SALT_CHARS = 256
 _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
@@ -48,13 +47,14 @@ class RequestValidator:
                 f"this gateway serves {self.model_name!r}"
             )
         prompt_ids = self._prompt_token_ids(request)
-        sampling = self._sampling(request.sampling)
-        stop = _stop_strings(request.sampling.stop)
         if len(prompt_ids) >= self.max_model_len:
             raise InvalidArgument(
                 f"prompt: {len(prompt_ids)} tokens; the model's context is {self.max_model_len} "
                 "and at least one token must be generated"
             )
+        max_tokens = self._max_tokens(request, len(prompt_ids))
+        sampling = self._sampling(request.sampling, max_tokens)
+        stop = _stop_strings(request.sampling.stop)
         if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
             raise InvalidArgument(f"cache_salt: at most {MAX_CACHE_SALT_CHARS} characters")
         return PreparedRequest(prompt_ids, sampling, stop, request.cache_salt)
@@ -95,13 +95,30 @@ class RequestValidator:
         )
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _sampling(self, opts: SamplingOptions) -> SamplingParams:
+    def _max_tokens(self, request: GenerateInput, num_prompt_tokens: int) -> int:
+        """max_tokens, or its default; the prompt and it must fit the context (as vLLM)."""
+        room = self.max_model_len - num_prompt_tokens
+        max_tokens = request.sampling.max_tokens
+        if max_tokens is None:
+            return room if request.fill_context else min(DEFAULT_MAX_TOKENS, room)
+        if max_tokens > room:
+            raise InvalidArgument(
+                f"max_tokens: this model's maximum context length is {self.max_model_len} "
+                f"tokens; you requested {num_prompt_tokens + max_tokens} tokens "
+                f"({num_prompt_tokens} in the prompt, {max_tokens} in the completion): "
+                "reduce the length of the prompt or of the completion"
+            )
+        return max_tokens
+
+    def _sampling(self, opts: SamplingOptions, max_tokens: int) -> SamplingParams:
         """The options with the defaults of those left unset, checked."""
-        max_tokens = DEFAULT_MAX_TOKENS if opts.max_tokens is None else opts.max_tokens
         temperature = 1.0 if opts.temperature is None else opts.temperature
         top_p = 1.0 if opts.top_p is None else opts.top_p
         repetition_penalty = 1.0 if opts.repetition_penalty is None else opts.repetition_penalty
         _check_sampling(opts, max_tokens, temperature, top_p, repetition_penalty)
+        vocab = len(self.tokenizer)
+        if opts.top_k > vocab:
+            raise InvalidArgument(f"top_k: at most the vocabulary size ({vocab}), got {opts.top_k}")
         return SamplingParams(
             temperature=temperature,
             top_p=top_p,

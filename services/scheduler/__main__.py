@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1.health import aio as health_aio
 from redis.exceptions import RedisError
 
+from sarathi_serve.common.auth import TOKEN_ENV, BearerInterceptor, InternalToken
 from sarathi_serve.common.grpc_server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -52,7 +53,11 @@ async def serve(config: SchedulerConfig) -> int:
     metrics = SchedulerMetrics(scheduler_id)
     metrics.watch(lambda: servicer.front)
     serve_metrics(metrics.registry, config.host, config.metrics_port)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    token = InternalToken.from_env()
+    if not token.enabled:
+        log.warning("no internal token (%s): the scheduler's port is open to anyone", TOKEN_ENV)
+    auth = BearerInterceptor(token, "the internal token")
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[auth])
     add_scheduler_service(server, servicer)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"

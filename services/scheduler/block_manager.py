@@ -153,6 +153,15 @@ class BlockManager:
                 self._hash_of[block] = hashes[i]
         request.num_cached_blocks = num_full
 
+    def forget_cached(self, request: Request) -> None:
+        """Drops from the cache the request's blocks that nobody else holds: their KV may
+        be incomplete (the request failed)."""
+        for block in request.block_ids:
+            old = self._hash_of[block]
+            if self._refs[block] == 1 and old is not None:
+                self._hash_of[block] = None
+                del self._cached[old]
+
     def _longest_prefix(self, request: Request) -> int:
         max_blocks = (request.num_tokens - 1) // self.block_size  # the last token is computed
         hashes = block_hashes(request, self.block_size, max_blocks)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted
+from sarathi_serve.common.errors import ResourceExhausted, ServiceError
 from sarathi_serve.common.step import (
     NewRequest,
     ScheduledChunk,
@@ -16,6 +16,7 @@ from sarathi_serve.common.step import (
     StepResult,
     WorkerGeometry,
 )
+from sarathi_serve.scheduler.admission import check_request
 from sarathi_serve.scheduler.block_manager import BlockManager, PrefixCacheStats
 from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep, RequestUpdate
 from sarathi_serve.scheduler.policies import Policy
@@ -23,6 +24,7 @@ from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
 from sarathi_serve.scheduler.state import SchedulerState
 
 NEVER_FULL = 1 << 62  # a block size no request reaches
+MAX_FAILED_STEPS = 3  # failed steps a request may be in before it ends with an error
 
 
 class SchedulerCore:
@@ -51,13 +53,7 @@ class SchedulerCore:
     def add(self, request: Request) -> None:
         """Queues a request; raises InvalidArgument or ResourceExhausted. (A request id
         already in flight is refused by the front, which sees every replica.)"""
-        if not request.prompt_token_ids:
-            raise InvalidArgument("prompt_token_ids must not be empty")
-        if self.geometry and len(request.prompt_token_ids) >= self.geometry.max_model_len:
-            raise InvalidArgument(
-                f"prompt has {len(request.prompt_token_ids)} tokens; the model's context "
-                f"is {self.geometry.max_model_len}"
-            )
+        check_request(request, self.geometry)
         if len(self.state.waiting) >= self.max_num_waiting:
             raise ResourceExhausted(f"waiting queue is full ({self.max_num_waiting}); retry later")
         self.restore(request)
@@ -255,7 +251,44 @@ class SchedulerCore:
                     len(output) - 1,
                 )
             )
+        for request_id, error in result.failures.items():  # rare: the worker refused them
+            row = rows.get(request_id)
+            if row is None or row[0].status is not running or row[0].num_preemptions != row[1]:
+                continue
+            request = row[0]
+            request.on_worker = False  # the worker forgot it: no free to announce
+            self.fail(request, error, now)
+            updates.append(
+                RequestUpdate(request, (), StopReason.ERROR, (), len(request.output_token_ids))
+            )
         return updates
+
+    def fail(self, request: Request, error: ServiceError, now: float) -> None:
+        """Ends a request with an error. The KV it computed is not kept for others:
+        it may be incomplete."""
+        if self.blocks is not None:
+            self.blocks.forget_cached(request)
+        request.error = error
+        self._finish(request, StopReason.ERROR, now)
+
+    def charge_failed_step(self, step_id: int, now: float) -> list[Request]:
+        """A step failed as a whole (the worker reported it): each of its requests has
+        been in one more failed step, and those in MAX_FAILED_STEPS of them end with an
+        error (returned), so that a request that breaks every step it is in, alone,
+        cannot retry forever."""
+        planned = next((p for p in self._in_flight if p.plan.step_id == step_id), None)
+        if planned is None:
+            return []
+        failed = []
+        for request, incarnation in planned.rows.values():
+            if request.is_finished or request.num_preemptions != incarnation:
+                continue
+            request.num_failed_steps += 1
+            if request.num_failed_steps >= MAX_FAILED_STEPS:
+                message = f"the worker failed every step with this request ({MAX_FAILED_STEPS})"
+                self.fail(request, ServiceError(message), now)
+                failed.append(request)
+        return failed
 
     def _stop_reason(self, request: Request, token: int) -> StopReason | None:
         params = request.sampling

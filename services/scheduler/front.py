@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 
 from sarathi_serve.common.errors import InvalidArgument
-from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.iteration import Occupancy
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
@@ -31,7 +30,7 @@ from sarathi_serve.scheduler.replica import Handover, Replica
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import Sessions
 from sarathi_serve.scheduler.stats import StatsRing
-from sarathi_serve.scheduler.store import RedisStore, StoredRequest
+from sarathi_serve.scheduler.store import FinishedRequest, RedisStore, StoredRequest
 from sarathi_serve.scheduler.workers import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ class SchedulerFront:
         holder = self._holder(request_id)
         return None if holder is None else holder.reclaim(request_id, gateway_id)
 
-    async def load_finished(self, request_id: str) -> tuple[list[int], StopReason] | None:
+    async def load_finished(self, request_id: str) -> FinishedRequest | None:
         return None if self.store is None else await self.store.load_finished(request_id)
 
     def recover(self, stored: list[StoredRequest]) -> None:

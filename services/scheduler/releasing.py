@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from sarathi_serve.common.step import StepResult
 from sarathi_serve.scheduler.iteration import PlannedStep, RequestUpdate
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
-from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.request import Request, StopReason
 from sarathi_serve.scheduler.sessions import Sessions
 from sarathi_serve.scheduler.stats import IterationStats, StatsRing
 from sarathi_serve.scheduler.store import RedisStore
@@ -93,7 +93,7 @@ class Releaser:
             if update.stop_reason is not None:
                 self._finished(update.request, update.stop_reason.name)
         for request in it.ended:
-            self._finished(request, "ABORTED")
+            self._finished(request, (request.stop_reason or StopReason.ABORTED).name)
         if it.planned.plan.chunks:
             self._record(it, persist_s)
         self.sessions.dispatch(it.updates, it.ended)
@@ -114,11 +114,13 @@ class Releaser:
 
     def _finished(self, request: Request, reason: str) -> None:
         self.stats.num_finished += 1
-        log.info(
-            "request %s finished (%s): %d output tokens",
+        log.log(
+            logging.INFO if request.error is None else logging.WARNING,
+            "request %s finished (%s): %d output tokens%s",
             request.request_id,
             reason,
             len(request.output_token_ids),
+            "" if request.error is None else f"; {request.error}",
             extra={"request_id": request.request_id},
         )
 

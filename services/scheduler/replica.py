@@ -199,6 +199,8 @@ class Replica:
                 in_flight = await self._turn(worker, in_flight)
             except WorkerLost as exc:
                 in_flight = None
+                if exc.failed_step is not None:  # bounded: see SchedulerCore.charge_failed_step
+                    self._ended.extend(self.core.charge_failed_step(exc.failed_step, self._clock()))
                 self._on_worker_lost(worker, str(exc))
 
     async def _turn(self, worker: WorkerLink, in_flight: InFlight | None) -> InFlight | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from sarathi_serve.common.errors import ServiceError
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.stop_reason import StopReason
 
@@ -41,6 +42,8 @@ class Request:
     awaiting_resume: bool = False  # its gateway reconnected (or a new leader recovered it): held
     num_released: int = 0  # output tokens in Redis and free to send (a resume sends no more)
     stop_reason: StopReason | None = None
+    error: ServiceError | None = None  # why it ended, with stop_reason ERROR
+    num_failed_steps: int = 0  # steps it was in that failed as a whole (a worker fault)
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finish_time: float | None = None

@@ -19,6 +19,7 @@ from sarathi_serve.common.session import RequestEvent, SessionEvents
 from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.scheduler.iteration import RequestUpdate
 from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.store import FinishedRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Requests(Protocol):
         """Sends nothing more of the gateway's requests until each is resumed."""
         ...
 
-    async def load_finished(self, request_id: str) -> tuple[list[int], StopReason] | None: ...
+    async def load_finished(self, request_id: str) -> FinishedRequest | None: ...
 
 
 class Sessions:
@@ -124,10 +125,12 @@ class Sessions:
             return
         finished = await self.requests.load_finished(request_id)
         if finished is not None:
-            tokens, reason = finished
-            missing = tuple(tokens[num_received:])
+            missing = tuple(finished.output_token_ids[num_received:])
+            reason = finished.stop_reason
+            fields = _error_fields(finished.error)
             self.send(
-                gateway_id, RequestEvent(request_id, missing, num_received, stop_reason=reason)
+                gateway_id,
+                RequestEvent(request_id, missing, num_received, stop_reason=reason, **fields),
             )
         elif num_received == 0:
             self.submit(gateway_id, request)
@@ -177,6 +180,7 @@ def batch_by_session(
                 first_token_index=update.first_index,
                 logprobs=update.logprobs,
                 stop_reason=update.stop_reason,
+                **_error_fields(request.error),
             )
         )
     for request in ended:
@@ -184,6 +188,15 @@ def batch_by_session(
             continue
         assert request.stop_reason is not None
         by_session[request.session_id].events.append(
-            RequestEvent(request_id=request.request_id, stop_reason=request.stop_reason)
+            RequestEvent(
+                request.request_id, stop_reason=request.stop_reason, **_error_fields(request.error)
+            )
         )
     return by_session
+
+
+def _error_fields(error: ServiceError | None) -> dict[str, str]:
+    """A failed request's error, as a RequestEvent carries it."""
+    if error is None:
+        return {}
+    return {"error_code": error.code.name, "error_message": str(error)}

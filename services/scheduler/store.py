@@ -3,7 +3,8 @@
 Schema (all keys under `prefix`, default `sarathi`):
 
     {p}:req:{id}   HASH   prompt (packed uint32 LE), sampling (JSON), session,
-                          arrival (unix s), cache_salt, status (running|finished), stop_reason
+                          arrival (unix s), cache_salt, status (running|finished), stop_reason,
+                          error_code and error_message (with stop_reason error)
     {p}:out:{id}   STRING generated token ids, packed uint32 LE, APPENDed per iteration
     {p}:inflight   SET    ids of accepted, unfinished requests
 
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from sarathi_serve.common.errors import ServiceError, error_from_code
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.scheduler.iteration import RequestUpdate
 from sarathi_serve.scheduler.request import Request, StopReason
@@ -79,6 +81,15 @@ while i <= #ARGV do
 end
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRequest:
+    """A request that ended, as Redis holds it until it expires."""
+
+    output_token_ids: list[int]
+    stop_reason: StopReason
+    error: ServiceError | None = None  # with stop_reason ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +170,9 @@ class RedisStore:
             sizes.append(len(update.token_ids))
             tokens.extend(update.token_ids)
             if update.stop_reason is not None:
-                ops += self._finish(update.request.request_id, update.stop_reason)
+                ops += self._finish(update.request, update.stop_reason)
         for request in ended:
-            ops += self._finish(request.request_id, request.stop_reason or StopReason.ABORTED)
+            ops += self._finish(request, request.stop_reason or StopReason.ABORTED)
         args: list[str | bytes | int] = [
             "" if self.epoch is None else str(self.epoch),
             self.output_key(""),
@@ -191,10 +202,13 @@ class RedisStore:
         hset = ("HSET", self.request_key(request.request_id), *_flat(fields))
         return [hset, ("SADD", self.inflight_key, request.request_id)]
 
-    def _finish(self, request_id: str, reason: StopReason) -> list[tuple[str | bytes | int, ...]]:
+    def _finish(self, request: Request, reason: StopReason) -> list[tuple[str | bytes | int, ...]]:
+        request_id = request.request_id
         key = self.request_key(request_id)
+        error = request.error
+        fields = ("error_code", error.code.name, "error_message", str(error)) if error else ()
         return [
-            ("HSET", key, "status", "finished", "stop_reason", reason.value),
+            ("HSET", key, "status", "finished", "stop_reason", reason.value, *fields),
             ("SREM", self.inflight_key, request_id),
             ("EXPIRE", key, self.finished_ttl_s),
             ("EXPIRE", self.output_key(request_id), self.finished_ttl_s),
@@ -204,16 +218,18 @@ class RedisStore:
         data = await self.client.get(self.output_key(request_id))
         return unpack_tokens(data.encode() if isinstance(data, str) else data or b"")
 
-    async def load_finished(self, request_id: str) -> tuple[list[int], StopReason] | None:
-        """(tokens, stop reason) of a request that finished in Redis, else None."""
+    async def load_finished(self, request_id: str) -> FinishedRequest | None:
+        """A request that finished in Redis (its tokens, how it ended), else None."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.request_key(request_id), "status", "stop_reason")
+        fields = ("status", "stop_reason", "error_code", "error_message")
+        pipe.hmget(self.request_key(request_id), *fields)
         pipe.get(self.output_key(request_id))
-        (status, reason), output = await pipe.execute()
+        (status, reason, code, message), output = await pipe.execute()
         if status != b"finished":
             return None
         stop = StopReason(reason.decode()) if reason else StopReason.ABORTED
-        return unpack_tokens(output or b""), stop
+        error = error_from_code(code.decode(), message.decode()) if code else None
+        return FinishedRequest(unpack_tokens(output or b""), stop, error)
 
     async def load_inflight(self) -> list[StoredRequest]:
         """Every accepted, unfinished request with its tokens so far (two round trips)."""

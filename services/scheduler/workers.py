@@ -11,7 +11,12 @@ from sarathi_serve.protocol import scheduler_pb2 as pb
 
 
 class WorkerLost(Exception):
-    """The worker's stream broke, or it failed a step; its requests must be recomputed."""
+    """The worker's stream broke, or it failed a step; its requests must be recomputed.
+    `failed_step`: the step the worker reported failed as a whole (None: the stream broke)."""
+
+    def __init__(self, message: str, failed_step: int | None = None):
+        super().__init__(message)
+        self.failed_step = failed_step
 
 
 class WorkerLink:
@@ -42,9 +47,8 @@ class WorkerLink:
         if future.done():
             return
         if msg.error:
-            future.set_exception(
-                WorkerLost(f"worker {self.worker_id} failed step {msg.step_id}: {msg.error}")
-            )
+            message = f"worker {self.worker_id} failed step {msg.step_id}: {msg.error}"
+            future.set_exception(WorkerLost(message, failed_step=msg.step_id))
         else:
             future.set_result(result_from_pb(msg))
 

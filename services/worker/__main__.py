@@ -12,6 +12,7 @@ import threading
 import grpc
 import torch
 
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
 from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.metrics import serve_metrics
@@ -51,7 +52,14 @@ async def serve(config: WorkerConfig) -> None:
     )
     try:
         await asyncio.to_thread(
-            attach_forever, metered, config.scheduler_addrs, worker_id, config.model, geometry, stop
+            attach_forever,
+            metered,
+            config.scheduler_addrs,
+            worker_id,
+            config.model,
+            geometry,
+            stop,
+            InternalToken.from_env(),
         )
     finally:
         stop_group()

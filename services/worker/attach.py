@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.convert import hello_to_pb, plan_from_pb, result_to_pb
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
 from sarathi_serve.common.step import StepPlan, WorkerGeometry
@@ -30,18 +31,20 @@ def attach_forever(
     model: str,
     geometry: WorkerGeometry,
     stop: threading.Event,
+    token: InternalToken | None = None,
 ) -> None:
     """Serves plans until `stop` is set, introducing itself on each stream as
-    `worker_id` serving `model` with `geometry`. When the stream breaks (or a standby
-    answers UNAVAILABLE), it forgets its sequences and dials the next address;
-    the leader recomputes whatever was running here."""
+    `worker_id` serving `model` with `geometry`, with `token` as its credentials. When
+    the stream breaks (or a standby answers UNAVAILABLE), it forgets its sequences and
+    dials the next address; the leader recomputes whatever was running here."""
     hello = hello_to_pb(worker_id, model, geometry)
     backoff, attempt = 0.05, 0
     while not stop.is_set():
         addr = scheduler_addrs[attempt % len(scheduler_addrs)]
         try:
             with grpc.insecure_channel(addr, options=CHANNEL_OPTIONS) as channel:
-                if _serve_stream(engine, pb_grpc.SchedulerStub(channel), hello, stop):
+                stub = pb_grpc.SchedulerStub(channel)
+                if _serve_stream(engine, stub, hello, stop, token or InternalToken()):
                     backoff = 0.05
         except grpc.RpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -53,12 +56,16 @@ def attach_forever(
 
 
 def _serve_stream(
-    engine: Engine, stub: pb_grpc.SchedulerStub, hello: pb.WorkerHello, stop: threading.Event
+    engine: Engine,
+    stub: pb_grpc.SchedulerStub,
+    hello: pb.WorkerHello,
+    stop: threading.Event,
+    token: InternalToken,
 ) -> bool:
     """Runs plans until the stream ends; True if the scheduler sent any."""
     outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
     outbox.put(pb.WorkerMessage(hello=hello))
-    call = stub.Attach(iter(outbox.get, None))
+    call = stub.Attach(iter(outbox.get, None), metadata=token.metadata)
     stop_watch = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
     stop_watch.start()
     plans = _Prefetch(call)

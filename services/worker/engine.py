@@ -1,4 +1,11 @@
-"""Applies step plans to the worker's sequences and runs them through the model."""
+"""Applies step plans to the worker's sequences and runs them through the model.
+
+One request never fails a step for the others: a request whose input is out of
+range (a token outside the vocabulary, a chunk past its tokens or its KV blocks)
+fails alone before anything runs, and when the batch raises, the step is retried
+one request at a time so that only the requests that fail alone fail. A step
+whose every request fails alone is a worker fault: it fails as a whole.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,8 @@ import logging
 import time
 from typing import Protocol
 
-from sarathi_serve.common.step import StepPlan, StepResult, WorkerGeometry
+from sarathi_serve.common.errors import InvalidArgument, ServiceError
+from sarathi_serve.common.step import NewRequest, StepPlan, StepResult, WorkerGeometry
 from sarathi_serve.worker.model_runner import BatchEntry, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,7 @@ class Runner(Protocol):
 class WorkerEngine:
     def __init__(self, runner: Runner):
         self.runner = runner
+        self.geometry = runner.geometry
         self.sequences: dict[str, Sequence] = {}
 
     def reset(self) -> None:
@@ -34,6 +43,7 @@ class WorkerEngine:
 
     def step(self, plan: StepPlan) -> StepResult:
         start = time.perf_counter()
+        failures: dict[str, ServiceError] = {}
         for request_id in plan.freed_request_ids:
             self.sequences.pop(request_id, None)
         for new in plan.new_requests:
@@ -43,6 +53,10 @@ class WorkerEngine:
                 len(new.token_ids),
                 extra={"request_id": new.request_id},
             )
+            problem = self._check_new(new)
+            if problem:
+                self._fail(new.request_id, InvalidArgument(problem), failures)
+                continue
             self.sequences[new.request_id] = Sequence(
                 request_id=new.request_id,
                 token_ids=list(new.token_ids),
@@ -54,13 +68,90 @@ class WorkerEngine:
         for chunk in plan.chunks:
             seq = self.sequences.get(chunk.request_id)
             if seq is None:
-                raise KeyError(f"plan {plan.step_id} names unknown request {chunk.request_id}")
+                if chunk.request_id not in failures:
+                    message = f"plan {plan.step_id} names unknown request {chunk.request_id}"
+                    self._fail(chunk.request_id, ServiceError(message), failures)
+                continue
             seq.block_ids.extend(chunk.new_block_ids)
+            problem = self._check_chunk(seq, chunk.num_tokens, chunk.new_block_ids)
+            if problem:
+                self._fail(seq.request_id, ServiceError(problem), failures)
+                continue
             batch.append(BatchEntry(seq, chunk.num_tokens))
-        output = self.runner.execute(batch) if batch else StepOutput({}, {})
+        output = self._execute(batch, failures) if batch else StepOutput({}, {})
         for entry in batch:
             entry.sequence.num_computed_tokens += entry.num_tokens
         for request_id, token in output.sampled.items():
             self.sequences[request_id].token_ids.append(token)
         elapsed_ms = (time.perf_counter() - start) * 1e3
-        return StepResult(plan.step_id, output.sampled, elapsed_ms, logprobs=output.logprobs)
+        return StepResult(
+            plan.step_id, output.sampled, elapsed_ms, logprobs=output.logprobs, failures=failures
+        )
+
+    # ---- one request's failure ------------------------------------------------
+
+    def _check_new(self, new: NewRequest) -> str:
+        """Why a new request cannot be computed here ("" when it can)."""
+        tokens, geometry = new.token_ids, self.geometry
+        if not tokens:
+            return "the request has no tokens"
+        if len(tokens) > geometry.max_model_len:
+            return f"{len(tokens)} tokens; the model's context is {geometry.max_model_len}"
+        vocab = geometry.vocab_size
+        if vocab and (max(tokens) >= vocab or min(tokens) < 0):
+            bad = next(t for t in tokens if not 0 <= t < vocab)
+            return f"token id {bad} is outside the vocabulary (size {vocab})"
+        if not 0 <= new.num_computed_tokens < len(tokens):
+            return f"{new.num_computed_tokens} cached tokens of {len(tokens)}"
+        return ""
+
+    def _check_chunk(self, seq: Sequence, num_tokens: int, new_block_ids: tuple[int, ...]) -> str:
+        end = seq.num_computed_tokens + num_tokens
+        if num_tokens < 1 or end > len(seq.token_ids):
+            start, total = seq.num_computed_tokens, len(seq.token_ids)
+            return f"a chunk of {num_tokens} tokens from {start} of {total}"
+        if new_block_ids and max(new_block_ids) >= self.geometry.num_kv_blocks:
+            return f"KV block {max(new_block_ids)} of {self.geometry.num_kv_blocks}"
+        if len(seq.block_ids) * self.geometry.block_size < end:
+            return f"{len(seq.block_ids)} KV blocks for {end} tokens"
+        return ""
+
+    def _fail(
+        self, request_id: str, error: ServiceError, failures: dict[str, ServiceError]
+    ) -> None:
+        log.warning(
+            "request %s failed on this worker: %s",
+            request_id,
+            error,
+            extra={"request_id": request_id},
+        )
+        failures[request_id] = error
+        self.sequences.pop(request_id, None)
+
+    def _execute(self, batch: list[BatchEntry], failures: dict[str, ServiceError]) -> StepOutput:
+        try:
+            return self.runner.execute(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                raise
+            log.error(
+                "a step of %d requests failed (%r): retrying them one at a time", len(batch), exc
+            )
+        sampled, logprobs = {}, {}
+        survivors = []
+        for entry in batch:
+            try:
+                output = self.runner.execute([entry])
+            except Exception as exc:
+                error = ServiceError(
+                    f"the worker failed on this request: {type(exc).__name__}: {exc}"
+                )
+                self._fail(entry.sequence.request_id, error, failures)
+                continue
+            survivors.append(entry)
+            sampled.update(output.sampled)
+            logprobs.update(output.logprobs)
+        if not survivors:
+            raise RuntimeError(f"every request of the step failed alone too ({len(batch)})")
+        batch[:] = survivors  # the failed ones computed nothing
+        return StepOutput(sampled, logprobs)

@@ -141,6 +141,7 @@ class ModelRunner:
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id
         self.eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
+        self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.sampler = Sampler(self.eos_token_id, seed)
         if kv_cache_bytes is None:
             kv_cache_bytes = self._measured_kv_budget(spec, gpu_memory_utilization, profile_tokens)
@@ -199,7 +200,11 @@ class ModelRunner:
     @property
     def geometry(self) -> WorkerGeometry:
         return WorkerGeometry(
-            self.kv_cache.num_blocks, self.block_size, self.max_model_len, self.eos_token_id
+            self.kv_cache.num_blocks,
+            self.block_size,
+            self.max_model_len,
+            self.eos_token_id,
+            self.vocab_size,
         )
 
     @torch.inference_mode()

@@ -34,7 +34,7 @@ from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.worker.null_runner import NULL_TOKEN_MIN, null_token
 
-EOS, STOP, BLOCK, NUM_BLOCKS, MAX_LEN = 2, 5, 16, 64, 512
+EOS, STOP, BLOCK, NUM_BLOCKS, MAX_LEN, VOCAB = 2, 5, 16, 64, 512, 1 << 20
 assert max(EOS, STOP) < NULL_TOKEN_MIN  # the worker never samples them unless scripted
 # request id -> {output index: token}: where the worker samples EOS or STOP
 SCRIPT: dict[str, dict[int, int]] = {
@@ -44,6 +44,7 @@ SCRIPT: dict[str, dict[int, int]] = {
     "min-tokens": {1: EOS, 4: EOS},
 }
 SLOW_S = {"abort": 0.02}  # request id -> seconds each step of it takes on the worker
+REFUSED = "refused"  # the worker fails a request with this id (a RequestFailure) once it runs
 
 
 def token_of(request_id: str, index: int) -> int:
@@ -114,6 +115,7 @@ class ContractWorker(threading.Thread):
         self.cached_prefix: dict[str, int] = {}  # request id -> num_computed_tokens when new
         self.tables: dict[str, list[int]] = {}  # request id -> its last block table
         self.freed: list[str] = []
+        self.failed: set[str] = set()  # reported as failures: the scheduler frees them no more
         self.violations: list[str] = []
         self.max_step_tokens = 0
 
@@ -125,6 +127,7 @@ class ContractWorker(threading.Thread):
             block_size=BLOCK,
             max_model_len=MAX_LEN,
             eos_token_id=EOS,
+            vocab_size=VOCAB,
         )
         self.outbox.put(pb.WorkerMessage(hello=hello))
         self.call = self.stub.Attach(iter(self.outbox.get, None))
@@ -159,6 +162,7 @@ class ContractWorker(threading.Thread):
                 table.pop(rid, None)
             self.freed.append(rid)
         for new in plan.new_requests:
+            self.failed.discard(new.request_id)  # a new request of the same id
             self.check(
                 new.request_id not in self.tokens, f"{new.request_id} sent twice without a free"
             )
@@ -190,8 +194,17 @@ class ContractWorker(threading.Thread):
             plan.chunk_request_ids, plan.chunk_num_tokens, plan.chunk_num_new_blocks, strict=True
         ):
             new_block_ids = [next(block_ids) for _ in range(num_blocks)]
-            self.check(rid in self.tokens, f"chunk of unknown request {rid}")
+            # a plan sent before the scheduler saw a failure may still name the request
+            self.check(rid in self.tokens or rid in self.failed, f"chunk of unknown request {rid}")
             if rid not in self.tokens:
+                continue
+            if rid == REFUSED:  # fails alone; the worker forgets it
+                result.failures.add(
+                    request_id=rid, error_code="INTERNAL", error_message="the worker failed"
+                )
+                for table in (self.tokens, self.prompt_len, self.computed, self.blocks):
+                    table.pop(rid, None)
+                self.failed.add(rid)
                 continue
             self.blocks[rid] += new_block_ids
             self.tables[rid] = list(self.blocks[rid])
@@ -422,6 +435,37 @@ def test_bad_input_is_an_error_event_and_the_session_goes_on(gateway):
     assert events[-1].error_code == "INVALID_ARGUMENT" and events[-1].error_message
     gateway.submit("after", [10, 11], max_tokens=2)
     assert gateway.output("after") == (expected("after", 2), pb.STOP_REASON_LENGTH)
+
+
+def test_what_the_worker_cannot_compute_is_refused_before_it_gets_there(gateway, worker):
+    """Token ids against the worker's vocabulary, lengths against its context, the size
+    of every field: INVALID_ARGUMENT naming it, before anything is scheduled."""
+    bad = {
+        "oov": ([10, VOCAB], {}),
+        "oov-stop": ([10, 11], {"stop_token_ids": [VOCAB + 1]}),
+        "long": (list(range(10, 10 + MAX_LEN)), {}),
+        "x" * 300: ([10, 11], {}),
+    }
+    for request_id, (prompt, sampling) in bad.items():
+        gateway.submit(request_id, prompt, **sampling)
+    for request_id in bad:
+        (event,) = gateway.events_until_stop(request_id)
+        assert event.stop_reason == pb.STOP_REASON_ERROR, (request_id, event)
+        assert event.error_code == "INVALID_ARGUMENT", (request_id, event)
+    assert not set(bad) & set(worker.new_requests)
+
+
+def test_a_request_the_worker_fails_ends_alone_with_its_error(gateway, worker):
+    """A RequestFailure in a StepResult ends that request with its error; the worker has
+    forgotten it, and the other requests of the step go on."""
+    gateway.submit("beside", list(range(10, 20)), max_tokens=4)
+    gateway.submit(REFUSED, list(range(10, 20)), max_tokens=4)
+    events = gateway.events_until_stop(REFUSED)
+    assert events[-1].stop_reason == pb.STOP_REASON_ERROR
+    assert (events[-1].error_code, events[-1].error_message) == ("INTERNAL", "the worker failed")
+    assert gateway.output("beside") == (expected("beside", 4), pb.STOP_REASON_LENGTH)
+    gateway.assert_ended(REFUSED)
+    assert not worker.violations, worker.violations
 
 
 def test_concurrent_requests_share_iterations_within_the_budget(scheduler_addr, gateway, worker):

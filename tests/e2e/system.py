@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from sarathi_serve.common import probes
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.net import free_port
 from sarathi_serve.common.run_records import ProcessRecord, read_system
 
@@ -97,14 +98,22 @@ class RunningSystem:
         """The leading scheduler's address."""
         for record in self.schedulers:
             try:
-                if probes.scheduler_stats(record.address, timeout=2.0).is_leader:
+                if self.stats_at(record.address, timeout=2.0).is_leader:
                     return record.address
             except Exception:  # a dead or starting scheduler
                 continue
         raise RuntimeError("no scheduler leads")
 
+    @property
+    def token(self) -> InternalToken:
+        """The internal token `up` made for this run (the scheduler asks for it)."""
+        return InternalToken.from_env(self.run_dir)
+
+    def stats_at(self, address: str, timeout: float = 2.0, max_iterations: int = 1):
+        return probes.scheduler_stats(address, timeout, max_iterations, self.token)
+
     def stats(self, max_iterations: int = 0):
-        return probes.scheduler_stats(self.scheduler_addr, max_iterations=max_iterations)
+        return self.stats_at(self.scheduler_addr, max_iterations=max_iterations)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:

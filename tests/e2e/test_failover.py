@@ -14,7 +14,6 @@ import time
 
 import redis
 
-from sarathi_serve.common import probes
 from tests.e2e.oracle import (
     PROMPTS,
     generate_tokens,
@@ -72,8 +71,8 @@ def test_leader_killed_mid_stream_every_client_gets_exactly_its_tokens(
     for t in threads:
         t.start()
         time.sleep(0.05)
-    wait_until(lambda: probes.scheduler_stats(leader_addr).num_finished >= 2, "2 requests finished")
-    in_flight = probes.scheduler_stats(leader_addr)
+    wait_until(lambda: system.stats_at(leader_addr).num_finished >= 2, "2 requests finished")
+    in_flight = system.stats_at(leader_addr)
     assert in_flight.num_running + in_flight.num_waiting >= 4, (
         "the kill was meant to hit requests in flight"
     )
@@ -96,7 +95,7 @@ def test_leader_killed_mid_stream_every_client_gets_exactly_its_tokens(
     system.refresh()  # `up` restarted the killed one: it may be the standby now, or lead
     new_leader = system.scheduler_addr
     assert next(r for r in system.schedulers if r.address == new_leader).pid != leader.pid
-    stats = probes.scheduler_stats(new_leader)
+    stats = system.stats_at(new_leader)
     assert stats.epoch >= 2 and stats.num_running == 0 and stats.num_waiting == 0
 
     # A sampled stream survived the failover exactly: it equals what Redis stored once,

@@ -18,7 +18,6 @@ import torch
 
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
-from sarathi_serve.common import probes
 from tests.e2e.oracle import PARAGRAPH, wait_until
 
 MAX_TOKENS = 12
@@ -192,7 +191,7 @@ def test_kills_with_shared_prefixes_in_flight_give_exact_tokens(
     kill_in_flight(system.record("worker").pid, system.stats)
     system.refresh()
     leader = next(r for r in system.schedulers if r.address == system.scheduler_addr)
-    kill_in_flight(leader.pid, lambda: probes.scheduler_stats(leader.address))
+    kill_in_flight(leader.pid, lambda: system.stats_at(leader.address))
     system.refresh()  # `up` restarted the killed leader: it may be the standby now, or lead
     new_leader = next(r for r in system.schedulers if r.address == system.scheduler_addr)
     assert new_leader.pid != leader.pid

@@ -10,7 +10,6 @@ import time
 import httpx2 as httpx
 import redis
 
-from sarathi_serve.common import probes
 from tests.e2e.oracle import MAX_TOKENS, PROMPTS
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -57,7 +56,7 @@ def test_two_variants_each_serve_exactly_with_their_own_state(
         assert store.get(f"sarathi-{variant}:leader") is not None
     assert not list(store.scan_iter("sarathi:*")), "no state outside the variants' prefixes"
     for record in (r for r in rows if r.role == "scheduler"):
-        stats = probes.scheduler_stats(record.address)
+        stats = system.stats_at(record.address)
         want = {"a": "sarathi", "b": "vllm"}[record.variant]
         assert stats.policy == want and stats.num_finished == 4 and stats.num_workers == 1
 

@@ -55,6 +55,9 @@ BAD_BODIES = [
     ("/v1/completions", {**OK, "max_tokens": -1}, 400, "max_tokens"),
     ("/v1/completions", {**OK, "max_tokens": "5"}, 400, "max_tokens"),
     ("/v1/completions", {**OK, "max_tokens": 2.5}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "max_tokens": 10**9}, 400, "max_tokens"),  # past the context
+    ("/v1/chat/completions", {**CHAT_OK, "max_tokens": 8192}, 400, "max_tokens"),
+    ("/v1/completions", {**OK, "top_k": 10**9}, 400, "top_k"),
     ("/v1/completions", {**OK, "seed": -1}, 400, "seed"),
     ("/v1/completions", {**OK, "n": 0}, 400, "n"),
     ("/v1/completions", {**OK, "n": 17}, 400, "n"),
@@ -103,6 +106,13 @@ def test_bad_http_requests_name_the_field(http, path, body, status, param):
     assert error["type"] in ("invalid_request_error", "not_found_error")
 
 
+@pytest.mark.parametrize("request_id", ["x" * 8000, "two\tfields", "line\x7fdel"])
+def test_a_request_id_header_out_of_bounds_is_refused(http, request_id):
+    response = http.post("/v1/completions", json=OK, headers={"x-request-id": request_id})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith("x-request-id: ")
+
+
 def test_body_over_the_size_limit_is_refused(http):
     response = _post(http, "/v1/completions", {"prompt": "a" * (5 << 20)})
     assert response.status_code == 413
@@ -131,6 +141,10 @@ BAD_GRPC = [
     (gpb.GenerateRequest(prompt="hi", sampling=S(stop=[""])), "stop[0]"),
     (gpb.GenerateRequest(prompt_token_ids=gpb.TokenIds(ids=[60000])), "prompt_token_ids"),
     (gpb.GenerateRequest(prompt="hello " * 9000), "prompt"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=10**9)), "max_tokens"),
+    (gpb.GenerateRequest(prompt="hi", sampling=S(top_k=10**9)), "top_k"),
+    (gpb.GenerateRequest(prompt="hi", request_id="x" * 100_000), "request_id"),
+    (gpb.GenerateRequest(prompt="hi", request_id="a\nb"), "request_id"),
     (
         gpb.GenerateRequest(
             messages=gpb.ChatMessages(messages=[gpb.ChatMessage(role="robot", content="x")])
@@ -441,7 +455,7 @@ def test_metrics_carry_model_and_variant(stack, http):
 def _open_stream(base_url: str, headers: dict[str, str] | None = None):
     """A streaming request that runs until closed; returns (client, response) once admitted."""
     client = httpx.Client(base_url=base_url, timeout=30)
-    body = {"prompt": "Hello", "max_tokens": 1_000_000, "ignore_eos": True, "stream": True}
+    body = {"prompt": "Hello", "max_tokens": 8000, "ignore_eos": True, "stream": True}
     request = client.build_request("POST", "/v1/completions", json=body, headers=headers)
     response = client.send(request, stream=True)
     assert response.status_code == 200, response.read()
@@ -488,7 +502,7 @@ def test_grpc_cancel_frees_the_request(stack):
     with grpc.insecure_channel(stack.grpc_addr) as channel:
         stub = gpb_grpc.GenerationStub(channel)
         call = stub.Generate(
-            gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=1_000_000, ignore_eos=True))
+            gpb.GenerateRequest(prompt="hi", sampling=S(max_tokens=8000, ignore_eos=True))
         )
         next(call)
         assert stack.stats().num_running == 1

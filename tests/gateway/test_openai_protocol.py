@@ -4,6 +4,7 @@ edge makes of the equivalent GenerateRequest (so both are validated alike)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -67,12 +68,13 @@ def test_a_completion_body_is_its_grpc_request():
 def test_a_chat_body_is_its_grpc_request():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     body = ChatCompletionRequest(messages=messages, logprobs=True, top_logprobs=2, **FULL)
-    sampling = full_pb(max_tokens=64, logprobs=2)  # max_tokens unset: the context's length
+    sampling = full_pb(logprobs=2)
+    sampling.ClearField("max_tokens")  # unset: as many as the context holds
     turns = [gpb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]
     wire = gpb.GenerateRequest(
         model="m", messages=gpb.ChatMessages(messages=turns), sampling=sampling
     )
-    assert body.to_input(max_model_len=64) == generate_input_from_pb(wire)
+    assert body.to_input() == replace(generate_input_from_pb(wire), fill_context=True)
 
 
 def test_unset_fields_stay_unset():
@@ -81,11 +83,13 @@ def test_unset_fields_stay_unset():
     (got,) = CompletionRequest(prompt="Hi").to_inputs()
     assert got.sampling == SamplingOptions(max_tokens=16)  # OpenAI's default
     chat = ChatCompletionRequest(messages=[{"role": "user"}], max_completion_tokens=5)
-    assert chat.to_input(64) == GenerateInput(
-        ChatPrompt((ChatMessage("user", ""),)), sampling=SamplingOptions(max_tokens=5)
+    assert chat.to_input() == GenerateInput(
+        ChatPrompt((ChatMessage("user", ""),)),
+        sampling=SamplingOptions(max_tokens=5),
+        fill_context=True,
     )
     chat = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], logprobs=True)
-    assert chat.to_input(64).sampling.logprobs == 0
+    assert chat.to_input().sampling.logprobs == 0
 
 
 def test_prompts_of_each_shape():
@@ -128,4 +132,4 @@ def test_a_lone_surrogate_is_invalid_argument_naming_its_field(body, field):
 def test_a_lone_surrogate_in_a_chat_message_is_invalid_argument():
     body = ChatCompletionRequest(messages=[{"role": "user", "content": "ok \udfff"}])
     with pytest.raises(InvalidArgument, match=r"^messages\[0\]: not valid Unicode text"):
-        body.to_input(64)
+        body.to_input()

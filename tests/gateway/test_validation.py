@@ -55,12 +55,29 @@ def test_defaults(validator):
         (request(stop=("x",) * 17), "stop: at most 16 strings, got 17"),
         (request(stop=("",)), "stop[0]: must not be empty"),
         (request(stop=("x" * 513,)), "stop[0]: at most 512 characters, got 513"),
+        (request(top_k=49153), "top_k: at most the vocabulary size (49152), got 49153"),
+        (request(max_tokens=10**9), "max_tokens: this model's maximum context length is 64"),
     ],
 )
 def test_bad_input_names_the_field(validator, req, message):
     with pytest.raises(InvalidArgument) as info:
         validator.prepare(req)
     assert str(info.value).startswith(message)
+
+
+def test_prompt_and_max_tokens_must_fit_the_context(validator):
+    prompt = TokenPrompt(tuple(range(10, 50)))  # 40 tokens of a context of 64
+    fits = validator.prepare(GenerateInput(prompt, sampling=SamplingOptions(max_tokens=24)))
+    assert fits.sampling.max_tokens == 24
+    with pytest.raises(InvalidArgument) as info:
+        validator.prepare(GenerateInput(prompt, sampling=SamplingOptions(max_tokens=25)))
+    assert "you requested 65 tokens (40 in the prompt, 25 in the completion)" in str(info.value)
+    # unset: the default, or as many as the context holds (chat), clipped to the context
+    near_end = TokenPrompt(tuple(range(10, 60)))  # 50 tokens
+    assert validator.prepare(GenerateInput(near_end)).sampling.max_tokens == 14
+    assert validator.prepare(GenerateInput(prompt)).sampling.max_tokens == 16
+    filled = validator.prepare(GenerateInput(prompt, fill_context=True))
+    assert filled.sampling.max_tokens == 24
 
 
 def test_unknown_model(validator):

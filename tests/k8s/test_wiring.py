@@ -234,8 +234,25 @@ def test_api_keys(scenario: Rendered) -> None:
     assert env["SARATHI_GATEWAY_API_KEYS_FILE"] == f"{mount['mountPath']}/{item['path']}"
     if auth["existingSecret"]:
         assert secret_name == auth["existingSecret"]
-        assert not scenario.of("Secret")
+        assert not [s for s in scenario.of("Secret") if "api-keys" in s["data"]]
     else:
         secret = scenario.get("Secret", secret_name)
         keys = base64.b64decode(secret["data"][item["key"]]).decode().split()
         assert keys == auth["apiKeys"]
+
+
+def test_internal_token(scenario: Rendered) -> None:
+    """Every sarathi container presents the one internal token, from a Secret that exists
+    (or the operator's), and a chart-made token is not empty."""
+    auth = scenario.values["internalAuth"]
+    refs = set()
+    for role in ("gateway", "scheduler", "worker"):
+        for workload in scenario.workloads(role):
+            ref = scenario.env(workload)["SARATHI_INTERNAL_TOKEN"]["secretKeyRef"]
+            refs.add((ref["name"], ref["key"]))
+    ((name, key),) = refs
+    if auth["existingSecret"]:
+        assert (name, key) == (auth["existingSecret"], auth["existingSecretKey"])
+        return
+    token = base64.b64decode(scenario.get("Secret", name)["data"][key]).decode()
+    assert len(token) >= 32 if not auth["token"] else token == auth["token"]

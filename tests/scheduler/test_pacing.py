@@ -55,7 +55,7 @@ def test_the_pacer_plans_a_lead_before_the_predicted_end_and_adapts_the_lead():
 async def _worker(link: WorkerLink, steps: list[tuple[int, list[str], float]]) -> None:
     """Runs each plan for STEP_S as the real worker does (in order, the next plan may be
     waiting), and records (step id, requests in the step, when the step began)."""
-    engine = WorkerEngine(ContextModel())  # type: ignore[arg-type]
+    engine = WorkerEngine(ContextModel(GEOMETRY))  # type: ignore[arg-type]
     last_result_at: float | None = None
     while (msg := await link.outbox.get()) is not None:
         received_at = time.perf_counter()

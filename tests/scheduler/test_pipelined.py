@@ -21,6 +21,9 @@ class ContextModel:
     """A deterministic "model": the next token is a function of the whole context,
     so a decode fed the wrong token, or a token appended twice, changes what follows."""
 
+    def __init__(self, geometry: WorkerGeometry):
+        self.geometry = geometry
+
     def execute(self, batch: list[BatchEntry]) -> StepOutput:
         sampled = {}
         for e in batch:
@@ -35,8 +38,9 @@ class ContextModel:
 
 def run(policy: str, pipelined: bool, num_blocks: int, abort_at: dict[int, str]):
     core = SchedulerCore(make_policy(policy, token_budget=16, max_num_seqs=8), watermark=0.0)
-    core.attach_worker(WorkerGeometry(num_blocks, 4, 48, EOS))
-    engine = WorkerEngine(ContextModel())  # type: ignore[arg-type]
+    geometry = WorkerGeometry(num_blocks, 4, 48, EOS)
+    core.attach_worker(geometry)
+    engine = WorkerEngine(ContextModel(geometry))  # type: ignore[arg-type]
     for i in range(10):
         prompt = [(7 * i + j) % 40 + 3 for j in range(3 + 5 * i % 17)]
         sampling = SamplingParams(temperature=0.0, max_tokens=4 + 3 * i, ignore_eos=i % 3 == 0)

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.step import StepPlan, WorkerGeometry
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
@@ -60,14 +61,16 @@ class _EndedCall:
 def test_the_worker_introduces_itself_with_its_geometry(monkeypatch):
     stop = threading.Event()
     sent: list[pb.WorkerMessage] = []
+    metadatas = []
     resets = []
 
     class Stub:
         def __init__(self, channel):
             pass
 
-        def Attach(self, messages):
+        def Attach(self, messages, metadata=()):
             sent.append(next(messages))
+            metadatas.append(metadata)
             stop.set()
             return _EndedCall()
 
@@ -79,8 +82,11 @@ def test_the_worker_introduces_itself_with_its_geometry(monkeypatch):
             resets.append(True)
 
     monkeypatch.setattr(pb_grpc, "SchedulerStub", Stub)
-    geometry = WorkerGeometry(num_kv_blocks=9, block_size=4, max_model_len=64, eos_token_id=2)
-    attach_forever(Engine(), ["127.0.0.1:1"], "w-1", "tiny", geometry, stop)
+    geometry = WorkerGeometry(
+        num_kv_blocks=9, block_size=4, max_model_len=64, eos_token_id=2, vocab_size=320
+    )
+    token = InternalToken("s3cret")
+    attach_forever(Engine(), ["127.0.0.1:1"], "w-1", "tiny", geometry, stop, token)
     assert [m.WhichOneof("kind") for m in sent] == ["hello"]
     assert sent[0].hello == pb.WorkerHello(
         worker_id="w-1",
@@ -89,5 +95,7 @@ def test_the_worker_introduces_itself_with_its_geometry(monkeypatch):
         block_size=4,
         max_model_len=64,
         eos_token_id=2,
+        vocab_size=320,
     )
+    assert metadatas == [(("authorization", "Bearer s3cret"),)]  # the scheduler's credentials
     assert resets == [True]  # a stream that ended forgets the worker's sequences

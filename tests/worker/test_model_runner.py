@@ -120,7 +120,7 @@ def test_geometry_is_what_the_runner_holds(tiny_llama):
     runner = ModelRunner(tiny_llama, kv_cache_bytes=4 << 20, block_size=4)
     # 2 layers x (K, V) x 2 KV heads x 4 tokens x 16 dims x 4 bytes = 2 KiB a block
     assert runner.geometry == WorkerGeometry(
-        num_kv_blocks=2048, block_size=4, max_model_len=512, eos_token_id=2
+        num_kv_blocks=2048, block_size=4, max_model_len=512, eos_token_id=2, vocab_size=320
     )
     assert runner.geometry.num_kv_blocks == runner.kv_cache.num_blocks
     assert NullRunner(num_blocks=7).geometry == WorkerGeometry(7, 16, 1 << 20, 0)

@@ -167,7 +167,16 @@ add up to 100. Use: {{ range include "sarathi.variants" . | fromJsonArray }}
 {{- else }}api-keys{{ end }}
 {{- end }}
 
-{{/* Environment shared by sarathi-serve containers: writable places on a read-only root. */}}
+{{- define "sarathi.internalTokenSecret" -}}
+{{- .Values.internalAuth.existingSecret | default (include "sarathi.objname" (list . "internal-token")) }}
+{{- end }}
+
+{{- define "sarathi.internalTokenSecretKey" -}}
+{{- if .Values.internalAuth.existingSecret }}{{ .Values.internalAuth.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* Environment shared by sarathi-serve containers: writable places on a read-only root,
+and the internal token of the scheduler's port. */}}
 {{- define "sarathi.commonEnv" -}}
 - name: HOME
   value: /tmp
@@ -179,6 +188,11 @@ add up to 100. Use: {{ range include "sarathi.variants" . | fromJsonArray }}
   value: "1"
 - name: PYTHONUNBUFFERED
   value: "1"
+- name: SARATHI_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sarathi.internalTokenSecret" . }}
+      key: {{ include "sarathi.internalTokenSecretKey" . }}
 {{- end }}
 
 {{- define "sarathi.podSpecCommon" -}}
