@@ -40,7 +40,7 @@ class OpenAICompletions:
         self.generator = generator
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        prepared = [self.validator.prepare(r) for r in body.to_inputs()]
+        prepared = [await self.validator.prepare_async(r) for r in body.to_inputs()]
         echoes = [
             self._prompt_text(body, i, p) if body.echo else "" for i, p in enumerate(prepared)
         ]
@@ -70,7 +70,7 @@ class OpenAICompletions:
         return await _answer(request, body, generations, header, choice_chunk, choice_body)
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
-        prepared = [self.validator.prepare(body.to_input())]
+        prepared = [await self.validator.prepare_async(body.to_input())]
         generations = await self._start(request, body.n, body.user or "", prepared, "chatcmpl")
         header = {
             "id": base_id(generations),

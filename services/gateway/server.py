@@ -97,7 +97,7 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
         metadata = dict(context.invocation_metadata() or ())
         generation: Generation | None = None
         try:
-            prepared = self.validator.prepare(generate_input_from_pb(request))
+            prepared = await self.validator.prepare_async(generate_input_from_pb(request))
             generation = await self.generator.start(
                 request_id,
                 prepared,

@@ -4,6 +4,7 @@ Both edges call it on the GenerateInput they made, so each range is checked once
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from sarathi_serve.gateway.generate_input import (
     ChatMessage,
     ChatPrompt,
     GenerateInput,
+    Prompt,
     SamplingOptions,
     TextPrompt,
     TokenPrompt,
@@ -23,6 +25,7 @@ from sarathi_serve.gateway.generate_input import (
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 512
 _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+OFF_LOOP_CHARS = 16_384  # prompts longer than this are tokenized off the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,18 @@ class RequestValidator:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
+        # A token stands for at most this many characters of text (byte-level BPE: bytes;
+        # x2 for normalizers that compose characters): text longer than the context times
+        # it cannot fit, and is refused without being tokenized.
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+        self.max_prompt_chars = 2 * longest * max_model_len
+
+    async def prepare_async(self, request: GenerateInput) -> PreparedRequest:
+        """`prepare`, with a prompt of more than OFF_LOOP_CHARS characters tokenized on a
+        thread (the tokenizer releases the GIL): other streams go on meanwhile."""
+        if _prompt_chars(request.prompt) <= OFF_LOOP_CHARS:
+            return self.prepare(request)
+        return await asyncio.to_thread(self.prepare, request)
 
     def prepare(self, request: GenerateInput) -> PreparedRequest:
         """NotFound for another model; InvalidArgument naming the first field at fault."""
@@ -61,6 +76,12 @@ class RequestValidator:
 
     def _prompt_token_ids(self, request: GenerateInput) -> list[int]:
         prompt = request.prompt
+        num_chars = _prompt_chars(prompt)
+        if num_chars > self.max_prompt_chars:
+            raise InvalidArgument(
+                f"{prompt.name if prompt else 'prompt'}: {num_chars} characters cannot fit "
+                f"the model's context of {self.max_model_len} tokens"
+            )
         if isinstance(prompt, TextPrompt):
             if not prompt.text:
                 raise InvalidArgument("prompt: must not be empty")
@@ -174,6 +195,15 @@ def _check_sampling(
             raise InvalidArgument(f"{name}: must be {expected}, got {value}")
     if opts.logprobs is not None and opts.logprobs > MAX_LOGPROBS:
         raise InvalidArgument(f"logprobs: at most {MAX_LOGPROBS}, got {opts.logprobs}")
+
+
+def _prompt_chars(prompt: Prompt | None) -> int:
+    """Characters of text to tokenize (0 for token ids)."""
+    if isinstance(prompt, TextPrompt):
+        return len(prompt.text)
+    if isinstance(prompt, ChatPrompt):
+        return sum(len(m.content) + len(m.role) for m in prompt.messages)
+    return 0
 
 
 def _stop_strings(stop: tuple[str, ...]) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import httpx2 as httpx
 import pytest
 
 from sarathi_serve.common.auth import InternalToken
@@ -80,8 +81,12 @@ def session(addr: str, messages: list[pb.SessionRequest], metadata=()) -> list[p
         return [event for batch in call for event in batch.events]
 
 
-def test_poison_on_the_scheduler_port_is_refused_and_stalls_no_stream(system_factory):
-    system = system_factory("--token-budget", "64")
+@pytest.fixture(scope="module")
+def system(system_factory):
+    return system_factory("--token-budget", "64")
+
+
+def test_poison_on_the_scheduler_port_is_refused_and_stalls_no_stream(system):
     addr, token = system.scheduler_addr, system.token
     assert token.enabled, "up makes an internal token for each run"
     streams = Streams(system.gateway_addr, num_streams=4, max_tokens=48)
@@ -116,3 +121,24 @@ def test_poison_on_the_scheduler_port_is_refused_and_stalls_no_stream(system_fac
     assert not streams.errors and streams.tokens == [48] * 4
     assert max(streams.pauses) < 1.0, f"a stream paused {max(streams.pauses):.2f}s"
     assert system.stats().num_running == 0  # nothing of the intruder's runs
+
+
+def test_huge_prompts_are_refused_without_stalling_other_streams(system):
+    """A 3.9 MiB prompt (under the 4 MiB body limit) is refused before it is tokenized;
+    one of 1 M characters, which might fit, is tokenized off the event loop and refused
+    for its length: the streams meanwhile never pause for long."""
+    streams = Streams(system.gateway_addr, num_streams=4, max_tokens=48)
+    url = f"{system.base_url}/completions"
+    huge = "All work and no play makes Jack a dull boy. " * 90_000  # 3.96 M characters
+    for prompt in (huge[:3_900_000], huge[:1_000_000]):
+        started = time.monotonic()
+        response = httpx.post(url, json={"prompt": prompt, "max_tokens": 4}, timeout=60)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "prompt", response.text
+        assert time.monotonic() - started < 30
+    chat = {"messages": [{"role": "user", "content": huge[:3_900_000]}], "max_tokens": 4}
+    response = httpx.post(f"{system.base_url}/chat/completions", json=chat, timeout=60)
+    assert response.status_code == 400 and "messages" in response.json()["error"]["message"]
+    streams.join()
+    assert not streams.errors and streams.tokens == [48] * 4
+    assert max(streams.pauses) < 0.5, f"a stream paused {max(streams.pauses):.2f}s"

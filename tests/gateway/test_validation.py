@@ -9,7 +9,7 @@ from sarathi_serve.gateway.generate_input import (
     TextPrompt,
     TokenPrompt,
 )
-from sarathi_serve.gateway.validation import RequestValidator
+from sarathi_serve.gateway.validation import OFF_LOOP_CHARS, RequestValidator
 
 
 @pytest.fixture
@@ -135,3 +135,31 @@ def test_full_sampling_options_pass_through(validator):
     penalties = (sampling.min_p, sampling.presence_penalty, sampling.frequency_penalty)
     assert penalties == (0.1, 0.5, -0.5)
     assert sampling.repetition_penalty == 1.1 and sampling.logprobs == 0
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(validator, monkeypatch):
+    calls = []
+    monkeypatch.setattr(validator.tokenizer, "encode", lambda *a, **k: calls.append(a) or [1])
+    too_long = "x" * (validator.max_prompt_chars + 1)
+    for req in (GenerateInput(TextPrompt(too_long)), chat(("user", too_long))):
+        with pytest.raises(InvalidArgument, match="characters cannot fit the model's context"):
+            validator.prepare(req)
+    assert not calls
+
+
+def test_long_prompts_are_tokenized_off_the_event_loop(tokenizer, monkeypatch):
+    import asyncio
+    import threading
+
+    validator = RequestValidator(tokenizer, "SmolLM2-135M-Instruct", max_model_len=8192)
+    encode, threads = validator.tokenizer.encode, []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(validator.tokenizer, "encode", spy)
+    short, long = TextPrompt("Hello"), TextPrompt("a" * (OFF_LOOP_CHARS + 1))
+    for prompt in (short, long):
+        asyncio.run(validator.prepare_async(GenerateInput(prompt)))
+    assert threads[0] is threading.main_thread() and threads[1] is not threading.main_thread()
