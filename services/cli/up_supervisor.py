@@ -19,6 +19,9 @@ from sarathi_serve.common.run_records import ProcessRecord, write_system
 
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
+HANG_S = 10.0  # a child that answered its probe once, then not for this long, hangs
+PROBE_EVERY_S = 2.0
+ANSWERS = ("SERVING", "LEADER", "STANDBY")  # a probe answered: alive and making progress
 STOP_ORDER = ("gateway", "worker", "scheduler", "redis")  # the clients' side first
 
 
@@ -39,6 +42,8 @@ class Child:
     variant: str = ""  # A/B: the variant a scheduler or worker serves
     metrics: str = ""  # its Prometheus endpoint
     started_at: float = field(default=0.0)
+    answered: bool = False  # its probe answered since it (re)started (it is past loading)
+    silent_since: float | None = None  # since when its probe has not answered
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open by the child)
@@ -51,6 +56,20 @@ class Child:
         )
         log.close()
         self.started_at = time.monotonic()
+        self.answered, self.silent_since = False, None
+
+    def hangs(self, state: str, now: float) -> bool:
+        """Takes a probe's answer; True once the child, alive and seen serving since it
+        started, has not answered for HANG_S (stopped, deadlocked, or a worker whose step
+        never ends: its health says NOT_SERVING)."""
+        if state in ANSWERS:
+            self.answered, self.silent_since = True, None
+            return False
+        if not self.answered:
+            return False  # still starting (a worker loads its model before it serves)
+        if self.silent_since is None:
+            self.silent_since = now
+        return now - self.silent_since >= HANG_S
 
     def record(self) -> ProcessRecord:
         assert self.process is not None
@@ -112,8 +131,12 @@ def _check_alive(children: list[Child], stop: threading.Event, deadline: float) 
 
 
 def supervise(children: list[Child], run_dir: Path, stop: threading.Event) -> None:
-    """Restarts a child that exits, until `stop` is set."""
+    """Restarts a child that exits, or that hangs (killed first), until `stop` is set."""
+    last_probe = time.monotonic()
     while not stop.wait(0.5):
+        if time.monotonic() - last_probe >= PROBE_EVERY_S:
+            last_probe = time.monotonic()
+            kill_hung(children, last_probe)
         for child in children:
             assert child.process is not None
             if child.process.poll() is None:
@@ -128,6 +151,22 @@ def supervise(children: list[Child], run_dir: Path, stop: threading.Event) -> No
             child.restarts += 1
             child.start()
             write_system(run_dir, records(children))
+
+
+def kill_hung(children: list[Child], now: float) -> None:
+    """Probes every running child; kills (SIGKILL) those that hang, to be restarted."""
+    for child in children:
+        assert child.process is not None
+        if child.process.poll() is not None:
+            continue
+        if child.hangs(probes.probe(child.role, child.address), now):
+            print(
+                f"{child.role} hangs (no answer to its health probe for {HANG_S:.0f}s); killing it",
+                file=sys.stderr,
+                flush=True,
+            )
+            child.process.kill()
+            child.process.wait()
 
 
 def records(children: list[Child]) -> list[ProcessRecord]:

@@ -186,6 +186,7 @@ def session_events_to_pb(batch: SessionEvents) -> pb.SessionEvents:
         token_request_ids=batch.token_request_ids,
         token_ids=batch.token_ids,
         token_indexes=batch.token_indexes,
+        num_workers=batch.num_workers,
     )
 
 
@@ -221,6 +222,7 @@ def session_events_from_pb(msg: pb.SessionEvents) -> SessionEvents:
         token_request_ids=list(msg.token_request_ids),
         token_ids=list(msg.token_ids),
         token_indexes=list(msg.token_indexes),
+        num_workers=msg.num_workers if msg.HasField("num_workers") else None,
     )
 
 

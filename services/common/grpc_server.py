@@ -43,12 +43,16 @@ def add_health_and_reflection(
 
 
 async def set_serving(
-    servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool
+    servicer: health.aio.HealthServicer,
+    service_names: Iterable[str],
+    serving: bool,
+    overall: bool = True,
 ) -> None:
+    """Sets each named service's status, and the server's own ("") with `overall`."""
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for name in ["", *service_names]:
+    for name in ["", *service_names] if overall else service_names:
         await servicer.set(name, status)

@@ -13,12 +13,12 @@ from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 
 
-def grpc_health(address: str, timeout: float = 1.0) -> str:
-    """`SERVING`, `NOT_SERVING`, or `UNREACHABLE`."""
+def grpc_health(address: str, timeout: float = 1.0, service: str = "") -> str:
+    """`SERVING`, `NOT_SERVING`, or `UNREACHABLE` (of the server, or of one `service`)."""
     try:
         with grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
     except grpc.RpcError:
         return "UNREACHABLE"

@@ -32,3 +32,4 @@ class SessionEvents:
     token_request_ids: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     token_indexes: list[int] = field(default_factory=list)
+    num_workers: int | None = None  # set when the number of attached workers changes

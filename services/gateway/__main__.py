@@ -96,7 +96,8 @@ async def serve(config: GatewayConfig) -> None:
     if config.http_port:
         app = build_app(validator, generator, metrics, api_keys, config.max_body_bytes)
         http = _HttpServer.launch(config, app)
-    await set_serving(health, [SERVICE_NAME], True)
+    await set_serving(health, [], True)  # liveness: the process answers
+    readiness = asyncio.ensure_future(_follow_readiness(generator, health))
     log.info(
         "gateway serving %s on %s:%d (gRPC) and %s (HTTP); variants: %s; API keys %s",
         validator.model_name,
@@ -107,12 +108,24 @@ async def serve(config: GatewayConfig) -> None:
         "on" if api_keys.enabled else "off",
     )
     await _until_stopped(http)
+    readiness.cancel()
     await set_serving(health, [SERVICE_NAME], False)
     if http is not None:
         await http.stop()
     await server.stop(grace=2.0)
     for variant in variants:
         await variant.client.close()
+
+
+async def _follow_readiness(generator: Generator, health: grpc_health.aio.HealthServicer) -> None:
+    """The Generation service is SERVING (the readiness probe's) while a scheduler leads
+    with workers for some variant, as HTTP /health answers 200."""
+    serving: bool | None = None
+    while True:
+        if generator.ready != serving:
+            serving = generator.ready
+            await set_serving(health, [SERVICE_NAME], serving, overall=False)
+        await asyncio.sleep(0.5)
 
 
 async def _start_grpc(

@@ -224,5 +224,5 @@ class Generator:
 
     @property
     def ready(self) -> bool:
-        """Whether some variant's scheduler session is open."""
-        return any(v.client.connected for v in self.router.variants)
+        """Whether some variant's scheduler leads, with workers, on an open session."""
+        return any(v.client.ready for v in self.router.variants)

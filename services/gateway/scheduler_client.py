@@ -77,6 +77,7 @@ class SchedulerClient:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.num_workers: int | None = None  # as the leader last said (None: not told)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -96,6 +97,11 @@ class SchedulerClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Connected to a leader that has workers (one that does not say: assumed)."""
+        return self.connected and self.num_workers != 0
 
     async def submit(
         self,
@@ -185,9 +191,12 @@ class SchedulerClient:
                 yield message
 
         # A leader answers at once with an empty batch; a standby fails the call.
+        self.num_workers = None
         async for batch in stub.Session(requests(), metadata=self.token.metadata):
             if not self._connected.is_set():
                 self._mark_connected(outbox, addr)
+            if batch.HasField("num_workers"):
+                self.num_workers = batch.num_workers
             self._dispatch(batch)
 
     def _mark_connected(self, outbox: asyncio.Queue[pb.SessionRequest | None], addr: str) -> None:

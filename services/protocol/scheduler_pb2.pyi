@@ -107,16 +107,18 @@ class Abort(_message.Message):
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class SessionEvents(_message.Message):
-    __slots__ = ("events", "token_request_ids", "token_ids", "token_indexes")
+    __slots__ = ("events", "token_request_ids", "token_ids", "token_indexes", "num_workers")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[RequestEvent]
     token_request_ids: _containers.RepeatedScalarFieldContainer[str]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     token_indexes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, events: _Optional[_Iterable[_Union[RequestEvent, _Mapping]]] = ..., token_request_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
+    num_workers: int
+    def __init__(self, events: _Optional[_Iterable[_Union[RequestEvent, _Mapping]]] = ..., token_request_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_indexes: _Optional[_Iterable[int]] = ..., num_workers: _Optional[int] = ...) -> None: ...
 
 class RequestEvent(_message.Message):
     __slots__ = ("request_id", "token_ids", "first_token_index", "logprobs", "stop_reason", "error_code", "error_message")

@@ -136,6 +136,7 @@ async def _take_over(
         session_grace_s=config.session_grace_s,
         metrics=metrics,
         pace_plans=config.pace_plans,
+        worker_stall_s=config.worker_stall_s,
     )
     if store is not None:
         front.recover(await store.load_inflight())

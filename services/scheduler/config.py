@@ -38,12 +38,15 @@ class SchedulerConfig:
     chunk_schedule_stages: int = 16
     prefix_caching: bool = True  # reuse the KV of cached prompt prefixes (--no-prefix-caching)
     pace_plans: bool = True  # plan each step just before the one computing ends (pacing.py)
+    worker_stall_s: float = 5.0  # a step this long past 4x its predicted time: the worker hangs
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(
                 f"unknown policy {self.policy!r}; known: {', '.join(sorted(POLICIES))}"
             )
+        if self.worker_stall_s < 0:
+            raise ValueError(f"worker_stall_s must be >= 0, got {self.worker_stall_s}")
         for name in ("token_budget", "max_num_seqs", "max_num_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -81,6 +84,9 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "between requests with the same cache salt); --no-prefix-caching turns it off",
     "pace_plans": "plan each step shortly before the step computing ends, not as it "
     "starts, so that requests arriving meanwhile join it; --no-pace-plans: as it starts",
+    "worker_stall_s": "a worker whose step runs longer than this plus 4x the time steps like "
+    "it take hangs: it is dropped and its requests are recomputed on another worker "
+    "(or on it when it attaches again); 0: never",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "session_grace_s": "how long a disconnected gateway's requests wait for it to resume",
 }

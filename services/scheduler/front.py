@@ -21,6 +21,7 @@ from collections.abc import Callable
 from sarathi_serve.common.errors import InvalidArgument
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.iteration import Occupancy
+from sarathi_serve.scheduler.liveness import StepDeadline
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.pacing import PlanPacer
 from sarathi_serve.scheduler.policies import Policy, make_policy
@@ -53,9 +54,11 @@ class SchedulerFront:
         metrics: SchedulerMetrics | None = None,
         clock: Callable[[], float] = time.time,
         pace_plans: bool = True,
+        worker_stall_s: float = 0.0,
     ):
         self.make_core = make_core
         self.pace_plans = pace_plans
+        self.worker_stall_s = worker_stall_s  # 0: a worker is never taken for hung
         self.store = store
         self.stats = stats
         self.clock = clock
@@ -207,6 +210,7 @@ class SchedulerFront:
             "worker %s attached as replica %d: %s", link.worker_id, replica.index, link.geometry
         )
         self._rebalance()
+        self.sessions.workers_changed(self.num_workers)
 
     def detach(self, link: WorkerLink, reason: str) -> None:
         link.close(reason)
@@ -219,6 +223,7 @@ class SchedulerFront:
             *(link.worker_id, replica.index, reason, num_requests),
         )
         self._rebalance()
+        self.sessions.workers_changed(self.num_workers)
 
     def _rebalance(self) -> None:
         """Moves the requests of replicas without a worker to replicas with one, then
@@ -258,6 +263,7 @@ class SchedulerFront:
             self.detach,
             self.clock,
             pacer=PlanPacer() if self.pace_plans else None,
+            deadline=StepDeadline(self.worker_stall_s) if self.worker_stall_s > 0 else None,
         )
         if self.replicas:
             replica.set_policy(self.policy)

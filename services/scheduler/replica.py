@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from sarathi_serve.common.step import StepResult
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep
+from sarathi_serve.scheduler.liveness import StepDeadline
 from sarathi_serve.scheduler.pacing import PlanPacer
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.releasing import Iteration, ReleaseQueue, Releaser, Timing
@@ -66,6 +67,7 @@ class Replica:
         on_worker_lost: Callable[[WorkerLink, str], None],
         clock: Callable[[], float] = time.time,
         pacer: PlanPacer | None = None,
+        deadline: StepDeadline | None = None,
     ):
         self.index = index
         self.core = core
@@ -78,6 +80,7 @@ class Replica:
         self._accepted: list[Request] = []  # to persist with the next iteration
         self._ended: list[Request] = []  # ended without a token (aborts)
         self.pacer = pacer
+        self.deadline = deadline  # None: a worker is never taken for hung
         self._last_result_at = 0.0  # perf_counter seconds
 
     # ---- views ----------------------------------------------------------------
@@ -238,13 +241,18 @@ class Replica:
     async def _finish(self, step: InFlight) -> None:
         """Waits for a step's result, applies it and queues its release."""
         planned = step.planned
-        result = StepResult(planned.plan.step_id) if step.result is None else await step.result
+        if step.result is None:
+            result = StepResult(planned.plan.step_id)
+        else:
+            result = await self._result(step, step.result)
         t_result = self._last_result_at = time.perf_counter()
         updates = self.core.apply(result, self._clock())
         accepted, self._accepted = self._accepted, []
         ended, self._ended = self._ended, []
         if planned.plan.chunks:
             self.core.observe(planned, result.execution_ms)
+            if self.deadline is not None:
+                self.deadline.observe(planned, result.execution_ms)
             if self.pacer is not None:
                 wait_ms = 0.0 if step.after_idle else result.worker_wait_ms
                 self.pacer.observe(planned, result.execution_ms, wait_ms)
@@ -257,6 +265,22 @@ class Replica:
             worker_wait_ms=0.0 if step.after_idle else result.worker_wait_ms,
         )
         self._releases.put(Iteration(planned, result, timing, accepted, updates, ended))
+
+    async def _result(self, step: InFlight, result: asyncio.Future[StepResult]) -> StepResult:
+        """The step's result; WorkerLost when the worker has run it past its allowance
+        (it hangs: `liveness.py`)."""
+        if self.deadline is None or not step.planned.plan.chunks:
+            return await result
+        started_at = max(step.sent_at, self._last_result_at)
+        allowance_s = self.deadline.allowance_s(step.planned)
+        timeout_s = started_at + allowance_s - time.perf_counter()
+        done, _ = await asyncio.wait([result], timeout=max(timeout_s, 0.0))
+        if not done:
+            raise WorkerLost(
+                f"worker {step.worker.worker_id} hangs: step {step.planned.plan.step_id} "
+                f"has run {time.perf_counter() - started_at:.1f}s (allowed {allowance_s:.1f}s)"
+            )
+        return result.result()
 
     @property
     def _has_work(self) -> bool:

@@ -48,6 +48,7 @@ class Sessions:
     def __init__(self, requests: Requests, grace_s: float = 30.0):
         self.requests = requests
         self.grace_s = grace_s
+        self.num_workers = 0  # told to every gateway when it changes
         self._queues: dict[str, Outbox] = {}
         self._expiries: dict[str, asyncio.TimerHandle] = {}
 
@@ -63,7 +64,7 @@ class Sessions:
             old.put_nowait(None)
         self.requests.hold_session(gateway_id)
         queue: Outbox = asyncio.Queue()
-        queue.put_nowait(SessionEvents())
+        queue.put_nowait(SessionEvents(num_workers=self.num_workers))
         self._queues[gateway_id] = queue
         self._cancel_expiry(gateway_id)
         log.info("session of gateway %s opened", gateway_id)
@@ -86,6 +87,14 @@ class Sessions:
         """Sends one SessionEvents per gateway for this iteration."""
         for gateway_id, batch in batch_by_session(updates, ended).items():
             self._put(gateway_id, batch)
+
+    def workers_changed(self, num_workers: int) -> None:
+        """Tells every gateway how many workers are attached now."""
+        if num_workers == self.num_workers:
+            return
+        self.num_workers = num_workers
+        for queue in self._queues.values():
+            queue.put_nowait(SessionEvents(num_workers=num_workers))
 
     def send(self, gateway_id: str, event: RequestEvent) -> None:
         self._put(gateway_id, SessionEvents(events=[event]))

@@ -8,9 +8,11 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import grpc
 import torch
+from grpc_health.v1.health import aio as health_aio
 
 from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.grpc_server import SERVER_OPTIONS, add_health_and_reflection, set_serving
@@ -50,6 +52,7 @@ async def serve(config: WorkerConfig) -> None:
         torch.get_num_threads(),
         config.scheduler_addr,
     )
+    watch = asyncio.ensure_future(_watch_progress(metered, health, config.hang_s))
     try:
         await asyncio.to_thread(
             attach_forever,
@@ -62,8 +65,27 @@ async def serve(config: WorkerConfig) -> None:
             InternalToken.from_env(),
         )
     finally:
+        watch.cancel()
         stop_group()
         await server.stop(grace=0.5)
+
+
+async def _watch_progress(
+    engine: MeteredEngine, health: health_aio.HealthServicer, hang_s: float
+) -> None:
+    """Health follows progress: NOT_SERVING while a step has run longer than `hang_s`."""
+    if not hang_s:
+        return
+    serving = True
+    while True:
+        await asyncio.sleep(min(1.0, hang_s / 4))
+        running_s = engine.running_for(time.monotonic())
+        if serving == (running_s <= hang_s):
+            continue
+        serving = not serving
+        if not serving:
+            log.error("a step has run %.0fs (> %gs): health NOT_SERVING", running_s, hang_s)
+        await set_serving(health, [], serving)
 
 
 def main(argv: list[str] | None = None) -> None:

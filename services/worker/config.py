@@ -35,6 +35,7 @@ class WorkerConfig:
     null_step_ms: float = 0.0  # with null_model: each step takes this long (an accelerator's)
     seed: int | None = None
     metrics_port: int = 0  # Prometheus /metrics; 0: off
+    hang_s: float = 300.0  # a step running longer: health NOT_SERVING (liveness restarts it)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -55,6 +56,8 @@ class WorkerConfig:
             )
         if self.null_step_ms < 0:
             raise ValueError(f"null_step_ms must be >= 0, got {self.null_step_ms}")
+        if self.hang_s < 0:
+            raise ValueError(f"hang_s must be >= 0, got {self.hang_s}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
         if self.small_step_tokens < 0:
@@ -92,6 +95,8 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "torch thread fewer, leaving a core to the scheduler and gateway beside the worker; "
     "0: every step on all threads",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
+    "hang_s": "a step that runs longer than this makes the worker's health NOT_SERVING "
+    "(a liveness probe, or `up`, then restarts it); 0: never",
     "null_model": "no model: answer each step at once with a hashed token (control-plane bench)",
     "null_step_ms": "with --null-model: each step takes this long, like an accelerator's step",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sarathi_serve.common.step import StepPlan, StepResult
@@ -25,9 +27,19 @@ class MeteredEngine:
         self.tokens = Counter("sarathi_worker_tokens", "Tokens computed", registry=r)
         self.sampled = Counter("sarathi_worker_sampled_tokens", "Tokens sampled", registry=r)
         Gauge("sarathi_worker_kv_blocks", "KV cache blocks", registry=r).set(num_kv_blocks)
+        self.step_started_at: float | None = None  # monotonic; None: no step running
+
+    def running_for(self, now: float) -> float:
+        """How long the step running now has run (0: none runs)."""
+        started = self.step_started_at
+        return 0.0 if started is None else now - started
 
     def step(self, plan: StepPlan) -> StepResult:
-        result = self.engine.step(plan)
+        self.step_started_at = time.monotonic()
+        try:
+            result = self.engine.step(plan)
+        finally:
+            self.step_started_at = None
         if plan.chunks:
             self.step_time.observe(result.execution_ms / 1e3)
             self.tokens.inc(sum(c.num_tokens for c in plan.chunks))

@@ -63,3 +63,23 @@ def test_children_are_stopped_one_role_at_a_time_and_a_stubborn_one_is_killed(mo
         "terminate redis",
     ]
     assert all(c.process is not None and c.process.poll() == 0 for c in children)
+
+
+def test_a_child_that_stops_answering_after_it_served_is_killed(monkeypatch):
+    events: list[str] = []
+    worker = child("worker", "worker", events)
+    loading = child("worker", "loading", events)
+    states = {"worker": "SERVING", "loading": "UNREACHABLE"}
+    monkeypatch.setattr(up_supervisor.probes, "probe", lambda role, addr: states[addr])
+    worker.address, loading.address = "worker", "loading"
+    children = [worker, loading]
+    up_supervisor.kill_hung(children, now=0.0)
+    states["worker"] = "UNREACHABLE"  # SIGSTOP: its health no longer answers
+    up_supervisor.kill_hung(children, now=1.0)
+    up_supervisor.kill_hung(children, now=1.0 + up_supervisor.HANG_S - 0.1)
+    assert events == []  # not yet: a probe may miss once
+    up_supervisor.kill_hung(children, now=1.0 + up_supervisor.HANG_S)
+    assert events == ["kill worker"]  # the one still loading its model is left alone
+    assert not worker.hangs("SERVING", now=100.0)  # an answer resets the clock
+    assert not worker.hangs("NOT_SERVING", now=101.0)
+    assert worker.hangs("NOT_SERVING", now=101.0 + up_supervisor.HANG_S)  # a stuck step

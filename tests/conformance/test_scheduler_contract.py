@@ -361,7 +361,12 @@ def gateway(scheduler_addr, worker, request):
 
 def test_a_session_is_acknowledged_at_once(gateway):
     first = gateway.batches.get(timeout=10)
-    assert first == pb.SessionEvents(), first  # an empty acknowledgement, before any submit
+    # an acknowledgement, before any submit: no events, and how many workers are attached
+    assert first == pb.SessionEvents(num_workers=first.num_workers), first
+    assert first.HasField("num_workers")
+    workers = first.num_workers
+    while workers != 1:  # the contract worker attaches: the session is told
+        workers = gateway.batches.get(timeout=10).num_workers
 
 
 def test_tokens_stream_in_order_until_max_tokens(gateway, worker):

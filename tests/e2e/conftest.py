@@ -31,3 +31,19 @@ def expected_outputs(default_model_dir, tokenizer):
     from tests.e2e.oracle import hf_reference
 
     return hf_reference(default_model_dir, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def reference(default_model_dir):
+    """Hugging Face greedy `generate` of the default model: reference(ids, max_tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir).eval()
+
+    def generate(ids: list[int], max_tokens: int = 12) -> list[int]:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
+        return out[0, len(ids) :].tolist()
+
+    return generate

@@ -3,6 +3,9 @@ nobody else notices."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 import time
 
@@ -10,57 +13,59 @@ import grpc
 import httpx2 as httpx
 import pytest
 
+from sarathi_serve.common import probes
 from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
-from tests.e2e.oracle import PROMPTS
+from tests.e2e.oracle import PROMPTS, wait_until
 
 VOCAB = 49152  # SmolLM2's
+GENERATION = gpb.DESCRIPTOR.services_by_name["Generation"].full_name
 
 
 class Streams:
-    """Greedy streams through the gateway, each timing the longest pause between two
-    of its responses."""
+    """Greedy streams through the gateway, one thread each, each timing the longest pause
+    between two of its responses once every stream has its first token."""
 
-    def __init__(self, addr: str, num_streams: int, max_tokens: int):
-        self.pauses: list[float] = []
-        self.tokens: list[int] = []
+    def __init__(self, addr: str, prompts: list[str], max_tokens: int, ignore_eos: bool = True):
+        self.pauses = [0.0] * len(prompts)
+        self.outputs: list[list[int]] = [[] for _ in prompts]
         self.errors: list[Exception] = []
+        self.started = threading.Barrier(len(prompts) + 1)
         self._threads = [
-            threading.Thread(target=self._one, args=(addr, PROMPTS[i], max_tokens))
-            for i in range(num_streams)
+            threading.Thread(target=self._one, args=(i, addr, p, max_tokens, ignore_eos))
+            for i, p in enumerate(prompts)
         ]
-        self.started = threading.Barrier(num_streams + 1)
         for t in self._threads:
             t.start()
-        self.started.wait()
+        self.started.wait(timeout=120)
 
-    def _one(self, addr: str, prompt: str, max_tokens: int) -> None:
-        request = gpb.GenerateRequest(
-            prompt=prompt,
-            sampling=gpb.SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True),
+    def _one(self, i: int, addr: str, prompt: str, max_tokens: int, ignore_eos: bool) -> None:
+        sampling = gpb.SamplingOptions(
+            max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos
         )
-        longest, count, last = 0.0, 0, None
+        request = gpb.GenerateRequest(prompt=prompt, sampling=sampling)
+        last = None
         try:
             with grpc.insecure_channel(addr) as channel:
                 for response in gpb_grpc.GenerationStub(channel).Generate(request, timeout=300):
                     now = time.monotonic()
                     if last is None:
-                        self.started.wait()  # every stream has its first token
+                        self.started.wait(timeout=120)  # every stream has its first token
+                        now = time.monotonic()
                     else:
-                        longest = max(longest, now - last)
+                        self.pauses[i] = max(self.pauses[i], now - last)
                     last = now
-                    count += len(response.token_ids)
+                    self.outputs[i].extend(response.token_ids)
         except Exception as exc:  # reported by the test
             self.errors.append(exc)
-        self.pauses.append(longest)
-        self.tokens.append(count)
 
     def join(self) -> None:
         for t in self._threads:
             t.join()
+        assert not self.errors, self.errors
 
 
 def submit(request_id: str, prompt_token_ids: list[int], **sampling) -> pb.SessionRequest:
@@ -89,7 +94,7 @@ def system(system_factory):
 def test_poison_on_the_scheduler_port_is_refused_and_stalls_no_stream(system):
     addr, token = system.scheduler_addr, system.token
     assert token.enabled, "up makes an internal token for each run"
-    streams = Streams(system.gateway_addr, num_streams=4, max_tokens=48)
+    streams = Streams(system.gateway_addr, PROMPTS[:4], max_tokens=48)
 
     poison = [
         submit("oov", [1, 2, VOCAB]),
@@ -118,7 +123,7 @@ def test_poison_on_the_scheduler_port_is_refused_and_stalls_no_stream(system):
     assert "context is 8192" in messages["too-long"] and "top_k" in messages["top-k"]
     assert "at most 256 characters" in messages["x" * 20]
     assert "repetition_penalty" in messages["nan"]
-    assert not streams.errors and streams.tokens == [48] * 4
+    assert [len(out) for out in streams.outputs] == [48] * 4
     assert max(streams.pauses) < 1.0, f"a stream paused {max(streams.pauses):.2f}s"
     assert system.stats().num_running == 0  # nothing of the intruder's runs
 
@@ -127,7 +132,7 @@ def test_huge_prompts_are_refused_without_stalling_other_streams(system):
     """A 3.9 MiB prompt (under the 4 MiB body limit) is refused before it is tokenized;
     one of 1 M characters, which might fit, is tokenized off the event loop and refused
     for its length: the streams meanwhile never pause for long."""
-    streams = Streams(system.gateway_addr, num_streams=4, max_tokens=48)
+    streams = Streams(system.gateway_addr, PROMPTS[:4], max_tokens=48)
     url = f"{system.base_url}/completions"
     huge = "All work and no play makes Jack a dull boy. " * 90_000  # 3.96 M characters
     for prompt in (huge[:3_900_000], huge[:1_000_000]):
@@ -140,5 +145,68 @@ def test_huge_prompts_are_refused_without_stalling_other_streams(system):
     response = httpx.post(f"{system.base_url}/chat/completions", json=chat, timeout=60)
     assert response.status_code == 400 and "messages" in response.json()["error"]["message"]
     streams.join()
-    assert not streams.errors and streams.tokens == [48] * 4
+    assert [len(out) for out in streams.outputs] == [48] * 4
     assert max(streams.pauses) < 0.5, f"a stream paused {max(streams.pauses):.2f}s"
+
+
+HANG_TOKENS = 48
+
+
+def _stopped(pid: int):
+    """SIGSTOP of `pid` until the block ends (then SIGCONT, if it still lives)."""
+
+    class Stopped:
+        def __enter__(self):
+            os.kill(pid, signal.SIGSTOP)
+            return self
+
+        def __exit__(self, *exc):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    return Stopped()
+
+
+def test_a_stopped_worker_is_dropped_and_its_streams_finish_on_the_other(
+    system_factory, tokenizer, reference
+):
+    """SIGSTOP of one of two workers while 8 streams run: the scheduler takes it for hung
+    when its step outlives its allowance, and every stream finishes on the other worker
+    with exactly the reference tokens, none pausing more than 15 s."""
+    system = system_factory("--token-budget", "64", "--workers", "2")
+    stopped = next(r for r in system.records if r.role == "worker")
+    expected = [reference(tokenizer.encode(p), HANG_TOKENS) for p in PROMPTS]
+    streams = Streams(system.gateway_addr, PROMPTS, HANG_TOKENS, ignore_eos=False)
+    with _stopped(stopped.pid):
+        stopped_at = time.monotonic()
+        streams.join()
+        assert time.monotonic() - stopped_at < 60  # all done while it was still stopped
+    assert streams.outputs == expected, "a stream lost, repeated or changed tokens"
+    assert max(streams.pauses) < 15, f"a stream paused {max(streams.pauses):.1f}s"
+    logs = "".join(p.read_text() for p in (system.run_dir / "logs").glob("scheduler*.log"))
+    assert "hangs: step" in logs, "the scheduler never took the stopped worker for hung"
+
+
+def test_a_stopped_lone_worker_shows_in_health_and_up_restarts_it(
+    system_factory, tokenizer, reference
+):
+    """SIGSTOP of the only worker while streams run: within 10 s the gateway's health says
+    it cannot serve (HTTP /health 503, gRPC readiness NOT_SERVING); `up` kills the hung
+    worker and starts a new one, and every stream ends with exactly its tokens."""
+    system = system_factory("--token-budget", "64")
+    worker = system.record("worker")
+    expected = [reference(tokenizer.encode(p), HANG_TOKENS) for p in PROMPTS[:4]]
+    health = f"{system.base_url.removesuffix('/v1')}/health"
+    assert httpx.get(health, timeout=5).status_code == 200
+    streams = Streams(system.gateway_addr, PROMPTS[:4], HANG_TOKENS, ignore_eos=False)
+    with _stopped(worker.pid):
+        stopped_at = time.monotonic()
+        wait_until(lambda: httpx.get(health, timeout=5).status_code == 503, "health 503", 30)
+        assert time.monotonic() - stopped_at < 10, "the hang showed in health too late"
+        assert probes.grpc_health(system.gateway_addr, service=GENERATION) == "NOT_SERVING"
+        streams.join()  # after `up` restarted the worker
+    assert streams.outputs == expected, "a stream lost, repeated or changed tokens"
+    system.refresh()
+    assert system.record("worker").restarts == 1 and system.record("worker").pid != worker.pid
+    assert httpx.get(health, timeout=5).status_code == 200
+    assert probes.grpc_health(system.gateway_addr, service=GENERATION) == "SERVING"

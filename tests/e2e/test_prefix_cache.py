@@ -13,8 +13,6 @@ import signal
 import threading
 
 import grpc
-import pytest
-import torch
 
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
@@ -26,20 +24,6 @@ SYSTEM = (
     "so when you do not know. " + PARAGRAPH
 )
 QUESTIONS = ["What changed?", "Who read books?", "Why did it matter?", "When was it?"]
-
-
-@pytest.fixture(scope="module")
-def reference(default_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(default_model_dir).eval()
-
-    def generate(ids: list[int], max_tokens: int = MAX_TOKENS) -> list[int]:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
-        return out[0, len(ids) :].tolist()
-
-    return generate
 
 
 def generate_ids(addr: str, ids: list[int], cache_salt: str = "", max_tokens=MAX_TOKENS):

@@ -98,7 +98,7 @@ def test_a_reopened_session_gets_a_request_only_after_resuming_it():
         front = _front()
         front.attach(WorkerLink("w0", GEOMETRY))
         first = front.sessions.open("gw")
-        assert first.get_nowait() == SessionEvents()  # the leader's acknowledgement
+        assert first.get_nowait() == SessionEvents(num_workers=1)  # the acknowledgement
         request = make_request("r", 30, session="gw")
         front.submit(request)
         request.output_token_ids += [7, 8]
@@ -108,7 +108,7 @@ def test_a_reopened_session_gets_a_request_only_after_resuming_it():
         request.num_released = 2
         front.sessions.close("gw", first)  # the gateway drops after receiving token 0
         second = front.sessions.open("gw")
-        assert second.get_nowait() == SessionEvents()
+        assert second.get_nowait() == SessionEvents(num_workers=1)
         request.output_token_ids.append(9)
         front.sessions.dispatch([RequestUpdate(request, (9,), None, (), 2)])
         request.num_released = 3

@@ -1,0 +1,51 @@
+"""The worker's health follows progress: NOT_SERVING while one step runs past --hang-s."""
+
+import asyncio
+import time
+
+from grpc_health.v1 import health, health_pb2
+
+from sarathi_serve.common.step import StepPlan, StepResult
+from sarathi_serve.worker.__main__ import _watch_progress
+from sarathi_serve.worker.metrics import MeteredEngine
+
+
+class StuckEngine:
+    """Its steps last until `release` is set."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+
+    def step(self, plan: StepPlan) -> StepResult:
+        while not self.release.is_set():
+            time.sleep(0.01)
+        return StepResult(plan.step_id)
+
+    def reset(self) -> None:
+        pass
+
+
+def test_health_is_not_serving_while_a_step_hangs():
+    async def scenario():
+        servicer = health.aio.HealthServicer()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        inner = StuckEngine()
+        engine = MeteredEngine(inner, num_kv_blocks=1)
+        watch = asyncio.ensure_future(_watch_progress(engine, servicer, hang_s=0.2))
+
+        async def status():
+            reply = await servicer.Check(health_pb2.HealthCheckRequest(), None)
+            return reply.status
+
+        step = asyncio.ensure_future(asyncio.to_thread(engine.step, StepPlan(0)))
+        await asyncio.sleep(0.1)
+        assert await status() == health_pb2.HealthCheckResponse.SERVING  # not long yet
+        await asyncio.sleep(0.4)
+        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        inner.release.set()
+        await step
+        await asyncio.sleep(0.2)
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+    asyncio.run(scenario())
