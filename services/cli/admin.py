@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from sarathi_serve.common import probes
 from sarathi_serve.common.auth import InternalToken, Metadata
 from sarathi_serve.common.run_records import default_run_dir, read_system
 from sarathi_serve.protocol import scheduler_pb2 as pb
@@ -37,17 +38,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     stats.add_argument("--json", action="store_true")
 
 
-def scheduler_addr(args: argparse.Namespace) -> str:
+def scheduler_addr(args: argparse.Namespace, token: InternalToken) -> str:
+    """--addr, else the running system's leader (after a failover, not the first one)."""
     if args.addr:
         return str(args.addr)
-    record = next((r for r in read_system(args.run_dir) if r.role == "scheduler"), None)
-    return record.address if record else f"127.0.0.1:{DEFAULT_PORT}"
+    addrs = [r.address for r in read_system(args.run_dir) if r.role == "scheduler"]
+    for addr in addrs:
+        try:
+            if probes.scheduler_stats(addr, timeout=2.0, token=token).is_leader:
+                return addr
+        except grpc.RpcError:  # dead, or starting
+            continue
+    return addrs[0] if addrs else f"127.0.0.1:{DEFAULT_PORT}"
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        metadata = InternalToken.from_env(args.run_dir).metadata
-        with grpc.insecure_channel(scheduler_addr(args)) as channel:
+        token = InternalToken.from_env(args.run_dir)
+        metadata = token.metadata
+        with grpc.insecure_channel(scheduler_addr(args, token)) as channel:
             stub = pb_grpc.SchedulerStub(channel)
             if args.action == "set-policy":
                 return _set_policy(stub, args, metadata)

@@ -8,12 +8,18 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 from sarathi_serve.common import probes
 from sarathi_serve.common.auth import InternalToken
-from sarathi_serve.common.run_records import default_run_dir, pid_alive, read_system
+from sarathi_serve.common.run_records import (
+    ProcessRecord,
+    default_run_dir,
+    pid_alive,
+    read_system,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,14 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     records = read_system(args.run_dir)
     token = InternalToken.from_env(args.run_dir)
-    rows = []
-    for record in records:
+
+    def health(record: ProcessRecord) -> str:
         alive = pid_alive(record.pid)
-        if record.role == "up":
-            state = "RUNNING" if alive else "EXITED"
-        else:
-            state = probes.probe(record.role, record.address, token) if alive else "EXITED"
-        rows.append({**asdict(record), "health": state})
+        if record.role == "up" or not alive:
+            return "RUNNING" if alive else "EXITED"
+        return probes.probe(record.role, record.address, token)
+
+    with ThreadPoolExecutor(max(len(records), 1)) as pool:  # a probe may wait its timeout
+        rows = [
+            {**asdict(r), "health": h}
+            for r, h in zip(records, pool.map(health, records), strict=True)
+        ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0 if rows else 1

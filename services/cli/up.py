@@ -66,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_field_argument(
         p, GatewayConfig, "salt_cache_per_api_key", GATEWAY_HELPS["salt_cache_per_api_key"]
     )
+    add_field_argument(p, GatewayConfig, "drain_s", "gateway: " + GATEWAY_HELPS["drain_s"])
     add_field_argument(
         p,
         SchedulerConfig,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sarathi_serve.cli.up_supervisor import Child, StartupError
+from sarathi_serve.cli.up_supervisor import STOP_TIMEOUT_S, Child, StartupError
 from sarathi_serve.common.config import to_argv
 from sarathi_serve.common.net import free_port, port_free
 from sarathi_serve.gateway.config import GatewayConfig
@@ -239,6 +239,7 @@ def _gateway_child(args: argparse.Namespace, routes: list[dict[str, Any]], run_d
         "port": args.port,
         "http_port": args.http_port,
         "salt_cache_per_api_key": args.salt_cache_per_api_key,
+        "drain_s": args.drain_s,
     }
     if args.variant:
         variants_file = run_dir / "variants.json"
@@ -255,4 +256,5 @@ def _gateway_child(args: argparse.Namespace, routes: list[dict[str, Any]], run_d
         f"{config.host}:{config.port}",
         run_dir / "logs" / "gateway.log",
         metrics=f"http://{config.host}:{config.http_port}/metrics" if config.http_port else "",
+        stop_timeout_s=config.drain_s + STOP_TIMEOUT_S,  # its drain, then its own stop
     )

@@ -42,6 +42,7 @@ class Child:
     variant: str = ""  # A/B: the variant a scheduler or worker serves
     metrics: str = ""  # its Prometheus endpoint
     started_at: float = field(default=0.0)
+    stop_timeout_s: float = STOP_TIMEOUT_S  # from SIGTERM to SIGKILL
     answered: bool = False  # its probe answered since it (re)started (it is past loading)
     silent_since: float | None = None  # since when its probe has not answered
 
@@ -179,16 +180,16 @@ def stop_all(children: list[Child]) -> None:
     """Stops one role at a time, in STOP_ORDER; the children of a role all at once."""
     for role in STOP_ORDER:
         running = [
-            c.process
+            c
             for c in children
             if c.role == role and c.process is not None and c.process.poll() is None
         ]
-        for process in running:
-            process.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for process in running:
+        for child in running:
+            child.process.terminate()
+        started = time.monotonic()
+        for child in running:
             try:
-                process.wait(max(deadline - time.monotonic(), 0.0))
+                child.process.wait(max(started + child.stop_timeout_s - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                child.process.kill()
+                child.process.wait()

@@ -109,7 +109,8 @@ async def serve(config: GatewayConfig) -> None:
     )
     await _until_stopped(http)
     readiness.cancel()
-    await set_serving(health, [SERVICE_NAME], False)
+    await set_serving(health, [SERVICE_NAME], False)  # readiness: route nothing new here
+    await generator.drain(config.drain_s)
     if http is not None:
         await http.stop()
     await server.stop(grace=2.0)

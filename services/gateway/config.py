@@ -27,10 +27,13 @@ class GatewayConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     max_pending_requests: int = 1024
+    drain_s: float = 25.0  # SIGTERM: requests in flight have this long to finish
     max_body_bytes: int = 4 << 20
     salt_cache_per_api_key: bool = False  # requests of two API keys share no cached prefix
 
     def __post_init__(self) -> None:
+        if self.drain_s < 0:
+            raise ValueError(f"drain_s must be >= 0, got {self.drain_s}")
         if self.max_pending_requests < 1:
             raise ValueError(f"max_pending_requests must be >= 1, got {self.max_pending_requests}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -58,6 +61,8 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "tls_cert_file": "PEM certificate: serve both ports over TLS",
     "tls_key_file": "PEM private key of tls_cert_file",
     "max_pending_requests": "requests in flight beyond which new ones get 429 / RESOURCE_EXHAUSTED",
+    "drain_s": "on SIGTERM, new requests get 503 / UNAVAILABLE and those in flight have this "
+    "long to finish; any left then end with an error event (and [DONE])",
     "max_body_bytes": "HTTP bodies over this size get 413",
     "salt_cache_per_api_key": "salt the prefix cache per API key: requests of two keys "
     "never share cached prompt prefixes (so one cannot time the other's prompts)",

@@ -9,12 +9,13 @@ the scheduler client and the edges; this module speaks dataclasses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sarathi_serve.common.errors import ResourceExhausted
+from sarathi_serve.common.errors import ResourceExhausted, Unavailable
 from sarathi_serve.common.step import TokenLogprobs
 from sarathi_serve.gateway.detokenizer import IncrementalDetokenizer
 from sarathi_serve.gateway.metrics import GatewayMetrics, RequestTracker
@@ -24,6 +25,8 @@ from sarathi_serve.gateway.stop_strings import StopStringMatcher
 from sarathi_serve.gateway.validation import PreparedRequest
 
 log = logging.getLogger(__name__)
+
+_ANSWER_FLUSH_S = 5.0  # after a drain, for the answers of the requests it ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,9 @@ class Generator:
         self.max_pending_requests = max_pending_requests
         self.salt_cache_per_api_key = salt_cache_per_api_key
         self._num_pending = 0
+        self.draining = False  # shutting down: nothing new is admitted
+        self._none_pending = asyncio.Event()
+        self._none_pending.set()
 
     async def start(
         self,
@@ -183,6 +189,9 @@ class Generator:
         names the API key (`auth.tenant_of`): with salting per key, requests of two
         keys never share cached prefixes."""
         variant = self.router.pick(user, pinned)
+        if self.draining:
+            self.metrics.reject(variant.name, "UNAVAILABLE")
+            raise Unavailable("this gateway is shutting down: retry (another replica serves)")
         if self._num_pending >= self.max_pending_requests:
             self.metrics.reject(variant.name, "RESOURCE_EXHAUSTED")
             raise ResourceExhausted(
@@ -203,6 +212,7 @@ class Generator:
             extra={"request_id": request_id, "variant": variant.name},
         )
         self._num_pending += 1
+        self._none_pending.clear()
         tracker = self.metrics.tracker(variant.name, len(prepared.prompt_token_ids))
         return Generation(
             request_id,
@@ -217,6 +227,26 @@ class Generator:
 
     def _release(self) -> None:
         self._num_pending -= 1
+        if not self._num_pending:
+            self._none_pending.set()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Admits nothing more; gives the requests in flight `timeout_s` to finish, then
+        ends those left with UNAVAILABLE (each client gets it as its stream's last event)
+        and waits (briefly) for their answers to be written."""
+        self.draining = True
+        if self._num_pending:
+            log.info("draining: %d requests in flight, %gs to finish", self._num_pending, timeout_s)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._none_pending.wait(), timeout_s)
+        if not self._num_pending:
+            return
+        log.warning("%d requests did not finish within the drain: ending them", self._num_pending)
+        error = Unavailable("the gateway shut down before this request finished: retry it")
+        for variant in self.router.variants:
+            variant.client.fail_all(error)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._none_pending.wait(), _ANSWER_FLUSH_S)
 
     @property
     def num_pending(self) -> int:

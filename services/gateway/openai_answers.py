@@ -9,6 +9,7 @@ The endpoints (openai_completions.py) say how a delta or a whole choice looks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from sarathi_serve.gateway.router import VARIANT_KEY
 
 REQUEST_ID_HEADER = "x-request-id"
 
+CLIENT_CLOSED_REQUEST = 499
 ChoiceChunk = Callable[[int, Delta, bool], dict[str, Any]]  # (index, delta, first) -> choice
 
 
@@ -86,9 +88,11 @@ async def complete_answer(
     n: int,
     header: dict[str, Any],
     choice_body: Callable[[int, Choice], dict[str, Any]],
-) -> JSONResponse:
+) -> Response:
     """A non-streaming answer: every choice run to its end."""
     choices = await _collect(request, generations)
+    if choices is None:  # nobody reads it: nginx's "client closed request"
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     usage = _usage_counts(generations, sum(c.num_output_tokens for c in choices), n)
     return JSONResponse(
         {**header, "choices": [choice_body(i, c) for i, c in enumerate(choices)], "usage": usage},
@@ -150,8 +154,8 @@ async def _next_or_none(
         return None
 
 
-async def _collect(request: Request, generations: list[Generation]) -> list[Choice]:
-    """Runs the generations to the end, or aborts them if the client goes away."""
+async def _collect(request: Request, generations: list[Generation]) -> list[Choice] | None:
+    """Runs the generations to the end, or aborts them if the client goes away (None)."""
     choices = [Choice() for _ in generations]
 
     async def gather() -> None:
@@ -170,8 +174,10 @@ async def _collect(request: Request, generations: list[Generation]) -> list[Choi
         watcher.cancel()
         if not work.done():
             work.cancel()  # the client left: the generations abort
+            with contextlib.suppress(asyncio.CancelledError):
+                await work  # let it end (a task cancelled is not done until it ran)
     if work.cancelled():
-        raise asyncio.CancelledError
+        return None
     work.result()
     return choices
 

@@ -10,7 +10,7 @@ import pytest
 
 from sarathi_serve.cli import up
 from sarathi_serve.cli.up_plan import VariantPlan, parse_variant, plan_children
-from sarathi_serve.cli.up_supervisor import Child, StartupError
+from sarathi_serve.cli.up_supervisor import STOP_TIMEOUT_S, Child, StartupError
 from sarathi_serve.gateway.config import GatewayConfig
 from sarathi_serve.scheduler.config import SchedulerConfig
 from sarathi_serve.scheduler.policies import DEFAULT_MAX_NUM_SEQS, DEFAULT_TOKEN_BUDGET
@@ -133,6 +133,8 @@ def test_the_documented_defaults():
     assert GatewayConfig().max_pending_requests == 1024  # README: back-pressure
     assert SchedulerConfig().max_num_waiting == 1024
     assert SchedulerConfig().session_grace_s == 30.0
+    assert args.drain_s == GatewayConfig().drain_s == 25.0  # README: shutdown
+    assert SchedulerConfig().worker_stall_s == 5.0 and WorkerConfig().hang_s == 300.0
     # the same numbers as the services' own defaults: defined once, there
     assert (args.token_budget, args.max_num_seqs) == (DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_NUM_SEQS)
     assert (args.port, args.http_port) == (GatewayConfig().port, GatewayConfig().http_port)
@@ -215,3 +217,11 @@ def test_prefix_cache_flags_reach_the_scheduler_and_the_gateway(tmp_path):
     argv = ("--redis-url", "redis://x:1/0", "--no-prefix-caching", "--salt-cache-per-api-key")
     off = {c.role: child_config(c) for c in plan(tmp_path, *argv)}
     assert not off["scheduler"].prefix_caching and off["gateway"].salt_cache_per_api_key
+
+
+def test_the_drain_reaches_the_gateway_and_up_waits_for_it(tmp_path, environment):
+    children = plan(tmp_path, "--drain-s", "7")
+    gateway = next(c for c in children if c.role == "gateway")
+    assert GatewayConfig.from_args(gateway.argv[3:]).drain_s == 7.0
+    assert gateway.stop_timeout_s == 7.0 + STOP_TIMEOUT_S  # SIGKILL only after the drain
+    assert all(c.stop_timeout_s == STOP_TIMEOUT_S for c in children if c.role != "gateway")

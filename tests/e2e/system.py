@@ -45,6 +45,8 @@ class RunningSystem:
             str(free_port()),
             "--kv-cache-gb",
             "0.25",
+            "--drain-s",  # a stop with streams in flight ends within `stop`'s timeout
+            "5",
             *extra_args,
         ]
         self.output: list[str] = []

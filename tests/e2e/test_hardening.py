@@ -4,6 +4,7 @@ nobody else notices."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -202,11 +203,84 @@ def test_a_stopped_lone_worker_shows_in_health_and_up_restarts_it(
     with _stopped(worker.pid):
         stopped_at = time.monotonic()
         wait_until(lambda: httpx.get(health, timeout=5).status_code == 503, "health 503", 30)
+        wait_until(
+            lambda: probes.grpc_health(system.gateway_addr, service=GENERATION) == "NOT_SERVING",
+            "gRPC readiness NOT_SERVING",
+            30,
+        )
         assert time.monotonic() - stopped_at < 10, "the hang showed in health too late"
-        assert probes.grpc_health(system.gateway_addr, service=GENERATION) == "NOT_SERVING"
         streams.join()  # after `up` restarted the worker
     assert streams.outputs == expected, "a stream lost, repeated or changed tokens"
     system.refresh()
     assert system.record("worker").restarts == 1 and system.record("worker").pid != worker.pid
     assert httpx.get(health, timeout=5).status_code == 200
-    assert probes.grpc_health(system.gateway_addr, service=GENERATION) == "SERVING"
+    wait_until(
+        lambda: probes.grpc_health(system.gateway_addr, service=GENERATION) == "SERVING",
+        "gRPC readiness SERVING again",
+        5,
+    )
+
+
+def _sse_stream(url: str, prompt: str, max_tokens: int, out: dict) -> None:
+    """A streamed completion read raw: its finish reason, error and [DONE], if any."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body["ignore_eos"] = True
+    out.update(tokens=0, finish_reason=None, error=None, done=False, broken=None)
+    try:
+        with httpx.stream("POST", url, json=body, timeout=120) as response:
+            out["status"] = response.status_code
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    out["done"] = True
+                    continue
+                chunk = json.loads(line[len("data: ") :])
+                if "error" in chunk:
+                    out["error"] = chunk["error"]
+                    continue
+                out["tokens"] += 1
+                out["finish_reason"] = chunk["choices"][0]["finish_reason"] or out["finish_reason"]
+    except httpx.HTTPError as exc:  # a body cut short (what curl reports as exit 18)
+        out["broken"] = repr(exc)
+
+
+def test_sigterm_drains_every_stream_to_an_end_and_no_traceback(system_factory):
+    """SIGTERM to `up` with 8 streams in flight: the short ones finish within the drain,
+    the long ones end with an explicit error event; every stream ends with [DONE] and a
+    whole body, new requests meanwhile get 503, and no log holds a traceback."""
+    system = system_factory("--token-budget", "64", "--drain-s", "6")
+    url = f"{system.base_url}/completions"
+    results = [{} for _ in range(8)]
+    threads = [
+        threading.Thread(
+            target=_sse_stream, args=(url, PROMPTS[i], 12 if i % 2 else 4000, results[i])
+        )
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    wait_until(lambda: sum(r.get("tokens", 0) > 0 for r in results) == 8, "8 streams started")
+    system.process.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: (
+            httpx.post(url, json={"prompt": "hi", "max_tokens": 2}, timeout=5).status_code == 503
+        ),
+        "new requests refused while draining",
+        10,
+    )
+    for t in threads:
+        t.join(120)
+    assert system.process.wait(60) == 0
+    for i, r in enumerate(results):
+        assert r["status"] == 200 and r["broken"] is None, (i, r)
+        assert r["done"], (i, r)
+        if i % 2:  # 12 tokens: done within the drain
+            assert r["finish_reason"] == "length" and r["error"] is None, (i, r)
+        else:  # 4000 tokens: ended by the drain, explicitly
+            assert r["error"]["code"] == "UNAVAILABLE", (i, r)
+            assert "shut down before this request finished" in r["error"]["message"], (i, r)
+    logs = {p.name: p.read_text() for p in (system.run_dir / "logs").glob("*.log")}
+    logs["up"] = "".join(system.output)
+    for name, text in logs.items():
+        assert "Traceback" not in text, f"{name}:\n{text[-3000:]}"

@@ -510,6 +510,16 @@ def test_grpc_cancel_frees_the_request(stack):
     assert _wait_until(lambda: stack.stats().num_running == 0)
 
 
+def test_a_non_streaming_client_that_gives_up_frees_its_request_quietly(stack):
+    body = {"prompt": "hi", "max_tokens": 8000, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=0.5)
+    assert _wait_until(lambda: stack.stats().num_running == 0)
+    time.sleep(0.5)  # the gateway has logged what it would
+    log = (stack.logs / "gateway.log").read_text()
+    assert "Traceback" not in log and "InvalidStateError" not in log, log[-3000:]
+
+
 def test_api_keys_gate_both_edges(tmp_path, default_model_dir):
     keys = tmp_path / "keys"
     keys.write_text("# team keys\nk-one\nk-two  # rotated in\n")

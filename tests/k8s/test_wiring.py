@@ -256,3 +256,10 @@ def test_internal_token(scenario: Rendered) -> None:
         return
     token = base64.b64decode(scenario.get("Secret", name)["data"][key]).decode()
     assert len(token) >= 32 if not auth["token"] else token == auth["token"]
+
+
+def test_the_gateway_drains_within_its_grace_period(scenario: Rendered) -> None:
+    (gateway,) = scenario.workloads("gateway")
+    grace = pod_spec(gateway)["terminationGracePeriodSeconds"]
+    assert grace == scenario.values["gateway"]["terminationGracePeriodSeconds"]
+    assert float(scenario.env(gateway)["SARATHI_GATEWAY_DRAIN_S"]) == max(grace - 5, 0)
