@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from sarathi_serve.common.errors import ServiceError
@@ -57,6 +58,11 @@ def _add_refusals(app: FastAPI, api_keys: ApiKeys) -> None:
     @app.exception_handler(ServiceError)
     async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
         return service_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown paths (404) and methods (405) in OpenAI's error shape too."""
+        return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
     @app.middleware("http")
     async def _auth(

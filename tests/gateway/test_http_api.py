@@ -113,6 +113,15 @@ def test_a_request_id_header_out_of_bounds_is_refused(http, request_id):
     assert response.json()["error"]["message"].startswith("x-request-id: ")
 
 
+def test_unknown_paths_and_methods_answer_openais_error_shape(http):
+    for response, status in (
+        (_post(http, "/v1/nothing", OK), 404),
+        (http.get("/v1/completions"), 405),
+    ):
+        assert response.status_code == status, response.text
+        _assert_error_shape(response)
+
+
 def test_body_over_the_size_limit_is_refused(http):
     response = _post(http, "/v1/completions", {"prompt": "a" * (5 << 20)})
     assert response.status_code == 413
@@ -310,6 +319,7 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
