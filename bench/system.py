@@ -23,9 +23,11 @@ class LocalSystem:
         self.run_dir = Path(tempfile.mkdtemp(prefix="sarathi-bench-"))
         self.http_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.http_port}/v1"
+        self.grpc_addr = f"127.0.0.1:{free_port()}"
         argv = [
             sys.executable, "-m", "sarathi_serve.cli.main", "up", "--run-dir", str(self.run_dir),
-            "--port", str(free_port()), "--http-port", str(self.http_port), *up_args,
+            "--port", self.grpc_addr.rsplit(":", 1)[1], "--http-port", str(self.http_port),
+            *up_args,
         ]  # fmt: skip
         self.log = open(self.run_dir / "up.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)

@@ -192,12 +192,17 @@ class SchedulerClient:
 
         # A leader answers at once with an empty batch; a standby fails the call.
         self.num_workers = None
-        async for batch in stub.Session(requests(), metadata=self.token.metadata):
-            if not self._connected.is_set():
-                self._mark_connected(outbox, addr)
-            if batch.HasField("num_workers"):
-                self.num_workers = batch.num_workers
-            self._dispatch(batch)
+        call = stub.Session(requests(), metadata=self.token.metadata)
+        try:
+            async for batch in call:
+                if not self._connected.is_set():
+                    self._mark_connected(outbox, addr)
+                if batch.HasField("num_workers"):
+                    self.num_workers = batch.num_workers
+                self._dispatch(batch)
+        finally:  # gRPC's task feeding requests() waits on the outbox: end it, not leak it
+            outbox.put_nowait(None)
+            call.cancel()
 
     def _mark_connected(self, outbox: asyncio.Queue[pb.SessionRequest | None], addr: str) -> None:
         self._outbox = outbox

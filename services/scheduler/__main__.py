@@ -108,6 +108,8 @@ async def _lead(
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
+    servicer.deactivate()  # new calls: UNAVAILABLE, as a standby answers
+    front.close()  # the streams end cleanly, before the server stops
     if stop.is_set():
         if lease is not None:
             await _quietly(lease.release())

@@ -212,6 +212,14 @@ class SchedulerFront:
         self._rebalance()
         self.sessions.workers_changed(self.num_workers)
 
+    def close(self) -> None:
+        """Ends every gateway's session and every worker's stream (this scheduler stops
+        leading): each peer sees its stream end and dials on."""
+        self.sessions.close_all()
+        for replica in self.replicas:
+            if replica.worker is not None:
+                replica.worker.close("the scheduler stops leading")
+
     def detach(self, link: WorkerLink, reason: str) -> None:
         link.close(reason)
         replica = next((r for r in self.replicas if r.worker is link), None)

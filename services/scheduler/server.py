@@ -44,6 +44,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     def activate(self, front: SchedulerFront, epoch: int) -> None:
         self.front, self.epoch = front, epoch
 
+    def deactivate(self) -> None:
+        self.front = None
+
     async def _leader(self, context: grpc.aio.ServicerContext) -> SchedulerFront:
         if self.front is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, STANDBY)

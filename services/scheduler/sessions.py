@@ -78,6 +78,11 @@ class Sessions:
             del self._queues[gateway_id]
             self.expire_later(gateway_id)
 
+    def close_all(self) -> None:
+        """Ends every session's stream (the scheduler stops leading)."""
+        for queue in self._queues.values():
+            queue.put_nowait(None)
+
     def is_open(self, gateway_id: str) -> bool:
         return gateway_id in self._queues
 

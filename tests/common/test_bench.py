@@ -116,3 +116,22 @@ def test_cache_cost_bench_fills_the_cache_and_times_both_cases():
     full = [r for r in rows if r["cache"] == "full"]
     assert all(r["cached_blocks"] >= 0.9 * 600 - 8 * 5 for r in full), rows
     assert all(r["ms"] > 0 for r in rows)
+
+
+def test_the_chaos_soak_tells_each_outcome_apart():
+    from sarathi_serve.bench.chaos import Stream, classify
+
+    def grpc(output, finished=True, error="", hang_up=None):
+        return Stream(0, "grpc", 0.0, hang_up, list(output), finished=finished, error=error)
+
+    want = [5, 6, 7]
+    assert classify(grpc([5, 6, 7]), want) == "exact"
+    assert classify(grpc([5, 6]), want) == "lost"
+    assert classify(grpc([5, 6, 7, 7]), want) == "repeated"
+    assert classify(grpc([5, 9, 7]), want) == "changed"
+    assert classify(grpc([5], finished=False, error="UNAVAILABLE"), want) == "interrupted"
+    assert classify(grpc([5, 8], finished=False, error="UNAVAILABLE"), want) == "changed"
+    assert classify(grpc([5, 6], finished=False, hang_up=2), want) == "hung up"
+    http = Stream(0, "http", 0.0, None, ["Par", "is."], finished=True)
+    assert classify(http, ["Paris", "."]) == "exact"
+    assert classify(http, ["Paris", ". It"]) == "lost"
