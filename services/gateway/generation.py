@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sarathi_serve.common.errors import ResourceExhausted, Unavailable
+from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from sarathi_serve.common.limits import MAX_USER_CHARS
 from sarathi_serve.common.step import TokenLogprobs
 from sarathi_serve.gateway.detokenizer import IncrementalDetokenizer
 from sarathi_serve.gateway.metrics import GatewayMetrics, RequestTracker
@@ -188,6 +189,8 @@ class Generator:
         """Submits the request; raises ServiceError if it cannot be admitted. `tenant`
         names the API key (`auth.tenant_of`): with salting per key, requests of two
         keys never share cached prefixes."""
+        if len(user) > MAX_USER_CHARS:
+            raise InvalidArgument(f"user: at most {MAX_USER_CHARS} characters, got {len(user)}")
         variant = self.router.pick(user, pinned)
         if self.draining:
             self.metrics.reject(variant.name, "UNAVAILABLE")

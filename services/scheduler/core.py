@@ -22,9 +22,9 @@ from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep, RequestUpd
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
 from sarathi_serve.scheduler.state import SchedulerState
+from sarathi_serve.scheduler.stopping import charge_failed_step, stop_reason
 
 NEVER_FULL = 1 << 62  # a block size no request reaches
-MAX_FAILED_STEPS = 3  # failed steps a request may be in before it ends with an error
 
 
 class SchedulerCore:
@@ -227,6 +227,8 @@ class SchedulerCore:
         planned = self._in_flight.popleft()
         updates = []
         rows, logprobs_of, running = planned.rows, result.logprobs, RequestStatus.RUNNING
+        geometry = self.geometry
+        assert geometry is not None
         for request_id, token in result.sampled.items():  # hot: every running request
             row = rows.get(request_id)
             if row is None:
@@ -238,7 +240,7 @@ class SchedulerCore:
             output.append(token)
             if request.first_token_time is None:
                 request.first_token_time = now
-            stop = self._stop_reason(request, token)
+            stop = stop_reason(request, token, geometry)
             if stop is not None:
                 self._finish(request, stop, now)
             logprobs = logprobs_of.get(request_id) if logprobs_of else None
@@ -272,39 +274,9 @@ class SchedulerCore:
         self._finish(request, StopReason.ERROR, now)
 
     def charge_failed_step(self, step_id: int, now: float) -> list[Request]:
-        """A step failed as a whole (the worker reported it): each of its requests has
-        been in one more failed step, and those in MAX_FAILED_STEPS of them end with an
-        error (returned), so that a request that breaks every step it is in, alone,
-        cannot retry forever."""
+        """A step failed as a whole: see `stopping.charge_failed_step`."""
         planned = next((p for p in self._in_flight if p.plan.step_id == step_id), None)
-        if planned is None:
-            return []
-        failed = []
-        for request, incarnation in planned.rows.values():
-            if request.is_finished or request.num_preemptions != incarnation:
-                continue
-            request.num_failed_steps += 1
-            if request.num_failed_steps >= MAX_FAILED_STEPS:
-                message = f"the worker failed every step with this request ({MAX_FAILED_STEPS})"
-                self.fail(request, ServiceError(message), now)
-                failed.append(request)
-        return failed
-
-    def _stop_reason(self, request: Request, token: int) -> StopReason | None:
-        params = request.sampling
-        geometry = self.geometry
-        assert geometry is not None
-        num_output = len(request.output_token_ids)
-        if num_output >= params.min_tokens and (
-            token in params.stop_token_ids
-            or (token == geometry.eos_token_id and not params.ignore_eos)
-        ):
-            return StopReason.EOS
-        if num_output >= params.max_tokens:
-            return StopReason.LENGTH
-        if len(request.prompt_token_ids) + num_output >= geometry.max_model_len:
-            return StopReason.CONTEXT
-        return None
+        return [] if planned is None else charge_failed_step(planned, self.fail, now)
 
     def _finish(self, request: Request, reason: StopReason, now: float) -> None:
         if request.is_finished:

@@ -1,12 +1,11 @@
 """The scheduler's front: the one object its gRPC servicer talks to.
 
 It owns the replicas (one per attached worker, `replica.py`) and decides where
-requests go: a new request to the replica with the least outstanding work; the
-requests of a replica whose worker died to replicas that have one (they are
-recomputed there), or they stay until a worker attaches again. It also owns the
-gateways' sessions (`sessions.py`), the recovery of a previous leader's requests
-and policy swaps. It talks to replicas only through their narrow API: submit,
-abort, hand over, receive, attach and detach a worker.
+requests go: a new request to the replica with the least outstanding work; those of
+a replica whose worker died to replicas that have one (recomputed there), or they
+wait for a worker. It also owns the gateways' sessions (`sessions.py`), a previous
+leader's requests and policy swaps, and reaches replicas only through their narrow
+API (submit, abort, hand over, receive, attach and detach a worker).
 """
 
 from __future__ import annotations
@@ -213,12 +212,10 @@ class SchedulerFront:
         self.sessions.workers_changed(self.num_workers)
 
     def close(self) -> None:
-        """Ends every gateway's session and every worker's stream (this scheduler stops
-        leading): each peer sees its stream end and dials on."""
+        """Ends every peer's stream (no longer the leader): each sees it end, dials on."""
         self.sessions.close_all()
-        for replica in self.replicas:
-            if replica.worker is not None:
-                replica.worker.close("the scheduler stops leading")
+        for worker in filter(None, (r.worker for r in self.replicas)):
+            worker.close("the scheduler stops leading")
 
     def detach(self, link: WorkerLink, reason: str) -> None:
         link.close(reason)

@@ -7,7 +7,9 @@ step-time model (fitted on this worker's steps) predicts for it; a step that out
 it makes the worker lost, as a broken stream does: its requests are recomputed on
 another replica (or on this one once a worker attaches again). Until the model has
 seen a few steps, a step is predicted at `FALLBACK_MS_PER_TOKEN` per token, a slow
-CPU's prefill speed.
+CPU's prefill speed, and the allowance is `WARMUP_FACTOR` times longer: a worker's
+first steps can be slow for reasons of their own (lazy device setup, kernels compiled
+on first use).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sarathi_serve.scheduler.policies.step_model import StepTimeModel
 
 HANG_FACTOR = 4.0
 FALLBACK_MS_PER_TOKEN = 10.0
+WARMUP_FACTOR = 6.0
 
 
 class StepDeadline:
@@ -31,9 +34,9 @@ class StepDeadline:
         prefill, decode = step.num_prefill_tokens, step.num_decode_tokens
         if self.model.ready:
             predicted_ms = max(self.model.predict_ms(prefill, decode), 0.0)
-        else:
-            predicted_ms = FALLBACK_MS_PER_TOKEN * (prefill + decode)
-        return self.stall_s + HANG_FACTOR * predicted_ms / 1e3
+            return self.stall_s + HANG_FACTOR * predicted_ms / 1e3
+        predicted_ms = FALLBACK_MS_PER_TOKEN * (prefill + decode)
+        return WARMUP_FACTOR * (self.stall_s + HANG_FACTOR * predicted_ms / 1e3)
 
     def observe(self, step: PlannedStep, execution_ms: float) -> None:
         self.model.observe(step.num_prefill_tokens, step.num_decode_tokens, execution_ms)

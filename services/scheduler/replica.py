@@ -267,8 +267,7 @@ class Replica:
         self._releases.put(Iteration(planned, result, timing, accepted, updates, ended))
 
     async def _result(self, step: InFlight, result: asyncio.Future[StepResult]) -> StepResult:
-        """The step's result; WorkerLost when the worker has run it past its allowance
-        (it hangs: `liveness.py`)."""
+        """The step's result; WorkerLost once it runs past its allowance (`liveness.py`)."""
         if self.deadline is None or not step.planned.plan.chunks:
             return await result
         started_at = max(step.sent_at, self._last_result_at)

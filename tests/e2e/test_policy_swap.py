@@ -6,7 +6,8 @@ import sys
 from tests.e2e.oracle import PROMPTS, generate_concurrently
 
 
-def set_policy(scheduler_addr: str, policy: str) -> str:
+def set_policy(scheduler_addr: str, policy: str, run_dir) -> str:
+    """`admin --addr` with the run folder for its internal token."""
     out = subprocess.run(
         [
             sys.executable,
@@ -15,6 +16,8 @@ def set_policy(scheduler_addr: str, policy: str) -> str:
             "admin",
             "--addr",
             scheduler_addr,
+            "--run-dir",
+            str(run_dir),
             "set-policy",
             policy,
         ],
@@ -35,7 +38,7 @@ def test_swap_sarathi_vllm_sarathi_under_load(system_factory, tokenizer, expecte
 
     def on_start(i: int) -> None:
         if i in swaps:
-            replies.append(set_policy(system.scheduler_addr, swaps[i]))
+            replies.append(set_policy(system.scheduler_addr, swaps[i], system.run_dir))
 
     outputs = generate_concurrently(system.gateway_addr, stagger_s=0.5, on_start=on_start)
     assert outputs == expected_outputs, "a request was lost, restarted or duplicated"

@@ -58,6 +58,7 @@ BAD_BODIES = [
     ("/v1/completions", {**OK, "max_tokens": 10**9}, 400, "max_tokens"),  # past the context
     ("/v1/chat/completions", {**CHAT_OK, "max_tokens": 8192}, 400, "max_tokens"),
     ("/v1/completions", {**OK, "top_k": 10**9}, 400, "top_k"),
+    ("/v1/completions", {**OK, "user": "u" * 257}, 400, "user"),
     ("/v1/completions", {**OK, "seed": -1}, 400, "seed"),
     ("/v1/completions", {**OK, "n": 0}, 400, "n"),
     ("/v1/completions", {**OK, "n": 17}, 400, "n"),
@@ -154,6 +155,7 @@ BAD_GRPC = [
     (gpb.GenerateRequest(prompt="hi", sampling=S(top_k=10**9)), "top_k"),
     (gpb.GenerateRequest(prompt="hi", request_id="x" * 100_000), "request_id"),
     (gpb.GenerateRequest(prompt="hi", request_id="a\nb"), "request_id"),
+    (gpb.GenerateRequest(prompt="hi", user="u" * 257), "user"),
     (
         gpb.GenerateRequest(
             messages=gpb.ChatMessages(messages=[gpb.ChatMessage(role="robot", content="x")])

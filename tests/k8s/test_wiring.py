@@ -262,4 +262,7 @@ def test_the_gateway_drains_within_its_grace_period(scenario: Rendered) -> None:
     (gateway,) = scenario.workloads("gateway")
     grace = pod_spec(gateway)["terminationGracePeriodSeconds"]
     assert grace == scenario.values["gateway"]["terminationGracePeriodSeconds"]
-    assert float(scenario.env(gateway)["SARATHI_GATEWAY_DRAIN_S"]) == max(grace - 5, 0)
+    pre_stop = container_of(gateway)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and 0 < int(pre_stop[1]) <= 5
+    drain = float(scenario.env(gateway)["SARATHI_GATEWAY_DRAIN_S"])
+    assert drain == max(grace - int(pre_stop[1]) - 5, 0) and drain > 0

@@ -7,10 +7,11 @@ import pytest
 from sarathi_serve.common.errors import InvalidArgument, ServiceError
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.step import StepResult, WorkerGeometry
-from sarathi_serve.scheduler.core import MAX_FAILED_STEPS, SchedulerCore
+from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 from sarathi_serve.scheduler.request import Request, StopReason
 from sarathi_serve.scheduler.sessions import batch_by_session
+from sarathi_serve.scheduler.stopping import MAX_FAILED_STEPS
 from tests.scheduler.helpers import make_request
 
 GEOMETRY = WorkerGeometry(64, 4, 64, eos_token_id=2, vocab_size=100)

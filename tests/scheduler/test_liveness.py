@@ -11,7 +11,12 @@ from sarathi_serve.common.step import NewRequest, ScheduledChunk, StepPlan, Work
 from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.front import SchedulerFront
 from sarathi_serve.scheduler.iteration import PlannedStep
-from sarathi_serve.scheduler.liveness import FALLBACK_MS_PER_TOKEN, HANG_FACTOR, StepDeadline
+from sarathi_serve.scheduler.liveness import (
+    FALLBACK_MS_PER_TOKEN,
+    HANG_FACTOR,
+    WARMUP_FACTOR,
+    StepDeadline,
+)
 from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.stats import StatsRing
 from sarathi_serve.scheduler.workers import WorkerLink
@@ -19,6 +24,7 @@ from sarathi_serve.worker.engine import WorkerEngine
 from tests.scheduler.helpers import make_request
 from tests.scheduler.test_pipelined import ContextModel
 
+MAX_TOKENS = 24
 GEOMETRY = WorkerGeometry(num_kv_blocks=256, block_size=16, max_model_len=4096, eos_token_id=0)
 
 
@@ -44,10 +50,11 @@ def test_a_hung_worker_is_dropped_and_its_requests_finish_elsewhere():
         hung, healthy = WorkerLink("hung", GEOMETRY), WorkerLink("healthy", GEOMETRY)
         front.attach(hung)
         for i in range(4):
-            front.submit(make_request(f"r{i}", 20, max_tokens=12, session="gw"))
-        workers = [asyncio.ensure_future(serve(hung, hang_after=3))]
+            front.submit(make_request(f"r{i}", 20, max_tokens=MAX_TOKENS, session="gw"))
+        # past its first steps (whose allowance is WARMUP_FACTOR times longer), then it hangs
+        workers = [asyncio.ensure_future(serve(hung, hang_after=10))]
         run = asyncio.ensure_future(front.run())
-        await asyncio.sleep(0.2)  # the hung worker has started them all
+        await asyncio.sleep(0.3)  # the hung worker has run them all for a while
         front.attach(healthy)
         workers.append(asyncio.ensure_future(serve(healthy)))
         tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(4)}
@@ -82,15 +89,15 @@ def test_a_hung_worker_is_dropped_and_its_requests_finish_elsewhere():
 def reference(request_id: str) -> list[int]:
     """What a request gets from a worker that never hangs."""
     engine = WorkerEngine(ContextModel(GEOMETRY))
-    request = make_request(request_id, 20, max_tokens=12)
+    request = make_request(request_id, 20, max_tokens=MAX_TOKENS)
     tokens = list(request.prompt_token_ids)
     plan = StepPlan(
         0,
         (NewRequest(request_id, tuple(tokens), 0, request.sampling),),
-        (ScheduledChunk(request_id, len(tokens), (0, 1)),),
+        (ScheduledChunk(request_id, len(tokens), (0, 1, 2)),),
     )
     out = [engine.step(plan).sampled[request_id]]
-    for step in range(1, 12):
+    for step in range(1, MAX_TOKENS):
         plan = StepPlan(step, chunks=(ScheduledChunk(request_id, 1, ()),))
         out.append(engine.step(plan).sampled[request_id])
     return out
@@ -99,7 +106,8 @@ def reference(request_id: str) -> list[int]:
 def test_the_allowance_grows_with_the_predicted_step():
     deadline = StepDeadline(stall_s=2.0)
     step = PlannedStep(StepPlan(0), 100, 0, (), "sarathi", 100)
-    assert deadline.allowance_s(step) == 2.0 + HANG_FACTOR * FALLBACK_MS_PER_TOKEN * 100 / 1e3
+    warming_up = WARMUP_FACTOR * (2.0 + HANG_FACTOR * FALLBACK_MS_PER_TOKEN * 100 / 1e3)
+    assert deadline.allowance_s(step) == warming_up
     for _ in range(20):
         deadline.observe(step, 500.0)
         deadline.observe(PlannedStep(StepPlan(0), 0, 10, (), "sarathi", 10), 50.0)

@@ -266,3 +266,8 @@ save ""
       port: {{ .Values.metrics.port }}
 {{- end }}
 {{- end }}
+
+{{/* Seconds the gateway's preStop waits (endpoints drop the pod) before SIGTERM. */}}
+{{- define "sarathi.gatewayPreStopS" -}}
+{{- min 5 (div (int .Values.gateway.terminationGracePeriodSeconds) 3) }}
+{{- end }}
