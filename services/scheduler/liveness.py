@@ -7,9 +7,9 @@ step-time model (fitted on this worker's steps) predicts for it; a step that out
 it makes the worker lost, as a broken stream does: its requests are recomputed on
 another replica (or on this one once a worker attaches again). Until the model has
 seen a few steps, a step is predicted at `FALLBACK_MS_PER_TOKEN` per token, a slow
-CPU's prefill speed, and the allowance is `WARMUP_FACTOR` times longer: a worker's
-first steps can be slow for reasons of their own (lazy device setup, kernels compiled
-on first use).
+CPU's prefill speed, and for a worker's first `WARMUP_STEPS` steps the allowance is
+`WARMUP_FACTOR` times longer: they can be slow for reasons of their own (lazy device
+setup, kernels compiled on first use).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sarathi_serve.scheduler.policies.step_model import StepTimeModel
 HANG_FACTOR = 4.0
 FALLBACK_MS_PER_TOKEN = 10.0
 WARMUP_FACTOR = 6.0
+WARMUP_STEPS = 2
 
 
 class StepDeadline:
@@ -35,8 +36,9 @@ class StepDeadline:
         if self.model.ready:
             predicted_ms = max(self.model.predict_ms(prefill, decode), 0.0)
             return self.stall_s + HANG_FACTOR * predicted_ms / 1e3
-        predicted_ms = FALLBACK_MS_PER_TOKEN * (prefill + decode)
-        return WARMUP_FACTOR * (self.stall_s + HANG_FACTOR * predicted_ms / 1e3)
+        allowance_s = self.stall_s + HANG_FACTOR * FALLBACK_MS_PER_TOKEN * (prefill + decode) / 1e3
+        warming_up = self.model.num_observations < WARMUP_STEPS
+        return WARMUP_FACTOR * allowance_s if warming_up else allowance_s
 
     def observe(self, step: PlannedStep, execution_ms: float) -> None:
         self.model.observe(step.num_prefill_tokens, step.num_decode_tokens, execution_ms)

@@ -15,6 +15,7 @@ from sarathi_serve.scheduler.liveness import (
     FALLBACK_MS_PER_TOKEN,
     HANG_FACTOR,
     WARMUP_FACTOR,
+    WARMUP_STEPS,
     StepDeadline,
 )
 from sarathi_serve.scheduler.policies import make_policy
@@ -106,8 +107,11 @@ def reference(request_id: str) -> list[int]:
 def test_the_allowance_grows_with_the_predicted_step():
     deadline = StepDeadline(stall_s=2.0)
     step = PlannedStep(StepPlan(0), 100, 0, (), "sarathi", 100)
-    warming_up = WARMUP_FACTOR * (2.0 + HANG_FACTOR * FALLBACK_MS_PER_TOKEN * 100 / 1e3)
-    assert deadline.allowance_s(step) == warming_up
+    fallback = 2.0 + HANG_FACTOR * FALLBACK_MS_PER_TOKEN * 100 / 1e3
+    assert deadline.allowance_s(step) == WARMUP_FACTOR * fallback  # a worker's first steps
+    for _ in range(WARMUP_STEPS):
+        deadline.observe(step, 500.0)
+    assert deadline.allowance_s(step) == fallback
     for _ in range(20):
         deadline.observe(step, 500.0)
         deadline.observe(PlannedStep(StepPlan(0), 0, 10, (), "sarathi", 10), 50.0)
