@@ -170,7 +170,9 @@ class SchedulerClient:
             self._outbox = None
             disconnected_since = disconnected_since or loop.time()
             if loop.time() - disconnected_since > self.resume_timeout_s:
-                self._fail_all(f"no scheduler leads at {', '.join(self.scheduler_addrs)}")
+                self.fail_all(
+                    Unavailable(f"no scheduler leads at {', '.join(self.scheduler_addrs)}")
+                )
                 disconnected_since = loop.time()
             attempt += 1
             await asyncio.sleep(backoff)
@@ -237,18 +239,9 @@ class SchedulerClient:
             logprobs = [logprobs_from_pb(lp) for lp in event.logprobs[overlap:]]
             entry.events.put_nowait(TokenEvent(token_ids, logprobs, stop))
 
-    @property
-    def num_in_flight(self) -> int:
-        return len(self._inflight)
-
     def fail_all(self, error: ServiceError) -> None:
         """Ends every request in flight with `error`, and aborts each at the scheduler."""
         for request_id in list(self._inflight):
             entry = self._inflight[request_id]
             self.abort(request_id)
             entry.events.put_nowait(TokenEvent([], error=error))
-
-    def _fail_all(self, message: str) -> None:
-        for entry in self._inflight.values():
-            entry.events.put_nowait(TokenEvent([], error=Unavailable(message)))
-        self._inflight.clear()

@@ -44,6 +44,7 @@ class RequestValidator:
         # A token stands for at most this many characters of text (byte-level BPE: bytes;
         # x2 for normalizers that compose characters): text longer than the context times
         # it cannot fit, and is refused without being tokenized.
+        self.vocab_size = len(tokenizer)
         longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
         self.max_prompt_chars = 2 * longest * max_model_len
 
@@ -90,7 +91,7 @@ class RequestValidator:
             ids = self._chat_token_ids(prompt.messages)
         elif isinstance(prompt, TokenPrompt):
             ids = list(prompt.token_ids)
-            vocab = len(self.tokenizer)
+            vocab = self.vocab_size
             bad = [t for t in ids if t >= vocab]
             if bad:
                 raise InvalidArgument(
@@ -137,7 +138,7 @@ class RequestValidator:
         top_p = 1.0 if opts.top_p is None else opts.top_p
         repetition_penalty = 1.0 if opts.repetition_penalty is None else opts.repetition_penalty
         _check_sampling(opts, max_tokens, temperature, top_p, repetition_penalty)
-        vocab = len(self.tokenizer)
+        vocab = self.vocab_size
         if opts.top_k > vocab:
             raise InvalidArgument(f"top_k: at most the vocabulary size ({vocab}), got {opts.top_k}")
         return SamplingParams(

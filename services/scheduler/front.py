@@ -261,15 +261,11 @@ class SchedulerFront:
             self._least_loaded().receive_ended(handover.ended)
 
     def _add_replica(self) -> Replica:
-        replica = Replica(
-            len(self.replicas),
-            self.make_core(),
-            self._releaser,
-            self.detach,
-            self.clock,
-            pacer=PlanPacer() if self.pace_plans else None,
-            deadline=StepDeadline(self.worker_stall_s) if self.worker_stall_s > 0 else None,
-        )
+        pacer = PlanPacer() if self.pace_plans else None  # one step-time model: the pacer's
+        stall_s = self.worker_stall_s
+        deadline = StepDeadline(stall_s, pacer and pacer.model) if stall_s > 0 else None
+        index, core = len(self.replicas), self.make_core()
+        replica = Replica(index, core, self._releaser, self.detach, self.clock, pacer, deadline)
         if self.replicas:
             replica.set_policy(self.policy)
         self.replicas.append(replica)

@@ -24,11 +24,14 @@ WARMUP_STEPS = 2
 
 
 class StepDeadline:
-    def __init__(self, stall_s: float):
+    def __init__(self, stall_s: float, model: StepTimeModel | None = None):
+        """`model`: a step-time model another fits on the same steps (the pacer's), read
+        here; None: this deadline fits its own."""
         if stall_s <= 0:
             raise ValueError(f"stall_s must be > 0, got {stall_s}")
         self.stall_s = stall_s
-        self.model = StepTimeModel()
+        self._owns_model = model is None
+        self.model = StepTimeModel() if model is None else model
 
     def allowance_s(self, step: PlannedStep) -> float:
         """How long `step` may run on the worker before the worker counts as hung."""
@@ -41,4 +44,5 @@ class StepDeadline:
         return WARMUP_FACTOR * allowance_s if warming_up else allowance_s
 
     def observe(self, step: PlannedStep, execution_ms: float) -> None:
-        self.model.observe(step.num_prefill_tokens, step.num_decode_tokens, execution_ms)
+        if self._owns_model:  # else its owner observes the step
+            self.model.observe(step.num_prefill_tokens, step.num_decode_tokens, execution_ms)

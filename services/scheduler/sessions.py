@@ -105,12 +105,7 @@ class Sessions:
         self._put(gateway_id, SessionEvents(events=[event]))
 
     def reject(self, gateway_id: str, request_id: str, error: ServiceError) -> None:
-        event = RequestEvent(
-            request_id=request_id,
-            stop_reason=StopReason.ERROR,
-            error_code=error.code.name,
-            error_message=str(error),
-        )
+        event = RequestEvent(request_id, stop_reason=StopReason.ERROR, **_error_fields(error))
         self.send(gateway_id, event)
 
     def _put(self, gateway_id: str, batch: SessionEvents) -> None:

@@ -153,19 +153,15 @@ def test_huge_prompts_are_refused_without_stalling_other_streams(system):
 HANG_TOKENS = 48
 
 
+@contextlib.contextmanager
 def _stopped(pid: int):
     """SIGSTOP of `pid` until the block ends (then SIGCONT, if it still lives)."""
-
-    class Stopped:
-        def __enter__(self):
-            os.kill(pid, signal.SIGSTOP)
-            return self
-
-        def __exit__(self, *exc):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-    return Stopped()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_a_stopped_worker_is_dropped_and_its_streams_finish_on_the_other(

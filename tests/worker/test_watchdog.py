@@ -49,3 +49,13 @@ def test_health_is_not_serving_while_a_step_hangs():
         watch.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_hang_flag_and_its_off_switch():
+    from sarathi_serve.worker.config import WorkerConfig
+
+    assert WorkerConfig.from_args(["--hang-s", "30"]).hang_s == 30.0
+    servicer = health.aio.HealthServicer()
+    engine = MeteredEngine(StuckEngine(), num_kv_blocks=1)
+    # 0: never watched (returns at once instead of looping)
+    asyncio.run(asyncio.wait_for(_watch_progress(engine, servicer, hang_s=0.0), 1.0))
