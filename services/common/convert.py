@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from sarathi_serve.common.errors import error_from_code
-from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.sampling import Grammar, SamplingParams
 from sarathi_serve.common.session import RequestEvent, SessionEvents
 from sarathi_serve.common.step import (
     NewRequest,
@@ -37,7 +37,29 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         msg.logprobs = params.logprobs
     if params.seed is not None:
         msg.seed = params.seed
+    msg.logit_bias.update(params.logit_bias)
+    if params.grammar is not None:
+        g = params.grammar
+        msg.grammar.CopyFrom(pb.Grammar(kind=_GRAMMAR_KIND[g.kind], spec=g.spec, loose=g.loose))
     return msg
+
+
+_GRAMMAR_KIND = {
+    "json_schema": pb.GRAMMAR_KIND_JSON_SCHEMA,
+    "regex": pb.GRAMMAR_KIND_REGEX,
+    "choice": pb.GRAMMAR_KIND_CHOICE,
+    "ebnf": pb.GRAMMAR_KIND_EBNF,
+}
+_GRAMMAR_KIND_NAME = {value: name for name, value in _GRAMMAR_KIND.items()}
+
+
+def _grammar_from_pb(msg: pb.SamplingParams) -> Grammar | None:
+    if not msg.HasField("grammar"):
+        return None
+    kind = _GRAMMAR_KIND_NAME.get(msg.grammar.kind)
+    if kind is None:
+        raise ValueError(f"grammar.kind: unknown kind {msg.grammar.kind}")
+    return Grammar(kind, msg.grammar.spec, msg.grammar.loose)
 
 
 def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
@@ -56,6 +78,8 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
         presence_penalty=msg.presence_penalty,
         frequency_penalty=msg.frequency_penalty,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
+        logit_bias=tuple(sorted(msg.logit_bias.items())),
+        grammar=_grammar_from_pb(msg),
     )
 
 

@@ -6,6 +6,8 @@ MAX_REQUEST_ID_CHARS = 256  # ids go into logs and Redis keys
 MAX_CLIENT_REQUEST_ID_CHARS = 128  # a client's id: the gateway appends "-<choice>" for n > 1
 MAX_STOP_TOKEN_IDS = 64
 MAX_CACHE_SALT_CHARS = 256
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's logit_bias: token id -> bias
+MAX_GRAMMAR_CHARS = 65_536  # a JSON schema, regex, choice list or EBNF grammar
 MAX_USER_CHARS = 256  # the end user (OpenAI `user`, gRPC `user`, x-sarathi-user): routing, logs
 
 

@@ -7,6 +7,25 @@ from dataclasses import dataclass, field
 
 DEFAULT_MAX_TOKENS = 16
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on a logit_bias value (either sign)
+GRAMMAR_KINDS = ("json_schema", "regex", "choice", "ebnf")
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """A constraint on the output text (see sarathi_serve.common.grammar).
+
+    kind: "json_schema" (spec: the schema as JSON text), "regex" (the pattern), "choice"
+    (a JSON array of strings) or "ebnf" (a grammar with a `root` rule). loose: a JSON
+    schema allows properties and items it does not name (OpenAI's strict: false)."""
+
+    kind: str
+    spec: str
+    loose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in GRAMMAR_KINDS:
+            raise ValueError(f"grammar kind must be one of {GRAMMAR_KINDS}, got {self.kind!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +45,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: none; N: the sampled token's and the top N
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    grammar: Grammar | None = None  # the output matches it
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -49,6 +70,13 @@ class SamplingParams:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.grammar is not None and (self.ignore_eos or self.min_tokens):
+            raise ValueError("a grammar cannot be combined with ignore_eos or min_tokens")
+        for token_id, bias in self.logit_bias:
+            if token_id < 0 or not (math.isfinite(bias) and abs(bias) <= MAX_LOGIT_BIAS):
+                raise ValueError(
+                    f"logit_bias must map token ids >= 0 to [-100, 100], got {token_id}: {bias}"
+                )
 
     @property
     def is_greedy(self) -> bool:

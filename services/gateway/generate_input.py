@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from sarathi_serve.common.sampling import Grammar
+
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
@@ -47,6 +49,14 @@ Prompt = TextPrompt | ChatPrompt | TokenPrompt
 
 
 @dataclass(frozen=True, slots=True)
+class OutputConstraint:
+    """Structured output as the client asked for it: `field` is what an error names."""
+
+    field: str  # e.g. "response_format", "structured_outputs.regex", "sampling.structured"
+    grammar: Grammar
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingOptions:
     """Sampling as the client asked for it: unchecked, None where left unset."""
 
@@ -64,6 +74,8 @@ class SamplingOptions:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     stop: tuple[str, ...] = ()  # stop strings, cut from the text by the gateway
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), unchecked
+    constraint: OutputConstraint | None = None
 
 
 @dataclass(frozen=True, slots=True)

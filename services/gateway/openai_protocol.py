@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from sarathi_serve.common.errors import InvalidArgument
 from sarathi_serve.gateway import generate_input as gi
+from sarathi_serve.gateway.openai_structured import (
+    CONSTRAINT_FIELDS,
+    logit_bias,
+    output_constraint,
+)
 
 U32 = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
 Number = StrictFloat | StrictInt
@@ -51,7 +56,13 @@ class _SamplingFields(_Body):
     stream_options: StreamOptions | None = None
     ignore_eos: StrictBool = False
     min_tokens: U32 = 0
-    logit_bias: dict[str, Any] | None = None
+    logit_bias: Any = None
+    response_format: Any = None
+    structured_outputs: Any = None  # vLLM's extras
+    guided_json: Any = None  # vLLM's older names
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
 
     def _check_names_utf8(self) -> None:
         for field in ("model", "user", "cache_salt"):
@@ -60,8 +71,6 @@ class _SamplingFields(_Body):
     def sampling_options(self, max_tokens: int | None, logprobs: int | None) -> gi.SamplingOptions:
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidArgument("best_of: not supported (only best_of == n)")
-        if self.logit_bias:
-            raise InvalidArgument("logit_bias: not supported")
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return gi.SamplingOptions(
             max_tokens=max_tokens,
@@ -80,7 +89,15 @@ class _SamplingFields(_Body):
             ),
             logprobs=logprobs,
             stop=_check_utf8("stop", *stop),
+            logit_bias=logit_bias(self.logit_bias),
+            constraint=self._constraint(),
         )
+
+    def _constraint(self) -> gi.OutputConstraint | None:
+        constraint = output_constraint({name: getattr(self, name) for name in CONSTRAINT_FIELDS})
+        if constraint is not None:
+            _check_utf8(constraint.field, constraint.grammar.spec)
+        return constraint
 
     @property
     def include_usage(self) -> bool:
@@ -148,13 +165,10 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
 
     def to_input(self) -> gi.GenerateInput:
         if self.tools:
             raise InvalidArgument("tools: not supported")
-        if self.response_format and self.response_format.get("type") != "text":
-            raise InvalidArgument("response_format: only {'type': 'text'} is supported")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidArgument("top_logprobs: needs logprobs: true")
         max_tokens = self.max_completion_tokens

@@ -6,6 +6,7 @@ each Delta a GenerateResponse on the way out.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,13 +15,16 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from sarathi_serve.common.errors import ServiceError, status_of
+from sarathi_serve.common.errors import InvalidArgument, ServiceError, status_of
+from sarathi_serve.common.grammar import ANY_OBJECT
 from sarathi_serve.common.limits import MAX_CLIENT_REQUEST_ID_CHARS, request_id_problem
+from sarathi_serve.common.sampling import Grammar
 from sarathi_serve.gateway.auth import tenant_of
 from sarathi_serve.gateway.generate_input import (
     ChatMessage,
     ChatPrompt,
     GenerateInput,
+    OutputConstraint,
     Prompt,
     SamplingOptions,
     TextPrompt,
@@ -155,7 +159,26 @@ def _sampling_from_pb(msg: gpb.SamplingOptions) -> SamplingOptions:
         frequency_penalty=msg.frequency_penalty,
         logprobs=optional("logprobs"),
         stop=tuple(msg.stop),
+        logit_bias=tuple(sorted(msg.logit_bias.items())),
+        constraint=_constraint_from_pb(msg) if msg.HasField("structured") else None,
     )
+
+
+def _constraint_from_pb(msg: gpb.SamplingOptions) -> OutputConstraint:
+    structured = msg.structured
+    kind = structured.WhichOneof("kind")
+    field = f"sampling.structured.{kind}"
+    if kind == "json_object":
+        return OutputConstraint(field, ANY_OBJECT)
+    grammars = {
+        "json_schema": lambda: Grammar("json_schema", structured.json_schema, structured.loose),
+        "regex": lambda: Grammar("regex", structured.regex),
+        "choice": lambda: Grammar("choice", json.dumps(list(structured.choice.values))),
+        "grammar": lambda: Grammar("ebnf", structured.grammar),
+    }
+    if kind not in grammars:
+        raise InvalidArgument(f"sampling.structured: set one of json_object, {', '.join(grammars)}")
+    return OutputConstraint(field, grammars[kind]())
 
 
 def _response(request_id: str, delta: Delta) -> gpb.GenerateResponse:

@@ -10,12 +10,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from sarathi_serve.common.errors import InvalidArgument, NotFound
-from sarathi_serve.common.limits import MAX_CACHE_SALT_CHARS, MAX_STOP_TOKEN_IDS
-from sarathi_serve.common.sampling import DEFAULT_MAX_TOKENS, MAX_LOGPROBS, SamplingParams
+from sarathi_serve.common.grammar import GrammarCompiler
+from sarathi_serve.common.limits import (
+    MAX_CACHE_SALT_CHARS,
+    MAX_GRAMMAR_CHARS,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_STOP_TOKEN_IDS,
+)
+from sarathi_serve.common.sampling import (
+    DEFAULT_MAX_TOKENS,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    Grammar,
+    SamplingParams,
+)
 from sarathi_serve.gateway.generate_input import (
     ChatMessage,
     ChatPrompt,
     GenerateInput,
+    OutputConstraint,
     Prompt,
     SamplingOptions,
     TextPrompt,
@@ -47,11 +60,14 @@ class RequestValidator:
         self.vocab_size = len(tokenizer)
         longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
         self.max_prompt_chars = 2 * longest * max_model_len
+        self._grammars: GrammarCompiler | None = None  # made at the first constrained request
 
     async def prepare_async(self, request: GenerateInput) -> PreparedRequest:
-        """`prepare`, with a prompt of more than OFF_LOOP_CHARS characters tokenized on a
-        thread (the tokenizer releases the GIL): other streams go on meanwhile."""
-        if _prompt_chars(request.prompt) <= OFF_LOOP_CHARS:
+        """`prepare`, on a thread for a prompt of more than OFF_LOOP_CHARS characters (the
+        tokenizer releases the GIL) and for a grammar to compile: other streams go on
+        meanwhile."""
+        heavy = request.sampling.constraint is not None
+        if not heavy and _prompt_chars(request.prompt) <= OFF_LOOP_CHARS:
             return self.prepare(request)
         return await asyncio.to_thread(self.prepare, request)
 
@@ -141,6 +157,8 @@ class RequestValidator:
         vocab = self.vocab_size
         if opts.top_k > vocab:
             raise InvalidArgument(f"top_k: at most the vocabulary size ({vocab}), got {opts.top_k}")
+        _check_logit_bias(opts.logit_bias, vocab)
+        grammar = self._grammar(opts)
         return SamplingParams(
             temperature=temperature,
             top_p=top_p,
@@ -155,7 +173,51 @@ class RequestValidator:
             presence_penalty=opts.presence_penalty,
             frequency_penalty=opts.frequency_penalty,
             logprobs=opts.logprobs,
+            logit_bias=tuple(sorted(opts.logit_bias)),
+            grammar=grammar,
         )
+
+    def _grammar(self, opts: SamplingOptions) -> Grammar | None:
+        """The constraint's grammar, compiled once here so that a bad one is refused
+        before anything is scheduled (the worker compiles it again, from its cache)."""
+        constraint = opts.constraint
+        if constraint is None:
+            return None
+        _check_constraint(constraint, opts)
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self.tokenizer, self.vocab_size, self.tokenizer.eos_token_id or 0
+            )
+        try:
+            self._grammars.compile(constraint.grammar)
+        except ValueError as exc:
+            raise InvalidArgument(f"{constraint.field}: {exc}") from None
+        return constraint.grammar
+
+
+def _check_constraint(constraint: OutputConstraint, opts: SamplingOptions) -> None:
+    if len(constraint.grammar.spec) > MAX_GRAMMAR_CHARS:
+        raise InvalidArgument(
+            f"{constraint.field}: at most {MAX_GRAMMAR_CHARS} characters, "
+            f"got {len(constraint.grammar.spec)}"
+        )
+    for name, value in (("ignore_eos", opts.ignore_eos), ("min_tokens", opts.min_tokens)):
+        if value:
+            raise InvalidArgument(f"{name}: cannot be combined with {constraint.field}")
+
+
+def _check_logit_bias(bias: tuple[tuple[int, float], ...], vocab: int) -> None:
+    if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidArgument(
+            f"logit_bias: at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(bias)}"
+        )
+    for token_id, value in bias:
+        if not 0 <= token_id < vocab:
+            raise InvalidArgument(
+                f"logit_bias: {token_id} is outside the vocabulary (size {vocab})"
+            )
+        if not (math.isfinite(value) and -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS):
+            raise InvalidArgument(f"logit_bias[{token_id}]: must be in [-100, 100], got {value}")
 
 
 def _check_sampling(

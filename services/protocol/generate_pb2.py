@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sarathi_serve/protocol/generate.proto\x12\nsarathi.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.sarathi.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\x9a\x03\n\x0fSamplingOptions\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\r\n\x05min_p\x18\t \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\n \x01(\x02H\x04\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x15\n\x08logprobs\x18\r \x01(\rH\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x0e \x03(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobs\"\x80\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12,\n\x08messages\x18\x04 \x01(\x0b\x32\x18.sarathi.v1.ChatMessagesH\x00\x12\x30\n\x10prompt_token_ids\x18\x05 \x01(\x0b\x32\x14.sarathi.v1.TokenIdsH\x00\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.sarathi.v1.SamplingOptions\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x12\n\ncache_salt\x18\x08 \x01(\tB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"e\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12#\n\x03top\x18\x04 \x03(\x0b\x32\x16.sarathi.v1.TopLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xc6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12*\n\x08logprobs\x18\x06 \x03(\x0b\x32\x18.sarathi.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.sarathi.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.sarathi.v1.Usage*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32U\n\nGeneration\x12G\n\x08Generate\x12\x1b.sarathi.v1.GenerateRequest\x1a\x1c.sarathi.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sarathi_serve/protocol/generate.proto\x12\nsarathi.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.sarathi.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xbe\x04\n\x0fSamplingOptions\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\r\n\x05min_p\x18\t \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\n \x01(\x02H\x04\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x15\n\x08logprobs\x18\r \x01(\rH\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x0e \x03(\t\x12>\n\nlogit_bias\x18\x0f \x03(\x0b\x32*.sarathi.v1.SamplingOptions.LogitBiasEntry\x12\x30\n\nstructured\x18\x10 \x01(\x0b\x32\x1c.sarathi.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobs\"\xa2\x01\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12%\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x13.sarathi.v1.ChoicesH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x12\r\n\x05loose\x18\x06 \x01(\x08\x42\x06\n\x04kind\"\x19\n\x07\x43hoices\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x80\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12,\n\x08messages\x18\x04 \x01(\x0b\x32\x18.sarathi.v1.ChatMessagesH\x00\x12\x30\n\x10prompt_token_ids\x18\x05 \x01(\x0b\x32\x14.sarathi.v1.TokenIdsH\x00\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.sarathi.v1.SamplingOptions\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x12\n\ncache_salt\x18\x08 \x01(\tB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"e\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12#\n\x03top\x18\x04 \x03(\x0b\x32\x16.sarathi.v1.TopLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xc6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12*\n\x08logprobs\x18\x06 \x03(\x0b\x32\x18.sarathi.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.sarathi.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.sarathi.v1.Usage*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32U\n\nGeneration\x12G\n\x08Generate\x12\x1b.sarathi.v1.GenerateRequest\x1a\x1c.sarathi.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sarathi_serve.protocol.generate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1282
-  _globals['_FINISHREASON']._serialized_end=1402
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=1638
+  _globals['_FINISHREASON']._serialized_end=1758
   _globals['_CHATMESSAGE']._serialized_start=53
   _globals['_CHATMESSAGE']._serialized_end=97
   _globals['_CHATMESSAGES']._serialized_start=99
@@ -40,17 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=158
   _globals['_TOKENIDS']._serialized_end=181
   _globals['_SAMPLINGOPTIONS']._serialized_start=184
-  _globals['_SAMPLINGOPTIONS']._serialized_end=594
-  _globals['_GENERATEREQUEST']._serialized_start=597
-  _globals['_GENERATEREQUEST']._serialized_end=853
-  _globals['_TOPLOGPROB']._serialized_start=855
-  _globals['_TOPLOGPROB']._serialized_end=917
-  _globals['_TOKENLOGPROB']._serialized_start=919
-  _globals['_TOKENLOGPROB']._serialized_end=1020
-  _globals['_USAGE']._serialized_start=1022
-  _globals['_USAGE']._serialized_end=1079
-  _globals['_GENERATERESPONSE']._serialized_start=1082
-  _globals['_GENERATERESPONSE']._serialized_end=1280
-  _globals['_GENERATION']._serialized_start=1404
-  _globals['_GENERATION']._serialized_end=1489
+  _globals['_SAMPLINGOPTIONS']._serialized_end=758
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_start=624
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_end=672
+  _globals['_STRUCTUREDOUTPUT']._serialized_start=761
+  _globals['_STRUCTUREDOUTPUT']._serialized_end=923
+  _globals['_CHOICES']._serialized_start=925
+  _globals['_CHOICES']._serialized_end=950
+  _globals['_GENERATEREQUEST']._serialized_start=953
+  _globals['_GENERATEREQUEST']._serialized_end=1209
+  _globals['_TOPLOGPROB']._serialized_start=1211
+  _globals['_TOPLOGPROB']._serialized_end=1273
+  _globals['_TOKENLOGPROB']._serialized_start=1275
+  _globals['_TOKENLOGPROB']._serialized_end=1376
+  _globals['_USAGE']._serialized_start=1378
+  _globals['_USAGE']._serialized_end=1435
+  _globals['_GENERATERESPONSE']._serialized_start=1438
+  _globals['_GENERATERESPONSE']._serialized_end=1636
+  _globals['_GENERATION']._serialized_start=1760
+  _globals['_GENERATION']._serialized_end=1845
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,13 @@ the worker cannot compute must not reach it."""
 from __future__ import annotations
 
 from sarathi_serve.common.errors import InvalidArgument
-from sarathi_serve.common.limits import MAX_CACHE_SALT_CHARS, MAX_STOP_TOKEN_IDS, request_id_problem
+from sarathi_serve.common.limits import (
+    MAX_CACHE_SALT_CHARS,
+    MAX_GRAMMAR_CHARS,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_STOP_TOKEN_IDS,
+    request_id_problem,
+)
 from sarathi_serve.common.step import WorkerGeometry
 from sarathi_serve.scheduler.request import Request
 
@@ -25,6 +31,10 @@ def check_request(request: Request, geometry: WorkerGeometry | None) -> None:
         raise InvalidArgument(
             f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(sampling.stop_token_ids)}"
         )
+    if len(sampling.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidArgument(f"logit_bias: at most {MAX_LOGIT_BIAS_ENTRIES} entries")
+    if sampling.grammar is not None and len(sampling.grammar.spec) > MAX_GRAMMAR_CHARS:
+        raise InvalidArgument(f"grammar: at most {MAX_GRAMMAR_CHARS} characters")
     if geometry is None:
         return
     if len(prompt) >= geometry.max_model_len:
@@ -35,7 +45,13 @@ def check_request(request: Request, geometry: WorkerGeometry | None) -> None:
     vocab = geometry.vocab_size
     if not vocab:
         return
-    for field, ids in (("prompt_token_ids", prompt), ("stop_token_ids", sampling.stop_token_ids)):
+    biased = tuple(token_id for token_id, _ in sampling.logit_bias)
+    fields = (
+        ("prompt_token_ids", prompt),
+        ("stop_token_ids", sampling.stop_token_ids),
+        ("logit_bias", biased),
+    )
+    for field, ids in fields:
         if ids and max(ids) >= vocab:
             raise InvalidArgument(f"{field}: {max(ids)} is outside the vocabulary (size {vocab})")
     if sampling.top_k > vocab:

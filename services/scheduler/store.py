@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from sarathi_serve.common.errors import ServiceError, error_from_code
-from sarathi_serve.common.sampling import SamplingParams
+from sarathi_serve.common.sampling import Grammar, SamplingParams
 from sarathi_serve.scheduler.iteration import RequestUpdate
 from sarathi_serve.scheduler.request import Request, StopReason
 
@@ -265,6 +265,9 @@ class RedisStore:
 def _sampling_from_json(data: bytes) -> SamplingParams:
     fields = json.loads(data)
     fields["stop_token_ids"] = tuple(fields.get("stop_token_ids", ()))
+    fields["logit_bias"] = tuple((int(t), float(b)) for t, b in fields.get("logit_bias", ()))
+    grammar = fields.get("grammar")
+    fields["grammar"] = Grammar(**grammar) if grammar else None
     return SamplingParams(**fields)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from sarathi_serve.common.errors import InvalidArgument, ServiceError
+from sarathi_serve.common.grammar import GrammarCompiler
 from sarathi_serve.common.step import NewRequest, StepPlan, StepResult, WorkerGeometry
 from sarathi_serve.worker.model_runner import BatchEntry, Sequence, StepOutput
 
@@ -26,6 +27,11 @@ class Runner(Protocol):
     @property
     def geometry(self) -> WorkerGeometry:
         """What the scheduler is told when this worker attaches."""
+        ...
+
+    @property
+    def grammars(self) -> GrammarCompiler | None:
+        """Compiles constrained requests' grammars (None: they are refused)."""
         ...
 
     def execute(self, batch: list[BatchEntry]) -> StepOutput: ...
@@ -54,6 +60,9 @@ class WorkerEngine:
                 extra={"request_id": new.request_id},
             )
             problem = self._check_new(new)
+            matcher = None
+            if not problem and new.sampling.grammar is not None:
+                matcher, problem = self._matcher(new)
             if problem:
                 self._fail(new.request_id, InvalidArgument(problem), failures)
                 continue
@@ -63,6 +72,7 @@ class WorkerEngine:
                 num_prompt_tokens=len(new.token_ids) - new.num_output_tokens,
                 sampling=new.sampling,
                 num_computed_tokens=new.num_computed_tokens,  # a cached prefix
+                matcher=matcher,
             )
         batch = []
         for chunk in plan.chunks:
@@ -81,11 +91,17 @@ class WorkerEngine:
         output = self._execute(batch, failures) if batch else StepOutput({}, {})
         for entry in batch:
             entry.sequence.num_computed_tokens += entry.num_tokens
+        sampled = dict(output.sampled)
         for request_id, token in output.sampled.items():
-            self.sequences[request_id].token_ids.append(token)
+            seq = self.sequences[request_id]
+            seq.token_ids.append(token)
+            if seq.matcher is not None and not seq.matcher.accept_token(token):
+                error = ServiceError(f"sampled token {token} does not match the request's grammar")
+                self._fail(request_id, error, failures)
+                del sampled[request_id]
         elapsed_ms = (time.perf_counter() - start) * 1e3
         return StepResult(
-            plan.step_id, output.sampled, elapsed_ms, logprobs=output.logprobs, failures=failures
+            plan.step_id, sampled, elapsed_ms, logprobs=output.logprobs, failures=failures
         )
 
     # ---- one request's failure ------------------------------------------------
@@ -104,6 +120,17 @@ class WorkerEngine:
         if not 0 <= new.num_computed_tokens < len(tokens):
             return f"{new.num_computed_tokens} cached tokens of {len(tokens)}"
         return ""
+
+    def _matcher(self, new: NewRequest) -> tuple[Any, str]:
+        """The grammar's matcher after the request's output so far, or why there is none."""
+        grammars, grammar = self.runner.grammars, new.sampling.grammar
+        if grammars is None or grammar is None:
+            return None, "structured output needs the model's tokenizer on the worker"
+        output = new.token_ids[len(new.token_ids) - new.num_output_tokens :]
+        try:
+            return grammars.matcher(grammar, output), ""
+        except ValueError as exc:
+            return None, f"grammar: {exc}"
 
     def _check_chunk(self, seq: Sequence, num_tokens: int, new_block_ids: tuple[int, ...]) -> str:
         end = seq.num_computed_tokens + num_tokens

@@ -8,6 +8,7 @@ the requests apart. Logits are computed only for the rows that sample.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from sarathi_serve.worker.linear import pack_linears, use_onednn
 from sarathi_serve.worker.parallel import TensorParallel, check_divisible, shard_model
 from sarathi_serve.worker.sampler import Sampler, SamplingRow
 from sarathi_serve.worker.step_threads import StepThreads
+from sarathi_serve.worker.token_masks import TokenMasks, banned_tokens, load_grammar_compiler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Sequence:
     sampling: SamplingParams
     block_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    matcher: Any = None  # the grammar's state after the output so far (structured output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,8 @@ class ModelRunner:
         self.eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.sampler = Sampler(self.eos_token_id, seed)
+        self.grammars = load_grammar_compiler(model_path, self.vocab_size, self.eos_token_id)
+        self._token_masks = TokenMasks(self.grammars) if self.grammars else None
         if kv_cache_bytes is None:
             kv_cache_bytes = self._measured_kv_budget(spec, gpu_memory_utilization, profile_tokens)
         self.kv_cache = KVCache(
@@ -214,6 +219,8 @@ class ModelRunner:
         if self.step_threads is not None:
             self.step_threads.fit(sum(entry.num_tokens for entry in batch))
         input_ids, positions, meta, sample_rows = self._prepare(batch)
+        constrained = [i for i, (_, seq) in enumerate(sample_rows) if seq.matcher is not None]
+        masks = self._start_masks([sample_rows[i][1].matcher for i in constrained])
         logits_rows = torch.tensor([row for row, _ in sample_rows], dtype=torch.long)
         out = self.model(
             input_ids=input_ids[None],
@@ -226,10 +233,20 @@ class ModelRunner:
             return StepOutput({}, {})
         logits = out.logits[0].float().cpu()  # [S, V]
         seqs = [seq for _, seq in sample_rows]
-        tokens, logprobs = self.sampler.sample(logits, [_sampling_row(s) for s in seqs])
+        banned = None
+        if masks is not None:
+            banned = (constrained, banned_tokens(masks.result(), logits.shape[1]))
+        tokens, logprobs = self.sampler.sample(logits, [_sampling_row(s) for s in seqs], banned)
         sampled = {s.request_id: t for s, t in zip(seqs, tokens, strict=True)}
         asked = {s.request_id: lp for s, lp in zip(seqs, logprobs, strict=True) if lp is not None}
         return StepOutput(sampled, asked)
+
+    def _start_masks(self, matchers: list[Any]) -> Future[torch.Tensor] | None:
+        if not matchers:
+            return None
+        if self._token_masks is None:
+            raise RuntimeError("a constrained request on a worker without a grammar compiler")
+        return self._token_masks.start(matchers)
 
     def _prepare(
         self, batch: list[BatchEntry]

@@ -34,6 +34,7 @@ class NullRunner:
     block_size = 16
     max_model_len = 1 << 20
     eos_token_id = 0  # never a null token: a null request ends by length (or a stop token)
+    grammars = None  # no tokenizer: constrained requests are refused
 
     def __init__(self, num_blocks: int = 1 << 20, step_ms: float = 0.0):
         self.num_kv_blocks = num_blocks

@@ -1,7 +1,9 @@
 """Token sampling for a batch of rows, each with its own parameters, vectorized.
 
-Order of processing, as in vLLM: EOS/stop tokens masked below `min_tokens`,
-repetition / frequency / presence penalties, then greedy rows take the argmax
+Order of processing, as in vLLM: logit biases, the grammar's token mask (structured
+output: the rows whose grammar forbids a token get -inf there), EOS/stop tokens masked
+below `min_tokens`, repetition / frequency / presence penalties, then greedy rows take
+the argmax
 and the others are filtered (temperature, top-k, top-p, min-p) and draw with
 the exponential-race trick (argmax of p / Exp(1) noise). A seeded row's noise
 depends only on (seed, index of the token being generated): the same request
@@ -40,10 +42,17 @@ class Sampler:
             self._unseeded.manual_seed(seed)
 
     def sample(
-        self, logits: torch.Tensor, rows: Sequence[SamplingRow]
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[SamplingRow],
+        banned: tuple[list[int], torch.Tensor] | None = None,
     ) -> tuple[list[int], list[TokenLogprobs | None]]:
-        """logits: [S, V] fp32, one row per entry of `rows`."""
+        """logits: [S, V] fp32, one row per entry of `rows`. banned: the constrained
+        rows' indices and their [R, V] bool masks of the tokens their grammars forbid."""
         raw = logits
+        logits = _apply_logit_bias(logits, rows)
+        if banned is not None:
+            logits = _apply_banned(logits, *banned)
         logits = self._mask_early_stops(logits, rows)
         logits = _apply_penalties(logits, rows)
         tokens = logits.argmax(dim=-1)  # [S]
@@ -85,6 +94,25 @@ class Sampler:
                 )
                 noise[i].exponential_(generator=gen)
         return noise
+
+
+def _apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    biased = [(i, row.params.logit_bias) for i, row in enumerate(rows) if row.params.logit_bias]
+    if not biased:
+        return logits
+    logits = logits.clone()
+    vocab = logits.shape[1]
+    for i, bias in biased:
+        ids = torch.tensor([t for t, _ in bias if t < vocab], dtype=torch.long)
+        values = torch.tensor([b for t, b in bias if t < vocab], dtype=logits.dtype)
+        logits[i].index_add_(0, ids, values)
+    return logits
+
+
+def _apply_banned(logits: torch.Tensor, idx: list[int], banned: torch.Tensor) -> torch.Tensor:
+    logits = logits.clone()
+    logits[idx] = logits[idx].masked_fill_(banned, float("-inf"))
+    return logits
 
 
 def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:

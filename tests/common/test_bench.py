@@ -135,3 +135,14 @@ def test_the_chaos_soak_tells_each_outcome_apart():
     http = Stream(0, "http", 0.0, None, ["Par", "is."], finished=True)
     assert classify(http, ["Paris", "."]) == "exact"
     assert classify(http, ["Paris", ". It"]) == "lost"
+
+
+def test_structured_bench_times_both_sets(tmp_path):
+    from sarathi_serve.bench import structured
+
+    result = structured.main(
+        ["--running", "4", "--steps", "2", "--rounds", "1", "--out", str(tmp_path / "mask")]
+    )
+    assert [len(ts) for ts in result["steps_ms"].values()] == [2, 2]
+    assert result["constrained_requests"] == 4 and result["ratio"] > 0
+    assert (tmp_path / "mask.json").exists() and (tmp_path / "mask.png").exists()

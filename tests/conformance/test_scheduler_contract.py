@@ -112,6 +112,7 @@ class ContractWorker(threading.Thread):
         self.computed: dict[str, int] = {}
         self.blocks: dict[str, list[int]] = {}
         self.new_requests: list[str] = []
+        self.samplings: dict[str, pb.SamplingParams] = {}  # request id -> as last sent new
         self.cached_prefix: dict[str, int] = {}  # request id -> num_computed_tokens when new
         self.tables: dict[str, list[int]] = {}  # request id -> its last block table
         self.freed: list[str] = []
@@ -183,6 +184,7 @@ class ContractWorker(threading.Thread):
             self.cached_prefix[new.request_id] = new.num_computed_tokens
             self.blocks[new.request_id] = []
             self.new_requests.append(new.request_id)
+            self.samplings[new.request_id] = new.sampling
         result = pb.StepResult(step_id=plan.step_id)
         self.max_step_tokens = max(self.max_step_tokens, sum(plan.chunk_num_tokens))
         self.check(
@@ -450,6 +452,11 @@ def test_what_the_worker_cannot_compute_is_refused_before_it_gets_there(gateway,
         "oov-stop": ([10, 11], {"stop_token_ids": [VOCAB + 1]}),
         "long": (list(range(10, 10 + MAX_LEN)), {}),
         "x" * 300: ([10, 11], {}),
+        "oov-bias": ([10, 11], {"logit_bias": {VOCAB: 1.0}}),
+        "big-grammar": (
+            [10, 11],
+            {"grammar": pb.Grammar(kind=pb.GRAMMAR_KIND_REGEX, spec="a" * 70_000)},
+        ),
     }
     for request_id, (prompt, sampling) in bad.items():
         gateway.submit(request_id, prompt, **sampling)
@@ -458,6 +465,18 @@ def test_what_the_worker_cannot_compute_is_refused_before_it_gets_there(gateway,
         assert event.stop_reason == pb.STOP_REASON_ERROR, (request_id, event)
         assert event.error_code == "INVALID_ARGUMENT", (request_id, event)
     assert not set(bad) & set(worker.new_requests)
+
+
+def test_structured_output_and_logit_bias_reach_the_worker_as_submitted(gateway, worker):
+    """The grammar (its state is the worker's, rebuilt from a recomputed request's output)
+    and the logit biases travel with the request unchanged."""
+    grammar = pb.Grammar(kind=pb.GRAMMAR_KIND_JSON_SCHEMA, spec='{"type": "object"}', loose=True)
+    bias = {12: -100.0, 13: 2.5}
+    gateway.submit("constrained", [10, 11], max_tokens=3, logit_bias=bias, grammar=grammar)
+    assert gateway.output("constrained") == (expected("constrained", 3), pb.STOP_REASON_LENGTH)
+    sent = worker.samplings["constrained"]
+    assert sent.grammar == grammar and dict(sent.logit_bias) == bias
+    assert not worker.violations, worker.violations
 
 
 def test_a_request_the_worker_fails_ends_alone_with_its_error(gateway, worker):

@@ -34,12 +34,32 @@ def expected_outputs(default_model_dir, tokenizer):
 
 
 @pytest.fixture(scope="session")
-def reference(default_model_dir):
-    """Hugging Face greedy `generate` of the default model: reference(ids, max_tokens)."""
-    import torch
+def hf_model(default_model_dir):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(default_model_dir).eval()
+    return AutoModelForCausalLM.from_pretrained(default_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def constrained_reference(hf_model, tokenizer):
+    """Greedy `generate` under a grammar: constrained_reference(ids, grammar, max_tokens)."""
+    from sarathi_serve.common.grammar import GrammarCompiler
+    from tests.e2e.oracle import hf_constrained
+
+    compiler = GrammarCompiler(tokenizer, hf_model.config.vocab_size, hf_model.config.eos_token_id)
+
+    def generate(ids: list[int], grammar, max_tokens: int = 40) -> list[int]:
+        return hf_constrained(hf_model, compiler, ids, grammar, max_tokens)
+
+    return generate
+
+
+@pytest.fixture(scope="session")
+def reference(hf_model):
+    """Hugging Face greedy `generate` of the default model: reference(ids, max_tokens)."""
+    import torch
+
+    model = hf_model
 
     def generate(ids: list[int], max_tokens: int = 12) -> list[int]:
         with torch.no_grad():

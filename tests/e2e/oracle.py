@@ -155,3 +155,33 @@ def generate_concurrently(
         if isinstance(r, Exception):
             raise AssertionError(f"prompt {i} failed: {r}")
     return results  # type: ignore[return-value]
+
+
+def hf_constrained(model, compiler, ids: list[int], grammar, max_tokens: int) -> list[int]:
+    """Greedy `generate` with the grammar's token mask applied at every step: the
+    reference for a constrained request (the same compiler as the worker's)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from sarathi_serve.worker.token_masks import banned_tokens
+
+    matcher = compiler.matcher(grammar)
+
+    class GrammarMask(LogitsProcessor):
+        seen = len(ids)
+
+        def __call__(self, input_ids, scores):
+            for token in input_ids[0, self.seen :].tolist():
+                assert matcher.accept_token(token)
+            self.seen = input_ids.shape[1]
+            bitmask = compiler.new_bitmask(1)
+            matcher.fill_next_token_bitmask(bitmask, 0)
+            return scores.masked_fill(banned_tokens(bitmask, scores.shape[1]), float("-inf"))
+
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([GrammarMask()]),
+        )
+    return out[0, len(ids) :].tolist()

@@ -73,7 +73,8 @@ BAD_BODIES = [
     ("/v1/completions", {**OK, "stream": "yes"}, 400, "stream"),
     ("/v1/completions", {**OK, "stream_options": {"include_usage": 1}}, 400,
      "stream_options.include_usage"),
-    ("/v1/completions", {**OK, "logit_bias": {"1": 5}}, 400, "logit_bias"),
+    ("/v1/completions", {**OK, "logit_bias": {"1": 500}}, 400, "logit_bias[1]"),
+    ("/v1/completions", {**OK, "logit_bias": {"x": 5}}, 400, "logit_bias"),
     ("/v1/completions", {**OK, "best_of": 3}, 400, "best_of"),
     ("/v1/completions", {**OK, "suffix": "x"}, 400, "suffix"),
     ("/v1/completions", {**OK, "echo": True, "logprobs": 1}, 400, "echo"),
@@ -85,8 +86,9 @@ BAD_BODIES = [
     ("/v1/chat/completions", {**CHAT_OK, "tools": [{"type": "function"}]}, 400, "tools"),
     ("/v1/chat/completions", {**CHAT_OK, "top_logprobs": 2}, 400, "top_logprobs"),
     ("/v1/chat/completions", {**CHAT_OK, "logprobs": True, "top_logprobs": 99}, 400, "logprobs"),
-    ("/v1/chat/completions", {**CHAT_OK, "response_format": {"type": "json_object"}}, 400,
-     "response_format"),
+    ("/v1/chat/completions", {**CHAT_OK, "response_format": {"type": "xml"}}, 400,
+     "response_format.type"),
+    ("/v1/chat/completions", {**CHAT_OK, "guided_regex": "a("}, 400, "guided_regex"),
     # lone surrogates ("\ud800" is valid JSON, not Unicode text): 400, never 500
     ("/v1/completions", {**OK, "prompt": "\ud800"}, 400, "prompt"),
     ("/v1/completions", {**OK, "stop": ["ok", "a\udfff"]}, 400, "stop"),
@@ -219,6 +221,32 @@ PARAMS = {
         "top_logprobs", "logit_bias",
     )
 }  # fmt: skip
+# Structured output: plausible shapes with hostile contents (schemas, regexes, grammars)
+GRAMMAR_TEXT = st.text(max_size=12) | st.sampled_from(["a(", "[", "root ::= x", "\ud800", "(a*)*b"])
+SCHEMA = JSON | st.sampled_from(
+    [{"type": "nonsense"}, {"$ref": "#"}, {"type": "string", "pattern": "("}]
+)
+PARAMS.update(
+    response_format=JSON
+    | st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])},
+        optional={
+            "json_schema": st.fixed_dictionaries({"schema": SCHEMA}, optional={"strict": JSON})
+        },
+    ),
+    structured_outputs=JSON
+    | st.dictionaries(
+        st.sampled_from(["json", "regex", "choice", "grammar", "json_object"]),
+        SCHEMA | GRAMMAR_TEXT | st.lists(GRAMMAR_TEXT, max_size=3),
+        max_size=2,
+    ),
+    guided_regex=GRAMMAR_TEXT | JSON,
+    guided_choice=st.lists(GRAMMAR_TEXT, max_size=3) | JSON,
+    guided_json=SCHEMA,
+    guided_grammar=GRAMMAR_TEXT | JSON,
+    logit_bias=JSON
+    | st.dictionaries(st.sampled_from(["0", "17", "49151", "49152", "-1", "x"]), JSON),
+)  # fmt: skip
 COMPLETION = st.fixed_dictionaries(
     {
         "prompt": st.text(max_size=30) | st.lists(st.integers(-1, 70000), max_size=5) | JSON,
@@ -271,6 +299,10 @@ VALID_COMPLETION = st.fixed_dictionaries(
         "ignore_eos": st.booleans(),
         "logprobs": st.integers(0, 5),
         "echo": st.booleans(),
+        "logit_bias": st.dictionaries(
+            st.integers(0, 49151).map(str), st.floats(-100, 100), max_size=3
+        ),
+        "structured_outputs": st.sampled_from([{"regex": "[a-z]+"}, {"choice": ["a", "b"]}]),
     },
 )
 VALID_CHAT = st.fixed_dictionaries(
@@ -399,6 +431,15 @@ SAMPLING = st.builds(
     frequency_penalty=FLOATS,
     logprobs=st.integers(0, 2**32 - 1),
     stop=st.lists(st.text(max_size=8), max_size=18),
+    logit_bias=st.dictionaries(st.integers(0, 2**32 - 1), FLOATS, max_size=4),
+    structured=st.builds(gpb.StructuredOutput, regex=st.text(max_size=8))
+    | st.builds(gpb.StructuredOutput, json_schema=st.text(max_size=20), loose=st.booleans())
+    | st.builds(
+        gpb.StructuredOutput,
+        choice=st.builds(gpb.Choices, values=st.lists(st.text(max_size=4), max_size=3)),
+    )
+    | st.builds(gpb.StructuredOutput, grammar=st.text(max_size=12))
+    | st.builds(gpb.StructuredOutput),
 )
 GRPC_REQUESTS = st.one_of(
     st.builds(gpb.GenerateRequest, prompt=st.text(max_size=30), sampling=SAMPLING),

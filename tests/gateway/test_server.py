@@ -46,6 +46,7 @@ SAMPLING = st.builds(
     frequency_penalty=F32,
     logprobs=st.none() | U32,
     stop=st.lists(st.text(max_size=5), max_size=3).map(tuple),
+    logit_bias=st.dictionaries(U32, F32, max_size=3).map(lambda d: tuple(sorted(d.items()))),
 )
 INPUTS = st.builds(GenerateInput, PROMPTS, st.text(max_size=8), SAMPLING)
 
@@ -64,7 +65,11 @@ def _to_pb(request: GenerateInput) -> gpb.GenerateRequest:
             msg.prompt_token_ids.SetInParent()
             msg.prompt_token_ids.ids.extend(token_ids)
     for name, value in dataclasses.asdict(request.sampling).items():
-        if isinstance(value, tuple):
+        if name == "logit_bias":
+            msg.sampling.logit_bias.update(dict(value))
+        elif name == "constraint":
+            assert value is None  # read from `structured`: tests/gateway/test_structured_protocol.py
+        elif isinstance(value, tuple):
             getattr(msg.sampling, name).extend(value)
         elif value is not None:
             setattr(msg.sampling, name, value)

@@ -154,3 +154,33 @@ def test_logprobs_are_the_raw_distribution():
     assert logprobs[2].top == () and logprobs[2].logprob == pytest.approx(
         expected[2, tokens[2]].item(), abs=1e-5
     )
+
+
+def test_logit_bias_moves_the_biased_rows_only():
+    logits = random_logits(2)
+    top = int(logits[0].argmax())
+    banned = SamplingParams(temperature=0.0, logit_bias=((top, -100.0), (5, 100.0)))
+    rows = [SamplingRow(banned, 0), SamplingRow(SamplingParams(temperature=0.0), 0)]
+    tokens, _ = Sampler(EOS, 0).sample(logits, rows)
+    assert tokens == [5, int(logits[1].argmax())]
+
+
+def test_a_grammar_mask_leaves_only_the_allowed_tokens_in_any_mode():
+    from sarathi_serve.worker.token_masks import banned_tokens
+
+    vocab = 70  # not a multiple of 32: the last word of the bitmask is partly unused
+    bitmask = torch.zeros(2, 3, dtype=torch.int32)
+    bitmask[0, 1] = 1 << 3  # token 35
+    bitmask[1, 2] = (1 << 4) | (1 << 5)  # tokens 68, 69
+    banned = banned_tokens(bitmask, vocab)
+    assert banned.shape == (2, vocab)
+    assert (~banned[0]).nonzero().flatten().tolist() == [35]
+    assert (~banned[1]).nonzero().flatten().tolist() == [68, 69]
+    logits = random_logits(3, vocab=vocab)
+    sampled = SamplingParams(temperature=1.0, seed=3)
+    rows = [SamplingRow(SamplingParams(temperature=0.0), 0)] * 2 + [SamplingRow(sampled, 0)]
+    for index in range(20):
+        rows[2] = SamplingRow(sampled, index)
+        tokens, _ = Sampler(EOS, 0).sample(logits, rows, ([0, 2], banned))
+        assert tokens[0] == 35 and tokens[2] in (68, 69)
+        assert tokens[1] == int(logits[1].argmax())  # unconstrained row untouched
