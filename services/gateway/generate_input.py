@@ -10,7 +10,7 @@ a request rather than say what to generate, stay with each edge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sarathi_serve.common.sampling import Grammar
 
@@ -19,6 +19,9 @@ from sarathi_serve.common.sampling import Grammar
 class ChatMessage:
     role: str
     content: str
+    # an assistant turn's tool calls: (id, function name, arguments as JSON text)
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
+    tool_call_id: str = ""  # a tool turn: the call it answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,7 @@ class ChatPrompt:
 
     name: ClassVar[str] = "messages"
     messages: tuple[ChatMessage, ...]
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI-shaped functions the template shows
 
 
 @dataclass(frozen=True, slots=True)

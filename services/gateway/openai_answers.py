@@ -25,7 +25,8 @@ from sarathi_serve.gateway.router import VARIANT_KEY
 REQUEST_ID_HEADER = "x-request-id"
 
 CLIENT_CLOSED_REQUEST = 499
-ChoiceChunk = Callable[[int, Delta, bool], dict[str, Any]]  # (index, delta, first) -> choice
+# (index, delta, first) -> the chunk's choice, or None when there is nothing to send yet
+ChoiceChunk = Callable[[int, Delta, bool], dict[str, Any] | None]
 
 
 @dataclass(slots=True)
@@ -61,11 +62,13 @@ async def stream_answer(
             while item is not None:
                 index, delta = item
                 outputs[index] = delta.num_output_tokens
-                chunk = {**header, "choices": [choice_chunk(index, delta, index not in started)]}
+                choice = choice_chunk(index, delta, index not in started)
                 started.add(index)
-                if include_usage:
-                    chunk["usage"] = None
-                yield _sse(chunk)
+                if choice is not None:
+                    chunk = {**header, "choices": [choice]}
+                    if include_usage:
+                        chunk["usage"] = None
+                    yield _sse(chunk)
                 item = await _next_or_none(deltas)
             if include_usage:
                 usage = _usage_counts(generations, sum(outputs), n)

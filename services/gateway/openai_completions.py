@@ -27,6 +27,7 @@ from sarathi_serve.gateway.openai_answers import (
     complete_answer,
     stream_answer,
 )
+from sarathi_serve.gateway.openai_chat import ChatChoices
 from sarathi_serve.gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
 from sarathi_serve.gateway.router import USER_KEY, VARIANT_KEY
 from sarathi_serve.gateway.validation import PreparedRequest, RequestValidator
@@ -79,26 +80,8 @@ class OpenAICompletions:
             "model": self.validator.model_name,
         }
 
-        def choice_chunk(index: int, delta: Delta, first: bool) -> dict[str, Any]:
-            message: dict[str, Any] = {"role": "assistant"} if first else {}
-            if delta.text or first:
-                message["content"] = delta.text
-            return {
-                "index": index,
-                "delta": message,
-                "logprobs": _chat_logprobs(delta.logprobs) if body.logprobs else None,
-                "finish_reason": delta.finish_reason,
-            }
-
-        def choice_body(index: int, choice: Choice) -> dict[str, Any]:
-            return {
-                "index": index,
-                "message": {"role": "assistant", "content": "".join(choice.text)},
-                "logprobs": _chat_logprobs(choice.logprobs) if body.logprobs else None,
-                "finish_reason": choice.finish_reason,
-            }
-
-        return await _answer(request, body, generations, header, choice_chunk, choice_body)
+        shapes = ChatChoices(body.tool_use(), body.logprobs)
+        return await _answer(request, body, generations, header, shapes.chunk, shapes.body)
 
     async def _start(
         self,
@@ -166,21 +149,4 @@ def _completion_logprobs(logprobs: list[Logprob]) -> dict[str, Any]:
         "token_logprobs": [lp.logprob for lp in logprobs],
         "top_logprobs": [{token: v for _, token, v in lp.top} for lp in logprobs],
         "text_offset": offsets,
-    }
-
-
-def _chat_logprobs(logprobs: list[Logprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": list(lp.token.encode()),
-                "top_logprobs": [
-                    {"token": token, "logprob": v, "bytes": list(token.encode())}
-                    for _, token, v in lp.top
-                ],
-            }
-            for lp in logprobs
-        ]
     }

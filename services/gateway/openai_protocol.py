@@ -9,7 +9,9 @@ refused by name rather than silently dropped.
 
 from __future__ import annotations
 
+import json
 from array import array
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -21,6 +23,7 @@ from sarathi_serve.gateway.openai_structured import (
     logit_bias,
     output_constraint,
 )
+from sarathi_serve.gateway.tools import ToolUse, tool_use
 
 U32 = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
 Number = StrictFloat | StrictInt
@@ -140,6 +143,17 @@ class CompletionRequest(_SamplingFields):
         return [gi.TokenPrompt(tuple(p)) for p in prompt]
 
 
+class FunctionCallIn(_Body):
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCallIn(_Body):
+    id: StrictStr = ""
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class TextPart(_Body):
     type: Literal["text"]
     text: StrictStr
@@ -148,6 +162,8 @@ class TextPart(_Body):
 class ChatMessage(_Body):
     role: StrictStr
     content: StrictStr | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant turn that called tools
+    tool_call_id: StrictStr | None = None  # a tool turn: the call it answers
 
     @property
     def text(self) -> str:
@@ -164,26 +180,44 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
-    tools: list[Any] | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: StrictBool = True  # false: a required answer holds one call
+
+    def tool_use(self) -> ToolUse | None:
+        return tool_use(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def to_input(self) -> gi.GenerateInput:
-        if self.tools:
-            raise InvalidArgument("tools: not supported")
+        use = self.tool_use()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidArgument("top_logprobs: needs logprobs: true")
         max_tokens = self.max_completion_tokens
         if max_tokens is None:
             max_tokens = self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        for i, m in enumerate(self.messages):
-            _check_utf8(f"messages[{i}]", m.role, m.text)
-        messages = tuple(gi.ChatMessage(m.role, m.text) for m in self.messages)
+        messages = tuple(_chat_message(i, m) for i, m in enumerate(self.messages))
         options = self.sampling_options(max_tokens, logprobs)
+        forced = use.constraint() if use else None
+        if forced is not None:
+            if options.constraint is not None:
+                raise InvalidArgument(
+                    f"tool_choice: cannot be combined with {options.constraint.field}"
+                )
+            options = replace(options, constraint=forced)
         self._check_names_utf8()
         salt = self.cache_salt or ""
         # max_tokens unset: as many as the context holds
-        prompt = gi.ChatPrompt(messages)
+        tools = tuple(t.as_openai() for t in use.shown) if use else ()
+        _check_utf8("tools", json.dumps(tools, ensure_ascii=False) if tools else "")
+        prompt = gi.ChatPrompt(messages, tools)
         return gi.GenerateInput(prompt, self.model or "", options, salt, fill_context=True)
+
+
+def _chat_message(index: int, m: ChatMessage) -> gi.ChatMessage:
+    calls = tuple((c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
+    texts = [m.role, m.text, m.tool_call_id or "", *(t for call in calls for t in call)]
+    _check_utf8(f"messages[{index}]", *texts)
+    return gi.ChatMessage(m.role, m.text, calls, m.tool_call_id or "")
 
 
 def _f32(value: float) -> float:

@@ -5,7 +5,7 @@ Both edges call it on the GenerateInput they made, so each range is checked once
 from __future__ import annotations
 
 import asyncio
-import math
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +13,9 @@ from sarathi_serve.common.errors import InvalidArgument, NotFound
 from sarathi_serve.common.grammar import GrammarCompiler
 from sarathi_serve.common.limits import (
     MAX_CACHE_SALT_CHARS,
-    MAX_GRAMMAR_CHARS,
-    MAX_LOGIT_BIAS_ENTRIES,
-    MAX_STOP_TOKEN_IDS,
 )
 from sarathi_serve.common.sampling import (
     DEFAULT_MAX_TOKENS,
-    MAX_LOGIT_BIAS,
-    MAX_LOGPROBS,
     Grammar,
     SamplingParams,
 )
@@ -28,15 +23,19 @@ from sarathi_serve.gateway.generate_input import (
     ChatMessage,
     ChatPrompt,
     GenerateInput,
-    OutputConstraint,
     Prompt,
     SamplingOptions,
     TextPrompt,
     TokenPrompt,
 )
+from sarathi_serve.gateway.sampling_checks import (
+    check_constraint,
+    check_logit_bias,
+    check_sampling,
+    stop_strings,
+)
+from sarathi_serve.gateway.tools import template_messages
 
-MAX_STOP_STRINGS = 16
-MAX_STOP_STRING_CHARS = 512
 _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 OFF_LOOP_CHARS = 16_384  # prompts longer than this are tokenized off the event loop
 
@@ -86,7 +85,7 @@ class RequestValidator:
             )
         max_tokens = self._max_tokens(request, len(prompt_ids))
         sampling = self._sampling(request.sampling, max_tokens)
-        stop = _stop_strings(request.sampling.stop)
+        stop = stop_strings(request.sampling.stop)
         if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
             raise InvalidArgument(f"cache_salt: at most {MAX_CACHE_SALT_CHARS} characters")
         return PreparedRequest(prompt_ids, sampling, stop, request.cache_salt)
@@ -104,7 +103,7 @@ class RequestValidator:
                 raise InvalidArgument("prompt: must not be empty")
             ids = list(self.tokenizer.encode(prompt.text, add_special_tokens=True))
         elif isinstance(prompt, ChatPrompt):
-            ids = self._chat_token_ids(prompt.messages)
+            ids = self._chat_token_ids(prompt)
         elif isinstance(prompt, TokenPrompt):
             ids = list(prompt.token_ids)
             vocab = self.vocab_size
@@ -119,7 +118,8 @@ class RequestValidator:
             raise InvalidArgument(f"{prompt.name}: must not be empty")
         return ids
 
-    def _chat_token_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+    def _chat_token_ids(self, prompt: ChatPrompt) -> list[int]:
+        messages = prompt.messages
         if not messages:
             raise InvalidArgument("messages: must not be empty")
         for i, m in enumerate(messages):
@@ -127,9 +127,12 @@ class RequestValidator:
                 raise InvalidArgument(
                     f"messages[{i}].role: {m.role!r} is not one of {sorted(_CHAT_ROLES)}"
                 )
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        conversation = [_template_message(m) for m in messages]
+        renders_tools = "tools" in (self.tokenizer.chat_template or "")
+        conversation = template_messages(conversation, prompt.tools, renders_tools)
+        tools = list(prompt.tools) if prompt.tools and renders_tools else None
         text = self.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
+            conversation, tools=tools, tokenize=False, add_generation_prompt=True
         )
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
@@ -153,11 +156,11 @@ class RequestValidator:
         temperature = 1.0 if opts.temperature is None else opts.temperature
         top_p = 1.0 if opts.top_p is None else opts.top_p
         repetition_penalty = 1.0 if opts.repetition_penalty is None else opts.repetition_penalty
-        _check_sampling(opts, max_tokens, temperature, top_p, repetition_penalty)
+        check_sampling(opts, max_tokens, temperature, top_p, repetition_penalty)
         vocab = self.vocab_size
         if opts.top_k > vocab:
             raise InvalidArgument(f"top_k: at most the vocabulary size ({vocab}), got {opts.top_k}")
-        _check_logit_bias(opts.logit_bias, vocab)
+        check_logit_bias(opts.logit_bias, vocab)
         grammar = self._grammar(opts)
         return SamplingParams(
             temperature=temperature,
@@ -183,7 +186,7 @@ class RequestValidator:
         constraint = opts.constraint
         if constraint is None:
             return None
-        _check_constraint(constraint, opts)
+        check_constraint(constraint, opts)
         if self._grammars is None:
             self._grammars = GrammarCompiler(
                 self.tokenizer, self.vocab_size, self.tokenizer.eos_token_id or 0
@@ -195,69 +198,17 @@ class RequestValidator:
         return constraint.grammar
 
 
-def _check_constraint(constraint: OutputConstraint, opts: SamplingOptions) -> None:
-    if len(constraint.grammar.spec) > MAX_GRAMMAR_CHARS:
-        raise InvalidArgument(
-            f"{constraint.field}: at most {MAX_GRAMMAR_CHARS} characters, "
-            f"got {len(constraint.grammar.spec)}"
-        )
-    for name, value in (("ignore_eos", opts.ignore_eos), ("min_tokens", opts.min_tokens)):
-        if value:
-            raise InvalidArgument(f"{name}: cannot be combined with {constraint.field}")
-
-
-def _check_logit_bias(bias: tuple[tuple[int, float], ...], vocab: int) -> None:
-    if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
-        raise InvalidArgument(
-            f"logit_bias: at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(bias)}"
-        )
-    for token_id, value in bias:
-        if not 0 <= token_id < vocab:
-            raise InvalidArgument(
-                f"logit_bias: {token_id} is outside the vocabulary (size {vocab})"
-            )
-        if not (math.isfinite(value) and -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS):
-            raise InvalidArgument(f"logit_bias[{token_id}]: must be in [-100, 100], got {value}")
-
-
-def _check_sampling(
-    opts: SamplingOptions,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    repetition_penalty: float,
-) -> None:
-    """InvalidArgument naming the first field out of its range (NaN never is in one)."""
-    if max_tokens < 1:
-        raise InvalidArgument(f"max_tokens: must be >= 1, got {max_tokens}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidArgument(f"temperature: must be >= 0, got {temperature}")
-    if not math.isfinite(top_p) or not 0 < top_p <= 1:
-        raise InvalidArgument(f"top_p: must be in (0, 1], got {top_p}")
-    if len(opts.stop_token_ids) > MAX_STOP_TOKEN_IDS:
-        raise InvalidArgument(
-            f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(opts.stop_token_ids)}"
-        )
-    if opts.min_tokens > max_tokens:
-        raise InvalidArgument(
-            f"min_tokens: must be <= max_tokens ({max_tokens}), got {opts.min_tokens}"
-        )
-    checks = [
-        ("min_p", opts.min_p, 0.0 <= opts.min_p <= 1.0, "in [0, 1]"),
-        ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0"),
-        ("presence_penalty", opts.presence_penalty, -2 <= opts.presence_penalty <= 2, "in [-2, 2]"),
-        (
-            "frequency_penalty",
-            opts.frequency_penalty,
-            -2 <= opts.frequency_penalty <= 2,
-            "in [-2, 2]",
-        ),
-    ]
-    for name, value, ok, expected in checks:
-        if not (math.isfinite(value) and ok):
-            raise InvalidArgument(f"{name}: must be {expected}, got {value}")
-    if opts.logprobs is not None and opts.logprobs > MAX_LOGPROBS:
-        raise InvalidArgument(f"logprobs: at most {MAX_LOGPROBS}, got {opts.logprobs}")
+def _template_message(m: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it (OpenAI's shape)."""
+    message: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+            for id_, name, arguments in m.tool_calls
+        ]
+    if m.tool_call_id:
+        message["tool_call_id"] = m.tool_call_id
+    return message
 
 
 def _prompt_chars(prompt: Prompt | None) -> int:
@@ -265,18 +216,7 @@ def _prompt_chars(prompt: Prompt | None) -> int:
     if isinstance(prompt, TextPrompt):
         return len(prompt.text)
     if isinstance(prompt, ChatPrompt):
-        return sum(len(m.content) + len(m.role) for m in prompt.messages)
+        calls = sum(len(a) + len(n) for m in prompt.messages for _, n, a in m.tool_calls)
+        tools = sum(len(json.dumps(t)) for t in prompt.tools)
+        return sum(len(m.content) + len(m.role) for m in prompt.messages) + calls + tools
     return 0
-
-
-def _stop_strings(stop: tuple[str, ...]) -> tuple[str, ...]:
-    if len(stop) > MAX_STOP_STRINGS:
-        raise InvalidArgument(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
-    for i, s in enumerate(stop):
-        if not s:
-            raise InvalidArgument(f"stop[{i}]: must not be empty")
-        if len(s) > MAX_STOP_STRING_CHARS:
-            raise InvalidArgument(
-                f"stop[{i}]: at most {MAX_STOP_STRING_CHARS} characters, got {len(s)}"
-            )
-    return stop

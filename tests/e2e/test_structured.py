@@ -284,3 +284,122 @@ def test_constrained_outputs_survive_worker_and_leader_kills_and_preemption(
         os.kill(leader.pid, signal.SIGKILL)
 
     run_with(kill_leader)
+
+
+# ---- tool calling --------------------------------------------------------------------
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "maxLength": 40},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city", "unit"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "convert_currency",
+            "description": "Convert an amount between currencies",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "amount": {"type": "number"},
+                    "source": {"type": "string", "enum": ["USD", "EUR", "JPY"]},
+                    "target": {"type": "string", "enum": ["USD", "EUR", "JPY"]},
+                },
+                "required": ["amount", "source", "target"],
+            },
+        },
+    },
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+TOOL_PROMPTS = [
+    "What is the weather in Paris?",
+    "Is it cold in Oslo today?",
+    "How much is 100 dollars in euros?",
+    "Convert 5000 yen to dollars.",
+]
+
+
+def _check_calls(message, names):
+    assert message.tool_calls, message
+    for call in message.tool_calls:
+        assert call.type == "function" and call.id.startswith("call_")
+        assert call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+@pytest.mark.parametrize("choice", ["named", "required"])
+def test_forced_tool_calls_carry_arguments_valid_for_the_function(client, choice):
+    def call(prompt: str):
+        name = "convert_currency" if "onvert" in prompt or "much" in prompt else "get_weather"
+        tool_choice = {"type": "function", "function": {"name": name}}
+        out = client.chat.completions.create(
+            model=MODEL,
+            messages=_messages(prompt),
+            tools=TOOLS,
+            tool_choice=tool_choice if choice == "named" else "required",
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+        )
+        return name, out.choices[0]
+
+    with ThreadPoolExecutor(len(TOOL_PROMPTS)) as pool:
+        results = list(pool.map(call, TOOL_PROMPTS))
+    for name, answer in results:
+        _check_calls(answer.message, {name} if choice == "named" else set(SCHEMAS))
+        assert answer.finish_reason == ("stop" if choice == "named" else "tool_calls")
+
+
+def test_a_streamed_named_call_assembles_into_valid_arguments(client):
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=_messages(TOOL_PROMPTS[0]),
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+            stream=True,
+        )
+    )
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) > 1, "the arguments came in one piece, not streamed"
+    assert calls[0].id and calls[0].function.name == "get_weather"
+    arguments = "".join(tc.function.arguments or "" for tc in calls)
+    jsonschema.validate(json.loads(arguments), SCHEMAS["get_weather"])
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_auto_and_a_tool_result_turn_answer_openai_shaped(client):
+    """The model chooses (content, or calls that validate), and a conversation that
+    carries an earlier call and its result goes back through the template."""
+    out = client.chat.completions.create(
+        model=MODEL, messages=_messages(TOOL_PROMPTS[0]), tools=TOOLS, temperature=0,
+        max_tokens=60,
+    )  # fmt: skip
+    message = out.choices[0].message
+    if message.tool_calls:
+        _check_calls(message, set(SCHEMAS))
+    else:
+        assert message.content
+    history = [
+        *_messages(TOOL_PROMPTS[0]),
+        {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
+    ]  # fmt: skip
+    answer = client.chat.completions.create(
+        model=MODEL, messages=history, tools=TOOLS, tool_choice="none", temperature=0,
+        max_tokens=30,
+    )  # fmt: skip
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls

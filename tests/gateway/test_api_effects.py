@@ -69,11 +69,9 @@ def test_a_list_of_prompts_and_token_id_prompts_give_a_choice_each(http, tokeniz
 def test_unknown_fields_are_ignored_and_unsupported_ones_refused_by_name(http):
     assert completion(http, prompt="Hi", max_tokens=2, some_new_field={"x": 1})["choices"]
     refused = http.post(
-        "/v1/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
-              "tools": [{"type": "function", "function": {"name": "f"}}]},
-    )  # fmt: skip
-    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools"
+        "/v1/completions", json={"model": MODEL, "prompt": "Hi", "suffix": "and so on"}
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "suffix"
 
 
 def test_gateway_metrics_count_prompts_outputs_and_finishes(http, tokenizer):

@@ -83,7 +83,9 @@ BAD_BODIES = [
     ("/v1/chat/completions", {**CHAT_OK, "messages": [{"role": "robot"}]}, 400, "messages[0].role"),
     ("/v1/chat/completions", {**CHAT_OK, "messages": [{"role": "user", "content": 5}]}, 400,
      "messages[0].content"),
-    ("/v1/chat/completions", {**CHAT_OK, "tools": [{"type": "function"}]}, 400, "tools"),
+    ("/v1/chat/completions", {**CHAT_OK, "tools": [{"type": "function"}]}, 400,
+     "tools[0].function.name"),
+    ("/v1/chat/completions", {**CHAT_OK, "tool_choice": "required"}, 400, "tool_choice"),
     ("/v1/chat/completions", {**CHAT_OK, "top_logprobs": 2}, 400, "top_logprobs"),
     ("/v1/chat/completions", {**CHAT_OK, "logprobs": True, "top_logprobs": 99}, 400, "logprobs"),
     ("/v1/chat/completions", {**CHAT_OK, "response_format": {"type": "xml"}}, 400,
@@ -246,6 +248,22 @@ PARAMS.update(
     guided_grammar=GRAMMAR_TEXT | JSON,
     logit_bias=JSON
     | st.dictionaries(st.sampled_from(["0", "17", "49151", "49152", "-1", "x"]), JSON),
+    tools=JSON
+    | st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["function", "x"])},
+            optional={
+                "function": st.fixed_dictionaries(
+                    {"name": st.sampled_from(["f", "g", "a b", ""]) | JSON},
+                    optional={"parameters": SCHEMA, "description": JSON},
+                )
+            },
+        ),
+        max_size=3,
+    ),
+    tool_choice=JSON
+    | st.sampled_from(["none", "auto", "required", {"type": "function", "function": {"name": "f"}}])
+    | st.just({"type": "function", "function": {"name": "g"}}),
 )  # fmt: skip
 COMPLETION = st.fixed_dictionaries(
     {
@@ -258,8 +276,26 @@ CHAT = st.fixed_dictionaries(
     {
         "messages": st.lists(
             st.fixed_dictionaries(
-                {"role": st.sampled_from(["user", "system", "assistant", "x"]) | JSON},
-                optional={"content": st.text(max_size=20) | JSON},
+                {"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]) | JSON},
+                optional={
+                    "content": st.text(max_size=20) | JSON,
+                    "tool_call_id": st.text(max_size=5) | JSON,
+                    "tool_calls": JSON
+                    | st.lists(
+                        st.fixed_dictionaries(
+                            {
+                                "function": st.fixed_dictionaries(
+                                    {
+                                        "name": st.text(max_size=5),
+                                        "arguments": st.text(max_size=8) | JSON,
+                                    }
+                                )
+                            },
+                            optional={"id": st.text(max_size=5) | JSON},
+                        ),
+                        max_size=2,
+                    ),
+                },
             ),
             max_size=3,
         )

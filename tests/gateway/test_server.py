@@ -68,7 +68,7 @@ def _to_pb(request: GenerateInput) -> gpb.GenerateRequest:
         if name == "logit_bias":
             msg.sampling.logit_bias.update(dict(value))
         elif name == "constraint":
-            assert value is None  # read from `structured`: tests/gateway/test_structured_protocol.py
+            assert value is None  # `structured`: see tests/gateway/test_structured_protocol.py
         elif isinstance(value, tuple):
             getattr(msg.sampling, name).extend(value)
         elif value is not None:
