@@ -71,7 +71,7 @@ def measure(num_blocks: int, fill: bool, running: int, iterations: int) -> tuple
     return (time.process_time() - start) / iterations * 1e3, run.num_cached_blocks
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-blocks", type=int, default=120_000)
     p.add_argument("--running", type=int, default=256)

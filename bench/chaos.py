@@ -305,7 +305,8 @@ def _plot(soak: Soak, t0: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4))
     points = [(at - t0, gap) for s in soak.streams for at, gap in s.gaps[1:]]
     if points:
-        ax.scatter(*zip(*points, strict=True), s=3, alpha=0.4, label="pause between two tokens")
+        xs, ys = zip(*points, strict=True)
+        ax.scatter(xs, ys, s=3, alpha=0.4, label="pause between two tokens")
     for fault in soak.faults:
         ax.axvline(fault.at - t0, color="red", alpha=0.3)
         ax.text(fault.at - t0, ax.get_ylim()[1] * 0.95, f"{fault.kind} {fault.role}",

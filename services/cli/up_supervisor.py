@@ -180,16 +180,16 @@ def stop_all(children: list[Child]) -> None:
     """Stops one role at a time, in STOP_ORDER; the children of a role all at once."""
     for role in STOP_ORDER:
         running = [
-            c
+            (c, c.process)
             for c in children
             if c.role == role and c.process is not None and c.process.poll() is None
         ]
-        for child in running:
-            child.process.terminate()
+        for _, process in running:
+            process.terminate()
         started = time.monotonic()
-        for child in running:
+        for child, process in running:
             try:
-                child.process.wait(max(started + child.stop_timeout_s - time.monotonic(), 0.0))
+                process.wait(max(started + child.stop_timeout_s - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+                process.kill()
+                process.wait()

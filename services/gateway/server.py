@@ -94,6 +94,7 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 "request: not a valid GenerateRequest (a string field that is not UTF-8, "
                 f"or a truncated field): {request.reason}",
             )  # raises: the call ends here
+            return
         problem = request_id_problem(request.request_id, MAX_CLIENT_REQUEST_ID_CHARS)
         if request.request_id and problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request_id: {problem}")
