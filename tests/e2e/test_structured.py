@@ -403,3 +403,21 @@ def test_auto_and_a_tool_result_turn_answer_openai_shaped(client):
         max_tokens=30,
     )  # fmt: skip
     assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+
+
+def test_logit_bias_bans_and_forces_tokens_on_both_apis(client, system, tokenizer):
+    prompt = "The capital of France is"
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0)
+    first = tokenizer.encode(plain.choices[0].text, add_special_tokens=False)[0]
+    banned = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=4, temperature=0, logit_bias={str(first): -100}
+    )
+    assert tokenizer.encode(banned.choices[0].text, add_special_tokens=False)[0] != first
+    forced_id = tokenizer.encode(" blue", add_special_tokens=False)[0]
+    options = gpb.SamplingOptions(max_tokens=3, temperature=0.0, logit_bias={forced_id: 100.0})
+    request = gpb.GenerateRequest(prompt=prompt, sampling=options)
+    with grpc.insecure_channel(system.gateway_addr) as channel:
+        tokens = [
+            t for r in gpb_grpc.GenerationStub(channel).Generate(request) for t in r.token_ids
+        ]
+    assert tokens == [forced_id] * 3
