@@ -64,8 +64,9 @@ class _ChoiceStream:
         self.use = use
         self.started = False
         self.calls: list[ToolCall] = []
-        self.text = ""
-        self.auto = AutoCallStream({t.name for t in use.tools}) if use else None
+        self.text = ""  # required: the output so far (auto's stream keeps its own)
+        auto = use is not None and use.choice == "auto"
+        self.auto = AutoCallStream({t.name for t in use.tools}) if use and auto else None
         self.call_id = new_call_id()
 
     def delta(self, delta: Delta) -> dict[str, Any] | None:
@@ -74,7 +75,6 @@ class _ChoiceStream:
             return {"content": delta.text} if delta.text or not self.started else {}
         if use.choice == "named":
             return self._named(delta.text)
-        self.text += delta.text
         content = ""
         if use.choice == "auto":
             assert self.auto is not None
@@ -82,8 +82,10 @@ class _ChoiceStream:
             if end:
                 rest, self.calls = self.auto.finish()
                 content += rest
-        elif end:
-            _, self.calls = use.calls(self.text)
+        else:
+            self.text += delta.text
+            if end:
+                _, self.calls = use.calls(self.text)
         message: dict[str, Any] = {"content": content} if content else {}
         if self.calls:
             message["tool_calls"] = [

@@ -64,6 +64,9 @@ def test_named_and_required_calls_are_forced_by_a_grammar_auto_and_none_are_not(
     assert consts == ["get_weather", "get_time"] and "maxItems" not in required
     one = json.loads(tool_use([WEATHER], "required", parallel=False).constraint().grammar.spec)
     assert one["maxItems"] == 1
+    body = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER],
+                                 tool_choice="required", parallel_tool_calls=False)  # fmt: skip
+    assert json.loads(body.to_input().sampling.constraint.grammar.spec)["maxItems"] == 1
     assert tool_use([WEATHER], "auto").constraint() is None
     none = tool_use([WEATHER], "none")
     assert none.constraint() is None and none.shown == ()
