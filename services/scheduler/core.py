@@ -7,6 +7,7 @@ worker results, as vLLM's scheduler tests do.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 
 from sarathi_serve.common.errors import ResourceExhausted, ServiceError
 from sarathi_serve.common.step import (
@@ -23,6 +24,7 @@ from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
 from sarathi_serve.scheduler.state import SchedulerState
 from sarathi_serve.scheduler.stopping import charge_failed_step, stop_reason
+from sarathi_serve.scheduler.waiting import WaitingQueue
 
 NEVER_FULL = 1 << 62  # a block size no request reaches
 
@@ -35,13 +37,14 @@ class SchedulerCore:
         max_num_waiting: int = 1024,
         watermark: float = 0.01,
         prefix_caching: bool = True,
+        tenant_weights: Mapping[str, float] | None = None,
     ):
         self.policy = policy
         self.max_num_waiting = max_num_waiting
         self.watermark = watermark
         self.prefix_caching = prefix_caching
         self.prefix_stats = PrefixCacheStats()  # over every worker this replica had
-        self.state = SchedulerState()
+        self.state = SchedulerState(WaitingQueue(tenant_weights))
         self.requests: dict[str, Request] = {}
         self.geometry: WorkerGeometry | None = None
         self.blocks: BlockManager | None = None

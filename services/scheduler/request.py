@@ -32,6 +32,9 @@ class Request:
     # the prompt plus the tokens generated before preemption.
     num_prefill_tokens: int = 0
     cache_salt: str = ""  # requests share cached KV only with the same salt
+    priority: int = 0  # lower is served first (vLLM's convention); may preempt higher values
+    tenant: str = ""  # whose share of the machine it uses (waiting.py)
+    fair_tag: float = 0.0  # its start tag in the fair queue
     block_ids: list[int] = field(default_factory=list)
     num_blocks_sent: int = 0  # how many of block_ids the worker has been told
     num_cached_blocks: int = 0  # how many of block_ids are in the prefix cache

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from sarathi_serve.scheduler.block_manager import BlockManager
 from sarathi_serve.scheduler.request import Request, RequestStatus
+from sarathi_serve.scheduler.waiting import WaitingQueue
 
 
 @dataclass(slots=True)
 class SchedulerState:
-    waiting: deque[Request] = field(default_factory=deque)  # FCFS; preempted go first
+    waiting: WaitingQueue = field(default_factory=WaitingQueue)  # priority, fair share, arrival
     running: list[Request] = field(default_factory=list)  # admission order
     num_preemptions: int = 0
 

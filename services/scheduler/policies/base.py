@@ -105,16 +105,54 @@ def next_waiting(state: SchedulerState, blocks: BlockManager) -> Request:
 def make_room(
     request: Request, num_tokens: int, state: SchedulerState, blocks: BlockManager, out: Schedule
 ) -> bool:
-    """Preempts the newest running requests until `request` fits.
-
-    Returns False when `request` itself had to be preempted."""
+    """Preempts running requests, the lowest priority first and the newest among
+    them, until `request` fits. Returns False when `request` itself had to go."""
     while not blocks.can_allocate(request, num_tokens):
-        victim = state.running[-1]
-        state.preempt(victim, blocks)
-        out.preempted.append(victim)
+        victim = preemption_victim(state)
+        _preempt(victim, state, blocks, out)
         if victim is request:
             return False
     return True
+
+
+def make_room_to_admit(
+    request: Request,
+    num_tokens: int,
+    state: SchedulerState,
+    blocks: BlockManager,
+    out: Schedule,
+    max_running: int,
+) -> bool:
+    """Whether waiting `request` can start now with `num_tokens`: preempts running
+    requests of a strictly lower priority (a higher value) while it lacks a place
+    among `max_running` or KV blocks. Equal priorities never preempt each other."""
+    while len(state.running) >= max_running or not blocks.can_allocate(
+        request, num_tokens, admit=True
+    ):
+        if not state.running:
+            return False
+        victim = preemption_victim(state)
+        if victim.priority <= request.priority:
+            return False
+        _preempt(victim, state, blocks, out)
+    return True
+
+
+def preemption_victim(state: SchedulerState) -> Request:
+    """The running request to preempt first: the lowest priority, the newest of them."""
+    running = state.running
+    victim = running[-1]
+    for request in reversed(running):
+        if request.priority > victim.priority:
+            victim = request
+    return victim
+
+
+def _preempt(victim: Request, state: SchedulerState, blocks: BlockManager, out: Schedule) -> None:
+    state.preempt(victim, blocks)
+    out.preempted.append(victim)
+    if any(request is victim for request, _ in out.chunks):  # scheduled before it lost out
+        out.chunks[:] = [(r, n) for r, n in out.chunks if r is not victim]
 
 
 def schedule_whole_prefills(
@@ -137,10 +175,10 @@ def schedule_whole_prefills(
         ):
             return budget
         budget = _take_whole(request, blocks, out, budget)
-    while state.waiting and len(state.running) < max_running:
+    while state.waiting and max_running > 0:
         request = next_waiting(state, blocks)
-        if not _fits(request, budget, out, first_may_exceed) or not blocks.can_allocate(
-            request, request.num_pending_tokens, admit=True
+        if not _fits(request, budget, out, first_may_exceed) or not make_room_to_admit(
+            request, request.num_pending_tokens, state, blocks, out, max_running
         ):
             blocks.forget_reuse(request)
             break

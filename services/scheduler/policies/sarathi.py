@@ -3,7 +3,9 @@
 Every iteration carries, within `token_budget` tokens:
   1. one token for each running request that is decoding (decodes never stall),
   2. the next chunk of running requests whose prefill is unfinished,
-  3. the first chunk of new requests, first come first served.
+  3. the first chunk of new requests, first come first served,
+with 2 and 3 ordered by priority and fair share when there are several of either
+(waiting.py): a light tenant's new prompt goes before a heavy tenant's running ones.
 Running requests are capped at min(max_num_seqs, token_budget) so that every
 decode fits in every iteration.
 
@@ -23,6 +25,7 @@ whose prefill has computed `c` tokens is stage `c // (max_tokens / stages)` of
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from sarathi_serve.scheduler.block_manager import BlockManager
@@ -30,12 +33,13 @@ from sarathi_serve.scheduler.policies.base import (
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_TOKEN_BUDGET,
     Schedule,
+    make_room_to_admit,
     next_waiting,
     schedule_decodes,
     validate_limits,
 )
 from sarathi_serve.scheduler.policies.step_model import StepTimeModel
-from sarathi_serve.scheduler.request import Request
+from sarathi_serve.scheduler.request import Request, RequestStatus
 from sarathi_serve.scheduler.state import SchedulerState
 
 MIN_PREFILL_TOKENS = 16
@@ -95,8 +99,7 @@ class SarathiPolicy:
         num_decodes = self.token_budget - left
         prefill = self._prefill_budget(num_decodes, left)
         self.last_budget = num_decodes + prefill
-        budget = self._schedule_running_prefills(state, blocks, out, prefill)
-        self._admit_waiting(state, blocks, out, budget)
+        self._schedule_prefills(state, blocks, out, prefill)
         return out
 
     def observe(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
@@ -121,28 +124,36 @@ class SarathiPolicy:
             )
         return num_tokens
 
-    def _schedule_running_prefills(
-        self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
-    ) -> int:
-        for request in [r for r in state.running if r.is_prefilling]:
-            num_tokens = self._chunk(request, out, budget)
-            if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens):
-                break
-            blocks.allocate(request, num_tokens)
-            out.chunks.append((request, num_tokens))
-            budget -= num_tokens
-        return budget
-
-    def _admit_waiting(
+    def _schedule_prefills(
         self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
     ) -> None:
-        while state.waiting and budget > 0 and len(state.running) < self.max_running:
-            request = next_waiting(state, blocks)
-            num_tokens = self._chunk(request, out, budget)
-            if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens, admit=True):
-                blocks.forget_reuse(request)
-                break
-            state.admit(request)
+        """Fills the budget with prefill chunks of running and waiting requests, the
+        first by `share_key` first (one tenant, one priority: running ones, then new ones
+        first come, first served). A running chunk that does not fit in KV ends the
+        iteration's prefills; a waiting one that cannot start ends admissions."""
+        share = state.waiting.share_key
+        running = deque(sorted((r for r in state.running if r.is_prefilling), key=share))
+        admitting = True
+        while budget > 0 and (running or (admitting and state.waiting)):
+            if running and not (
+                admitting and state.waiting and share(state.waiting[0]) < share(running[0])
+            ):
+                request = running.popleft()
+                if request.status is not RequestStatus.RUNNING:  # preempted to admit
+                    continue
+                num_tokens = self._chunk(request, out, budget)
+                if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens):
+                    return
+            else:
+                request = next_waiting(state, blocks)
+                num_tokens = self._chunk(request, out, budget)
+                if num_tokens <= 0 or not make_room_to_admit(
+                    request, num_tokens, state, blocks, out, self.max_running
+                ):
+                    blocks.forget_reuse(request)
+                    admitting = False
+                    continue
+                state.admit(request)
             blocks.allocate(request, num_tokens)
             out.chunks.append((request, num_tokens))
             budget -= num_tokens
