@@ -129,6 +129,7 @@ async def _take_over(
             max_num_waiting=config.max_num_waiting,
             watermark=config.watermark,
             prefix_caching=config.prefix_caching,
+            tenant_weights=config.tenant_weights_by_name(),
         )
 
     front = SchedulerFront(

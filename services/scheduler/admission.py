@@ -10,6 +10,7 @@ from sarathi_serve.common.limits import (
     MAX_GRAMMAR_CHARS,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_STOP_TOKEN_IDS,
+    MAX_USER_CHARS,
     request_id_problem,
 )
 from sarathi_serve.common.step import WorkerGeometry
@@ -27,6 +28,8 @@ def check_request(request: Request, geometry: WorkerGeometry | None) -> None:
         raise InvalidArgument("prompt_token_ids: must not be empty")
     if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
         raise InvalidArgument(f"cache_salt: at most {MAX_CACHE_SALT_CHARS} characters")
+    if len(request.tenant) > MAX_USER_CHARS:
+        raise InvalidArgument(f"tenant: at most {MAX_USER_CHARS} characters")
     if len(sampling.stop_token_ids) > MAX_STOP_TOKEN_IDS:
         raise InvalidArgument(
             f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(sampling.stop_token_ids)}"

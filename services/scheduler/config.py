@@ -12,6 +12,7 @@ from sarathi_serve.scheduler.policies import (
     Policy,
     make_policy,
 )
+from sarathi_serve.scheduler.waiting import parse_tenant_weights
 
 DEFAULT_PORT = 50052
 
@@ -38,6 +39,7 @@ class SchedulerConfig:
     chunk_schedule_stages: int = 16
     prefix_caching: bool = True  # reuse the KV of cached prompt prefixes (--no-prefix-caching)
     pace_plans: bool = True  # plan each step just before the one computing ends (pacing.py)
+    tenant_weights: str = ""  # NAME=WEIGHT,...: shares of the waiting queue (1 unnamed)
     worker_stall_s: float = 5.0  # a step this long past 4x its predicted time: the worker hangs
 
     def __post_init__(self) -> None:
@@ -47,6 +49,7 @@ class SchedulerConfig:
             )
         if self.worker_stall_s < 0:
             raise ValueError(f"worker_stall_s must be >= 0, got {self.worker_stall_s}")
+        self.tenant_weights_by_name()  # refuses a malformed list at start
         for name in ("token_budget", "max_num_seqs", "max_num_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -62,6 +65,9 @@ class SchedulerConfig:
             chunk_schedule_max_tokens=self.chunk_schedule_max_tokens,
             chunk_schedule_stages=self.chunk_schedule_stages,
         )
+
+    def tenant_weights_by_name(self) -> dict[str, float]:
+        return parse_tenant_weights(self.tenant_weights)
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> SchedulerConfig:
@@ -87,6 +93,8 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "worker_stall_s": "a worker whose step runs longer than this plus 4x the time steps like "
     "it take hangs: it is dropped and its requests are recomputed on another worker "
     "(or on it when it attaches again); 0: never",
+    "tenant_weights": "NAME=WEIGHT,... : tenants (an API key's tenant, else the request's "
+    "user) share the waiting queue in proportion to their weights; unnamed tenants weigh 1",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "session_grace_s": "how long a disconnected gateway's requests wait for it to resume",
 }

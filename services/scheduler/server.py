@@ -197,6 +197,8 @@ def _request_from_pb(msg: pb.Submit, gateway_id: str) -> Request:
         session_id=gateway_id,
         arrival_time=time.time(),
         cache_salt=msg.cache_salt,
+        priority=msg.priority,
+        tenant=msg.tenant,
     )
 
 

@@ -3,7 +3,8 @@
 Schema (all keys under `prefix`, default `sarathi`):
 
     {p}:req:{id}   HASH   prompt (packed uint32 LE), sampling (JSON), session,
-                          arrival (unix s), cache_salt, status (running|finished), stop_reason,
+                          arrival (unix s), cache_salt, priority, tenant,
+                          status (running|finished), stop_reason,
                           error_code and error_message (with stop_reason error)
     {p}:out:{id}   STRING generated token ids, packed uint32 LE, APPENDed per iteration
     {p}:inflight   SET    ids of accepted, unfinished requests
@@ -103,6 +104,8 @@ class StoredRequest:
     arrival_time: float
     output_token_ids: list[int]
     cache_salt: str = ""
+    priority: int = 0
+    tenant: str = ""
 
     def to_request(self, awaiting_resume: bool) -> Request:
         """The request, to recompute (prompt + tokens so far); all of them released."""
@@ -116,6 +119,8 @@ class StoredRequest:
             awaiting_resume=awaiting_resume,
             num_released=len(self.output_token_ids),
             cache_salt=self.cache_salt,
+            priority=self.priority,
+            tenant=self.tenant,
         )
 
 
@@ -197,6 +202,8 @@ class RedisStore:
             "session": request.session_id,
             "arrival": repr(request.arrival_time),
             "cache_salt": request.cache_salt,
+            "priority": str(request.priority),
+            "tenant": request.tenant,
             "status": "running",
         }
         hset = ("HSET", self.request_key(request.request_id), *_flat(fields))
@@ -256,6 +263,8 @@ class RedisStore:
                     session_id=fields[b"session"].decode(),
                     arrival_time=float(fields[b"arrival"]),
                     cache_salt=fields.get(b"cache_salt", b"").decode(),
+                    priority=int(fields.get(b"priority", b"0")),
+                    tenant=fields.get(b"tenant", b"").decode(),
                     output_token_ids=unpack_tokens(output or b""),
                 )
             )

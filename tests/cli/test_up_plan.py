@@ -204,6 +204,7 @@ def test_the_readme_switches_for_pacing_and_small_step_threads_reach_the_childre
         (["--tensor-parallel-size", "0"], "tensor_parallel_size must be >= 1"),
         (["--max-num-seqs", "0"], "max_num_seqs must be >= 1"),
         (["--kv-cache-gb", "-1"], "kv_cache_gb must be >= 0"),
+        (["--tenant-weights", "gold=0"], "tenant weight 'gold=0'"),
     ],
 )
 def test_a_bad_service_value_is_refused_before_anything_starts(tmp_path, argv, message):
@@ -217,6 +218,12 @@ def test_prefix_cache_flags_reach_the_scheduler_and_the_gateway(tmp_path):
     argv = ("--redis-url", "redis://x:1/0", "--no-prefix-caching", "--salt-cache-per-api-key")
     off = {c.role: child_config(c) for c in plan(tmp_path, *argv)}
     assert not off["scheduler"].prefix_caching and off["gateway"].salt_cache_per_api_key
+
+
+def test_tenant_weights_reach_the_scheduler(tmp_path):
+    argv = ("--redis-url", "redis://x:1/0", "--tenant-weights", "gold=3,free=0.5")
+    scheduler = next(child_config(c) for c in plan(tmp_path, *argv) if c.role == "scheduler")
+    assert scheduler.tenant_weights_by_name() == {"gold": 3.0, "free": 0.5}
 
 
 def test_the_drain_reaches_the_gateway_and_up_waits_for_it(tmp_path, environment):

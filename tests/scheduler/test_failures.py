@@ -57,6 +57,10 @@ def test_admission_before_any_worker_checks_what_it_can():
     salted.cache_salt = "s" * 257
     with pytest.raises(InvalidArgument, match="cache_salt: at most 256 characters"):
         core.add(salted)
+    crowd = request("crowd")
+    crowd.tenant = "t" * 257
+    with pytest.raises(InvalidArgument, match="tenant: at most 256 characters"):
+        core.add(crowd)
 
 
 def test_a_request_the_worker_refused_ends_with_its_error_and_the_others_go_on():

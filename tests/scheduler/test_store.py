@@ -128,3 +128,19 @@ def test_load_inflight_resumes_requests_with_their_tokens(redis_server):
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_recovered_request_keeps_its_priority_tenant_and_salt(redis_server):
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = RedisStore(client, prefix="t-class")
+        req = make_request("classy", 4)
+        req.priority, req.tenant, req.cache_salt = -3, "acme", "pepper"
+        await store.persist_iteration([req], [RequestUpdate(req, (9,), None)])
+        (stored,) = await store.load_inflight()
+        again = stored.to_request(awaiting_resume=True)
+        assert (again.priority, again.tenant, again.cache_salt) == (-3, "acme", "pepper")
+        assert again.output_token_ids == [9]
+        await client.aclose()
+
+    asyncio.run(scenario())
