@@ -136,7 +136,7 @@ async def _start_grpc(
     server = grpc.aio.server(
         options=SERVER_OPTIONS, interceptors=[BearerInterceptor(api_keys, "a valid API key")]
     )
-    add_generation_service(server, validator, generator)
+    add_generation_service(server, validator, generator, api_keys)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     address = f"{config.host}:{config.port}"
     if config.tls_cert_file:

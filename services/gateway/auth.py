@@ -3,30 +3,118 @@
 
 Keys come from a file (one per line, `#` comments) and/or a comma-separated
 list (the SARATHI_GATEWAY_API_KEYS environment variable). No keys: open access.
+
+A line of the file may give the key a policy after it, `KEY tenant=NAME priority=N`:
+its requests share the machine as tenant NAME (the scheduler's `--tenant-weights`
+names), and are served at priority N unless they ask for a higher value; they never
+get a lower one (a key cannot jump its own class).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from sarathi_serve.common.auth import bearer_key
+from sarathi_serve.common.errors import InvalidArgument
+from sarathi_serve.common.limits import MAX_USER_CHARS
+
+PRIORITY_KEY = "x-sarathi-priority"  # the request's priority when its body has none
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # an int32, as on gRPC
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    tenant: str = ""  # "": a hash of the key
+    priority: int | None = None  # the default and the lowest value it is served at
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, as far as sharing the machine goes."""
+
+    tenant: str = ""  # "": no API key (the request's `user` stands in)
+    policy: KeyPolicy = KeyPolicy()
+
+    def priority(self, asked: int | None, header: str | None = None) -> int:
+        """The priority a request is served at: the one it asked for (its body, else
+        the `x-sarathi-priority` header), else its key's; never below its key's."""
+        if asked is None and header:
+            asked = _parse_priority(header)
+        floor = self.policy.priority
+        if asked is None:
+            return floor or 0
+        return asked if floor is None else max(asked, floor)
+
+
+def _parse_priority(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise InvalidArgument(f"{PRIORITY_KEY}: expected an integer, got {text[:40]!r}") from None
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidArgument(f"{PRIORITY_KEY}: out of the int32 range")
+    return value
+
+
+def parse_key_line(line: str) -> tuple[str, KeyPolicy]:
+    """`KEY [tenant=NAME] [priority=N]`; ValueError says what is wrong (never the key)."""
+    key, *options = line.split()
+    fields: dict[str, str] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or name not in ("tenant", "priority") or not value:
+            raise ValueError(f"expected tenant=NAME or priority=N after the key, got {option!r}")
+        fields[name] = value
+    tenant = fields.get("tenant", "")
+    if len(tenant) > MAX_USER_CHARS:
+        raise ValueError(f"tenant: at most {MAX_USER_CHARS} characters")
+    priority = None
+    if "priority" in fields:
+        try:
+            priority = _parse_priority(fields["priority"])
+        except InvalidArgument as exc:
+            raise ValueError(str(exc).replace(PRIORITY_KEY, "priority")) from None
+    return key, KeyPolicy(tenant, priority)
 
 
 class ApiKeys:
-    def __init__(self, keys: set[str]):
-        self._keys = {k.encode() for k in keys}
+    def __init__(self, keys: Mapping[str, KeyPolicy] | set[str]):
+        policies = keys if isinstance(keys, Mapping) else dict.fromkeys(keys, KeyPolicy())
+        self._keys = {k.encode(): policy for k, policy in policies.items()}
 
     @classmethod
     def load(cls, keys: str = "", keys_file: str = "") -> ApiKeys:
-        found = {k.strip() for k in keys.split(",") if k.strip()}
+        found = {k.strip(): KeyPolicy() for k in keys.split(",") if k.strip()}
         if keys_file:
-            for line in Path(keys_file).read_text().splitlines():
+            lines = Path(keys_file).read_text().splitlines()
+            for number, line in enumerate(lines, 1):
                 line = line.split("#", 1)[0].strip()
-                if line:
-                    found.add(line)
+                if not line:
+                    continue
+                try:
+                    key, policy = parse_key_line(line)
+                except ValueError as exc:
+                    raise ValueError(f"{keys_file}, line {number}: {exc}") from None
+                found[key] = policy
         return cls(found)
+
+    def caller(self, authorization: str | None) -> Caller:
+        """The tenant and policy of the key in `authorization` (already allowed)."""
+        key = bearer_key(authorization)
+        if not key:
+            return Caller()
+        policy = self._policy(key.encode()) or KeyPolicy()
+        return Caller(policy.tenant or tenant_of(authorization), policy)
+
+    def _policy(self, given: bytes) -> KeyPolicy | None:
+        for key, policy in self._keys.items():
+            if hmac.compare_digest(given, key):
+                return policy
+        return None
 
     @property
     def enabled(self) -> bool:
@@ -37,7 +125,7 @@ class ApiKeys:
         if not self._keys:
             return True
         given = bearer_key(authorization).encode()
-        return bool(given) and any(hmac.compare_digest(given, k) for k in self._keys)
+        return bool(given) and self._policy(given) is not None
 
 
 def tenant_of(authorization: str | None) -> str:

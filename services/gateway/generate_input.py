@@ -93,3 +93,4 @@ class GenerateInput:
     cache_salt: str = ""  # shares cached prompt prefixes only with the same salt
     # max_tokens unset: as many as the context holds (OpenAI chat), not DEFAULT_MAX_TOKENS
     fill_context: bool = False
+    priority: int | None = None  # lower is served first (vLLM's); None: auth.Caller's

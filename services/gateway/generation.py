@@ -187,7 +187,7 @@ class Generator:
         tenant: str = "",
     ) -> Generation:
         """Submits the request; raises ServiceError if it cannot be admitted. `tenant`
-        names the API key (`auth.tenant_of`): with salting per key, requests of two
+        names the API key (`auth.Caller.tenant`): with salting per key, requests of two
         keys never share cached prefixes."""
         if len(user) > MAX_USER_CHARS:
             raise InvalidArgument(f"user: at most {MAX_USER_CHARS} characters, got {len(user)}")
@@ -205,7 +205,12 @@ class Generator:
         if self.salt_cache_per_api_key and tenant:
             salt = f"{tenant}:{salt}"
         events = await variant.client.submit(
-            request_id, prepared.prompt_token_ids, prepared.sampling, cache_salt=salt
+            request_id,
+            prepared.prompt_token_ids,
+            prepared.sampling,
+            cache_salt=salt,
+            priority=prepared.priority or 0,
+            tenant=tenant or user,  # the fair share: the API key's tenant, else the end user
         )
         log.info(
             "request %s: %d prompt tokens, variant %s",

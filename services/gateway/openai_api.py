@@ -44,7 +44,7 @@ def build_app(
     app = FastAPI(title="sarathi-serve", docs_url=None, redoc_url=None, openapi_url=None)
     _add_refusals(app, api_keys)
     _add_info_routes(app, validator, generator, metrics)
-    _add_completion_routes(app, OpenAICompletions(validator, generator))
+    _add_completion_routes(app, OpenAICompletions(validator, generator, api_keys))
     return BodyLimit(app, max_body_bytes)
 
 

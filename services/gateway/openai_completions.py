@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from sarathi_serve.common.errors import InvalidArgument
 from sarathi_serve.common.limits import MAX_CLIENT_REQUEST_ID_CHARS, request_id_problem
-from sarathi_serve.gateway.auth import tenant_of
+from sarathi_serve.gateway.auth import PRIORITY_KEY, ApiKeys
 from sarathi_serve.gateway.generation import Delta, Generation, Generator, Logprob
 from sarathi_serve.gateway.openai_answers import (
     REQUEST_ID_HEADER,
@@ -36,9 +36,10 @@ from sarathi_serve.gateway.validation import PreparedRequest, RequestValidator
 class OpenAICompletions:
     """The two generating endpoints; both validate through the gRPC edge's validator."""
 
-    def __init__(self, validator: RequestValidator, generator: Generator):
+    def __init__(self, validator: RequestValidator, generator: Generator, api_keys: ApiKeys):
         self.validator = validator
         self.generator = generator
+        self.api_keys = api_keys
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         prepared = [await self.validator.prepare_async(r) for r in body.to_inputs()]
@@ -98,17 +99,22 @@ class OpenAICompletions:
             raise InvalidArgument(f"{REQUEST_ID_HEADER}: {problem}")
         user = user or request.headers.get(USER_KEY, "")
         pinned = request.headers.get(VARIANT_KEY, "")
-        tenant = tenant_of(request.headers.get("authorization"))
+        caller = self.api_keys.caller(request.headers.get("authorization"))
+        header_priority = request.headers.get(PRIORITY_KEY)
         generations: list[Generation] = []
         try:
             for p in prepared:
                 for j in range(n):
                     seed = p.sampling.seed
                     sampling = replace(p.sampling, seed=seed + j) if seed is not None else None
-                    choice = replace(p, sampling=sampling) if sampling else p
+                    choice = replace(
+                        p,
+                        sampling=sampling or p.sampling,
+                        priority=caller.priority(p.priority, header_priority),
+                    )
                     request_id = base if len(prepared) * n == 1 else f"{base}-{len(generations)}"
                     generation = await self.generator.start(
-                        request_id, choice, user, pinned, tenant
+                        request_id, choice, user, pinned, caller.tenant
                     )
                     generations.append(generation)
         except BaseException:

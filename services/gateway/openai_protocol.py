@@ -55,6 +55,7 @@ class _SamplingFields(_Body):
     best_of: StrictInt | None = None
     user: StrictStr | None = None
     cache_salt: StrictStr | None = None  # vLLM's field: prefixes are shared per salt
+    priority: Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)] | None = None  # lower: first
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     ignore_eos: StrictBool = False
@@ -126,7 +127,10 @@ class CompletionRequest(_SamplingFields):
         _check_utf8("prompt", *texts)
         self._check_names_utf8()
         salt = self.cache_salt or ""
-        return [gi.GenerateInput(prompt, self.model or "", options, salt) for prompt in prompts]
+        return [
+            gi.GenerateInput(prompt, self.model or "", options, salt, priority=self.priority)
+            for prompt in prompts
+        ]
 
     def _prompts(self) -> list[gi.Prompt]:
         prompt = self.prompt
@@ -210,7 +214,9 @@ class ChatCompletionRequest(_SamplingFields):
         tools = tuple(t.as_openai() for t in use.shown) if use else ()
         _check_utf8("tools", json.dumps(tools, ensure_ascii=False) if tools else "")
         prompt = gi.ChatPrompt(messages, tools)
-        return gi.GenerateInput(prompt, self.model or "", options, salt, fill_context=True)
+        return gi.GenerateInput(
+            prompt, self.model or "", options, salt, fill_context=True, priority=self.priority
+        )
 
 
 def _chat_message(index: int, m: ChatMessage) -> gi.ChatMessage:

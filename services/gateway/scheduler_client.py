@@ -110,6 +110,8 @@ class SchedulerClient:
         sampling: SamplingParams,
         timeout: float = 10.0,
         cache_salt: str = "",
+        priority: int = 0,
+        tenant: str = "",
     ) -> asyncio.Queue[TokenEvent]:
         """Sends a request; returns the queue its events arrive on."""
         try:
@@ -125,6 +127,8 @@ class SchedulerClient:
             prompt_token_ids=prompt_token_ids,
             sampling=sampling_to_pb(sampling),
             cache_salt=cache_salt,
+            priority=priority,
+            tenant=tenant,
         )
         entry = _InFlight(submit, asyncio.Queue())
         self._inflight[request_id] = entry

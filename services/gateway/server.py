@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -19,7 +19,7 @@ from sarathi_serve.common.errors import InvalidArgument, ServiceError, status_of
 from sarathi_serve.common.grammar import ANY_OBJECT
 from sarathi_serve.common.limits import MAX_CLIENT_REQUEST_ID_CHARS, request_id_problem
 from sarathi_serve.common.sampling import Grammar
-from sarathi_serve.gateway.auth import tenant_of
+from sarathi_serve.gateway.auth import PRIORITY_KEY, ApiKeys
 from sarathi_serve.gateway.generate_input import (
     ChatMessage,
     ChatPrompt,
@@ -45,13 +45,16 @@ _FINISH_REASON = {
 
 
 def add_generation_service(
-    server: grpc.aio.Server, validator: RequestValidator, generator: Generator
+    server: grpc.aio.Server,
+    validator: RequestValidator,
+    generator: Generator,
+    api_keys: ApiKeys | None = None,
 ) -> None:
     """Serves the public Generation service (SERVICE_NAME) on `server`. Its requests are
     parsed leniently: bytes that are no GenerateRequest (invalid UTF-8 in a string, a
     truncated field) reach `Generate` as an `Undecodable`, answered INVALID_ARGUMENT
     (grpc's own parsing would answer UNKNOWN)."""
-    servicer = GenerationServicer(validator, generator)
+    servicer = GenerationServicer(validator, generator, api_keys or ApiKeys(set()))
     handlers = {
         "Generate": grpc.unary_stream_rpc_method_handler(
             servicer.Generate,
@@ -81,9 +84,10 @@ def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 class GenerationServicer(gpb_grpc.GenerationServicer):
-    def __init__(self, validator: RequestValidator, generator: Generator):
+    def __init__(self, validator: RequestValidator, generator: Generator, api_keys: ApiKeys):
         self.validator = validator
         self.generator = generator
+        self.api_keys = api_keys
 
     async def Generate(
         self, request: gpb.GenerateRequest | Undecodable, context: grpc.aio.ServicerContext
@@ -103,12 +107,14 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
         generation: Generation | None = None
         try:
             prepared = await self.validator.prepare_async(generate_input_from_pb(request))
+            caller = self.api_keys.caller(str(metadata.get("authorization", "")))
+            priority = caller.priority(prepared.priority, str(metadata.get(PRIORITY_KEY, "")))
             generation = await self.generator.start(
                 request_id,
-                prepared,
+                replace(prepared, priority=priority),
                 user=request.user or str(metadata.get(USER_KEY, "")),
                 pinned=str(metadata.get(VARIANT_KEY, "")),
-                tenant=tenant_of(str(metadata.get("authorization", ""))),
+                tenant=caller.tenant,
             )
             await context.send_initial_metadata(((VARIANT_KEY, generation.variant),))
             async for delta in generation.deltas():
@@ -127,6 +133,7 @@ def generate_input_from_pb(msg: gpb.GenerateRequest) -> GenerateInput:
         model=msg.model,
         sampling=_sampling_from_pb(msg.sampling),  # unset: all defaults, as an empty one
         cache_salt=msg.cache_salt,
+        priority=msg.priority if msg.HasField("priority") else None,
     )
 
 

@@ -46,6 +46,7 @@ class PreparedRequest:
     sampling: SamplingParams
     stop: tuple[str, ...] = ()  # stop strings, cut from the text by the gateway
     cache_salt: str = ""
+    priority: int | None = None  # None until the edge applies the caller's (auth.py)
 
 
 class RequestValidator:
@@ -88,7 +89,7 @@ class RequestValidator:
         stop = stop_strings(request.sampling.stop)
         if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
             raise InvalidArgument(f"cache_salt: at most {MAX_CACHE_SALT_CHARS} characters")
-        return PreparedRequest(prompt_ids, sampling, stop, request.cache_salt)
+        return PreparedRequest(prompt_ids, sampling, stop, request.cache_salt, request.priority)
 
     def _prompt_token_ids(self, request: GenerateInput) -> list[int]:
         prompt = request.prompt

@@ -31,6 +31,8 @@ class NullStack:
         variants: dict[str, float] | None = None,
         tls: tuple[Path, Path] | None = None,  # (certificate, key)
         workers: int = 1,  # null workers (model replicas) per variant
+        scheduler_args: tuple[str, ...] = (),
+        worker_args: tuple[str, ...] = (),
     ):
         self.workers: dict[str, list[subprocess.Popen[bytes]]] = {}
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -42,7 +44,8 @@ class NullStack:
             addr = f"127.0.0.1:{free_port()}"
             self.scheduler_addrs[name] = addr
             routes.append({"name": name, "weight": weight, "scheduler_addr": addr})
-            self._spawn(f"scheduler-{name}", "scheduler", "--port", addr.split(":")[1])
+            port = addr.split(":")[1]
+            self._spawn(f"scheduler-{name}", "scheduler", "--port", port, *scheduler_args)
             self.workers[name] = [
                 self._spawn(
                     f"worker-{name}-{i}",
@@ -54,6 +57,7 @@ class NullStack:
                     addr,
                     "--port",
                     str(free_port()),
+                    *worker_args,
                 )
                 for i in range(workers)
             ]

@@ -118,6 +118,17 @@ def test_a_request_id_header_out_of_bounds_is_refused(http, request_id):
     assert response.json()["error"]["message"].startswith("x-request-id: ")
 
 
+def test_a_bad_priority_header_is_refused_on_both_edges(http, grpc_stub):
+    response = http.post("/v1/completions", json=OK, headers={"x-sarathi-priority": "soon"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith("x-sarathi-priority: ")
+    request = gpb.GenerateRequest(prompt="hi", sampling=gpb.SamplingOptions(max_tokens=1))
+    with pytest.raises(grpc.RpcError) as error:
+        list(grpc_stub.Generate(request, metadata=[("x-sarathi-priority", "1e9")], timeout=30))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("x-sarathi-priority: ")
+
+
 def test_unknown_paths_and_methods_answer_openais_error_shape(http):
     for response, status in (
         (_post(http, "/v1/nothing", OK), 404),

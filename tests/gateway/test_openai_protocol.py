@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
+from pydantic import ValidationError
 
 from sarathi_serve.common.errors import InvalidArgument
 from sarathi_serve.gateway.generate_input import (
@@ -133,3 +134,21 @@ def test_a_lone_surrogate_in_a_chat_message_is_invalid_argument():
     body = ChatCompletionRequest(messages=[{"role": "user", "content": "ok \udfff"}])
     with pytest.raises(InvalidArgument, match=r"^messages\[0\]: not valid Unicode text"):
         body.to_input()
+
+
+def test_priority_reaches_the_prepared_request_on_both_endpoints(tokenizer):
+    validator = RequestValidator(tokenizer, "m", max_model_len=64)
+    completion = CompletionRequest(prompt="x", priority=-5).to_inputs()[0]
+    chat = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], priority=7)
+    assert validator.prepare(completion).priority == -5
+    assert validator.prepare(chat.to_input()).priority == 7
+    assert CompletionRequest(prompt="x").to_inputs()[0].priority is None  # the caller's
+    assert generate_input_from_pb(gpb.GenerateRequest(prompt="x", priority=3)).priority == 3
+    assert generate_input_from_pb(gpb.GenerateRequest(prompt="x", priority=0)).priority == 0
+    assert generate_input_from_pb(gpb.GenerateRequest(prompt="x")).priority is None
+
+
+@pytest.mark.parametrize("priority", [2**31, -(2**31) - 1, 1.5, "1", True])
+def test_a_priority_outside_int32_or_not_an_integer_is_refused(priority):
+    with pytest.raises(ValidationError):
+        CompletionRequest(prompt="x", priority=priority)
