@@ -97,9 +97,11 @@ async def _lead(
     servicer.activate(front, 0 if store is None else store.epoch)
     await set_serving(health, [SERVICE_NAME], True)
     log.info(
-        "scheduler %s leads on %s (epoch %d, policy %s, token budget %d, redis %s)",
+        "scheduler %s leads on %s (epoch %d, policy %s, token budget %d, redis %s, "
+        "tenant weights %s)",
         *(scheduler_id, address, servicer.epoch, front.policy.name, front.policy.token_budget),
         config.redis_url or "off",
+        config.tenant_weights or "equal",
     )
     tasks = {asyncio.ensure_future(front.run()), asyncio.ensure_future(stop.wait())}
     if lease is not None:
