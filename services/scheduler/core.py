@@ -216,9 +216,10 @@ class SchedulerCore:
         self._in_flight.append(planned)
         return planned
 
-    def observe(self, planned: PlannedStep, execution_ms: float) -> None:
-        """Tells the policy (an SLO-driven budget adapts) how long the step took."""
-        self.policy.observe(planned.num_prefill_tokens, planned.num_decode_tokens, execution_ms)
+    def observe(self, planned: PlannedStep, execution_ms: float, interval_ms: float | None):
+        """Feeds the policy a step's time and interval (None: after idle): budgets adapt."""
+        p = planned
+        self.policy.observe(p.num_prefill_tokens, p.num_decode_tokens, execution_ms, interval_ms)
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
         """Appends sampled tokens and finishes requests that reached a stop. Results

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sarathi_serve.common.metrics import LATENCY_BUCKETS
+from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 
 if TYPE_CHECKING:
     from sarathi_serve.scheduler.front import SchedulerFront
@@ -129,3 +130,33 @@ class _Occupancy(Collector):
             counter = CounterMetricFamily(name, doc, labels=["policy"])
             counter.add_metric(labels, value)
             yield counter
+        yield from _tail_series(front, labels)
+
+
+def _tail_series(front: SchedulerFront, labels: list[str]) -> Iterator[Metric]:
+    """With an SLO-driven budget: how often decoding clients waited past the target."""
+    guards = [r.policy.guard for r in front.replicas if isinstance(r.policy, SarathiPolicy)]
+    tails = [g for g in guards if g is not None]
+    if not tails:
+        return
+    for name, doc, value in (
+        ("sarathi_scheduler_tbt_intervals", "Intervals between two results that decoding "
+         "requests waited (one per decode)", sum(g.num_intervals for g in tails)),
+        ("sarathi_scheduler_tbt_target_misses", "Of them, longer than --target-tbt-ms",
+         sum(g.num_missed for g in tails)),
+        ("sarathi_scheduler_tbt_target_excess_seconds", "Their total time past the target",
+         sum(g.missed_by_ms for g in tails) / 1e3),
+    ):  # fmt: skip
+        counter = CounterMetricFamily(name, doc, labels=["policy"])
+        counter.add_metric(labels, value)
+        yield counter
+    for name, doc, value in (
+        ("sarathi_scheduler_tbt_target_seconds", "The SLO-driven budget's target",
+         tails[0].target_ms / 1e3),
+        ("sarathi_scheduler_step_target_seconds", "The predicted step time budgets are "
+         "fitted to: the target less the tail margin (mean of replicas)",
+         sum(g.step_target_ms for g in tails) / len(tails) / 1e3),
+    ):  # fmt: skip
+        family = GaugeMetricFamily(name, doc, labels=["policy"])
+        family.add_metric(labels, value)
+        yield family

@@ -245,12 +245,12 @@ class Replica:
             result = StepResult(planned.plan.step_id)
         else:
             result = await self._result(step, step.result)
-        t_result = self._last_result_at = time.perf_counter()
+        previous, self._last_result_at = self._last_result_at, time.perf_counter()
         updates = self.core.apply(result, self._clock())
-        accepted, self._accepted = self._accepted, []
-        ended, self._ended = self._ended, []
+        accepted, ended, self._accepted, self._ended = self._accepted, self._ended, [], []
         if planned.plan.chunks:
-            self.core.observe(planned, result.execution_ms)
+            interval_ms = None if step.after_idle else (self._last_result_at - previous) * 1e3
+            self.core.observe(planned, result.execution_ms, interval_ms)
             if self.deadline is not None:
                 self.deadline.observe(planned, result.execution_ms)
             if self.pacer is not None:
@@ -261,7 +261,7 @@ class Replica:
             start_time=step.start_time,
             scheduling_s=step.scheduling_s,
             # on the replica's loop: planning, applying, waiting for the previous release
-            control_s=step.scheduling_s + (time.perf_counter() - t_result),
+            control_s=step.scheduling_s + (time.perf_counter() - self._last_result_at),
             worker_wait_ms=0.0 if step.after_idle else result.worker_wait_ms,
         )
         self._releases.put(Iteration(planned, result, timing, accepted, updates, ended))

@@ -5,7 +5,12 @@ iteration's budget. `SARATHI_SCHEDULER_LOW_CHUNK_SIZE`: the paper's dynamic chun
 schedule, chunks shrinking as a prompt's prefill progresses.
 """
 
+import json
+import re
+import urllib.request
+
 from tests.e2e.oracle import PROMPTS, generate_concurrently, generate_tokens
+from tests.e2e.system import run_cli
 
 BUDGET = 64
 LONG = 6  # the longest prompt
@@ -28,6 +33,22 @@ def test_target_tbt_budget_grows_from_measured_iterations(
     after = system.stats().iterations[len(first) :]
     assert after[0].num_prefill_tokens == num_prompt, "the whole prompt in one iteration"
     assert after[0].token_budget > BUDGET
+    # the tail the target promises, in Prometheus: every decode's wait counted, none late
+    status = run_cli("status", "--json", "--run-dir", str(system.run_dir))
+    url = next(r["metrics"] for r in json.loads(status.stdout) if r["role"] == "scheduler")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+
+    def value(series: str) -> float:
+        found = re.search(rf'^{series}{{policy="sarathi"}} (\S+)$', text, re.M)
+        assert found, series
+        return float(found.group(1))
+
+    assert value("sarathi_scheduler_tbt_intervals_total") > 0
+    assert value("sarathi_scheduler_tbt_target_misses_total") == 0
+    assert value("sarathi_scheduler_tbt_target_excess_seconds_total") == 0
+    assert value("sarathi_scheduler_tbt_target_seconds") == 5.0
+    assert 0 < value("sarathi_scheduler_step_target_seconds") <= 5.0
 
 
 def test_dynamic_chunk_schedule_shrinks_chunks_as_the_prefill_progresses(

@@ -44,8 +44,16 @@ class Policy(Protocol):
         """The token budget the latest `schedule` used (adaptive policies vary it)."""
         ...
 
-    def observe(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
-        """Feedback: how long the worker took for an iteration of this shape."""
+    def observe(
+        self,
+        num_prefill: int,
+        num_decode: int,
+        execution_ms: float,
+        interval_ms: float | None = None,
+    ) -> None:
+        """Feedback: how long the worker took for an iteration of this shape, and the
+        interval since the result before it (what decoding clients waited; None when
+        the worker had been idle)."""
         ...
 
 
@@ -59,7 +67,13 @@ class StaticBudget:
     def last_budget(self) -> int:
         return self.token_budget
 
-    def observe(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
+    def observe(
+        self,
+        num_prefill: int,
+        num_decode: int,
+        execution_ms: float,
+        interval_ms: float | None = None,
+    ) -> None:
         return None
 
 

@@ -12,9 +12,13 @@ decode fits in every iteration.
 With `target_tbt_ms` (beyond the paper, which leaves the chunk size to the
 operator) the budget of each iteration is chosen from a step-time model fitted
 online to measured iteration times: the decodes, plus as many prefill tokens
-as the model says fit in the target (at least `MIN_PREFILL_TOKENS`, so
+as the model says fit in the step target (at least `MIN_PREFILL_TOKENS`, so
 prefills always progress; at most `MAX_BUDGET_FACTOR` x `token_budget`).
-`token_budget` is used until the model has seen enough iterations.
+`token_budget` is used until the model has seen enough iterations. The step
+target is the TBT target less the tail margin `TailGuard` measures (tail.py),
+and no more requests run than their decodes fit in it (`running_cap`): past
+capacity new requests wait rather than make every decode late, and a higher
+priority takes a lower one's place.
 
 With `low_chunk_size` > 0, the paper's dynamic chunk schedule (as in its code):
 a prompt's chunks shrink as its prefill progresses, because the attention of a
@@ -39,6 +43,7 @@ from sarathi_serve.scheduler.policies.base import (
     validate_limits,
 )
 from sarathi_serve.scheduler.policies.step_model import StepTimeModel
+from sarathi_serve.scheduler.policies.tail import TailGuard
 from sarathi_serve.scheduler.request import Request, RequestStatus
 from sarathi_serve.scheduler.state import SchedulerState
 
@@ -56,12 +61,15 @@ class SarathiPolicy:
     chunk_schedule_stages: int = 16
     name: str = "sarathi"
     step_model: StepTimeModel = field(default_factory=StepTimeModel)
+    guard: TailGuard | None = None  # with target_tbt_ms: steers the tail (tail.py)
     last_budget: int = 0  # the budget of the latest schedule
 
     def __post_init__(self) -> None:
         validate_limits(self.token_budget, self.max_num_seqs)
         if self.target_tbt_ms < 0:
             raise ValueError(f"target_tbt_ms must be >= 0, got {self.target_tbt_ms}")
+        if self.target_tbt_ms > 0 and self.guard is None:
+            self.guard = TailGuard(self.target_tbt_ms)
         if not 0 <= self.low_chunk_size <= self.token_budget:
             raise ValueError(
                 f"low_chunk_size must be in [0, token_budget={self.token_budget}], "
@@ -93,6 +101,16 @@ class SarathiPolicy:
     def max_running(self) -> int:
         return min(self.max_num_seqs, self.token_budget)
 
+    def running_cap(self) -> int:
+        """How many may run: `max_running`, and with a TBT target no more than the
+        decodes that fit in the step target beside a minimal chunk, so that admitting
+        one more never makes every decode late (a new request waits instead, unless it
+        can take a lower priority's place: batch classes yield to interactive ones)."""
+        if self.guard is None:
+            return self.max_running
+        fit = self.step_model.max_decodes(MIN_PREFILL_TOKENS, self.guard.step_target_ms)
+        return self.max_running if fit is None else max(min(fit, self.max_running), 1)
+
     def schedule(self, state: SchedulerState, blocks: BlockManager) -> Schedule:
         out = Schedule()
         left = schedule_decodes(state, blocks, out, self.token_budget)
@@ -102,15 +120,28 @@ class SarathiPolicy:
         self._schedule_prefills(state, blocks, out, prefill)
         return out
 
-    def observe(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
-        """Feeds the step-time model with a measured iteration."""
-        if self.target_tbt_ms > 0:
-            self.step_model.observe(num_prefill, num_decode, execution_ms)
+    def observe(
+        self,
+        num_prefill: int,
+        num_decode: int,
+        execution_ms: float,
+        interval_ms: float | None = None,
+    ) -> None:
+        """Feeds the step-time model with a measured iteration, and the tail guard with
+        its interval since the result before it (None: the worker had been idle)."""
+        if self.guard is None:
+            return
+        if interval_ms is not None:
+            model = self.step_model
+            predicted = model.predict_ms(num_prefill, num_decode) if model.ready else None
+            self.guard.observe(interval_ms, predicted, num_prefill, num_decode)
+        self.step_model.observe(num_prefill, num_decode, execution_ms)
 
     def _prefill_budget(self, num_decodes: int, static_left: int) -> int:
         if self.target_tbt_ms <= 0:
             return static_left
-        fit = self.step_model.max_prefill_tokens(num_decodes, self.target_tbt_ms)
+        assert self.guard is not None
+        fit = self.step_model.max_prefill_tokens(num_decodes, self.guard.step_target_ms)
         if fit is None:
             return static_left
         cap = MAX_BUDGET_FACTOR * self.token_budget - num_decodes
@@ -148,7 +179,7 @@ class SarathiPolicy:
                 request = next_waiting(state, blocks)
                 num_tokens = self._chunk(request, out, budget)
                 if num_tokens <= 0 or not make_room_to_admit(
-                    request, num_tokens, state, blocks, out, self.max_running
+                    request, num_tokens, state, blocks, out, self.running_cap()
                 ):
                     blocks.forget_reuse(request)
                     admitting = False

@@ -63,3 +63,15 @@ class StepTimeModel:
             return None
         per_token = self._sum_ms / self._sum_tokens
         return max(int(target_ms / per_token) - num_decode, 0)
+
+    def max_decodes(self, num_prefill: int, target_ms: float) -> int | None:
+        """Decodes that fit beside `num_prefill` prefill tokens within `target_ms`
+        (None: the model does not know yet, or decodes look free)."""
+        if not self.ready:
+            return None
+        w0, w_prefill, w_decode = self.weights
+        if w_decode > 1e-6 and w_prefill >= 0 and w0 >= 0:
+            return max(int((target_ms - w0 - w_prefill * num_prefill) / w_decode), 0)
+        if self._sum_tokens <= 0 or self._sum_ms <= 0:
+            return None
+        return max(int(target_ms * self._sum_tokens / self._sum_ms) - num_prefill, 0)

@@ -1,0 +1,114 @@
+"""The tail guard keeps the P99 of intervals (time between tokens as clients see it)
+at the target, on a simulated machine whose steps are noisy and carry a fixed cost
+outside the step that the step-time model never sees."""
+
+import random
+
+import numpy as np
+import pytest
+
+from sarathi_serve.scheduler.policies.sarathi import MIN_PREFILL_TOKENS, SarathiPolicy
+from sarathi_serve.scheduler.policies.tail import TailGuard
+
+TARGET_MS = 400.0
+DECODES = 24
+
+
+def run(policy: SarathiPolicy, rng: random.Random, steps: int, outside_ms: float) -> list[float]:
+    """Iterations of DECODES decodes plus the prefill the policy's fit allows (a backlog
+    of prompts: it always has some), on a machine of 60 ms + 0.5 ms per prefill token +
+    3 ms per decode, with +-20 % noise; the interval adds `outside_ms`."""
+    intervals = []
+    for _ in range(steps):
+        fit = policy.step_model.max_prefill_tokens(DECODES, policy.guard.step_target_ms)
+        prefill = policy.token_budget if fit is None else max(min(fit, 1024), MIN_PREFILL_TOKENS)
+        execution = (60 + 0.5 * prefill + 3 * DECODES) * rng.uniform(0.8, 1.2)
+        interval = execution + outside_ms * rng.uniform(0.5, 1.5)
+        policy.observe(prefill, DECODES, execution, interval)
+        intervals.append(interval)
+    return intervals
+
+
+def p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99))
+
+
+def test_the_p99_interval_settles_at_the_target_not_far_below_it():
+    policy = SarathiPolicy(token_budget=256, target_tbt_ms=TARGET_MS)
+    intervals = run(policy, random.Random(1), 3000, outside_ms=40.0)
+    settled = intervals[1000:]
+    assert p99(settled) <= 1.05 * TARGET_MS
+    assert np.median(settled) >= 0.6 * TARGET_MS  # the budget is still used
+    # fitting the step to the target itself (no guard) misses at the tail
+    unguarded = SarathiPolicy(token_budget=256, target_tbt_ms=TARGET_MS)
+    unguarded.guard = TailGuard(TARGET_MS, quantile=0.5)  # the median residual: about 0
+    assert p99(run(unguarded, random.Random(1), 3000, outside_ms=40.0)[1000:]) > 1.1 * TARGET_MS
+
+
+def test_it_follows_a_machine_that_gets_slower_outside_the_step():
+    policy = SarathiPolicy(token_budget=256, target_tbt_ms=TARGET_MS)
+    rng = random.Random(2)
+    run(policy, rng, 1500, outside_ms=10.0)
+    before = policy.guard.step_target_ms
+    later = run(policy, rng, 3000, outside_ms=120.0)[1500:]
+    assert policy.guard.step_target_ms < before - 60  # it gave the new overhead back
+    assert p99(later) <= 1.05 * TARGET_MS
+
+
+def test_misses_are_counted_per_decode_and_only_shaped_steps_set_the_margin():
+    guard = TailGuard(100.0)
+    assert guard.step_target_ms == 80.0  # START, until residuals are seen
+    guard.observe(150.0, 90.0, 0, 10)  # decodes alone: counted, no residual
+    assert (guard.num_intervals, guard.num_missed, guard.missed_by_ms) == (10, 10, 500.0)
+    guard.observe(50.0, 40.0, 32, 0)  # nobody decoding waited on it
+    guard.observe(50.0, None, 32, 4)  # the model was not fitted: no residual
+    assert guard.num_intervals == 14 and guard.margin_ms() is None
+    for _ in range(99):  # shaped steps: 10 ms over the prediction, one in 100 is 30 over
+        guard.observe(90.0, 80.0, 32, 4)
+    guard.observe(110.0, 80.0, 32, 4)
+    assert guard.margin_ms() == 10.0 and guard.step_target_ms == 90.0
+    guard.observe(130.0, 80.0, 32, 400)  # a miss of many decodes weighs more
+    assert guard.margin_ms() == 50.0 and guard.step_target_ms == 50.0
+
+
+@pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5])
+def test_a_quantile_outside_0_1_is_refused(quantile):
+    with pytest.raises(ValueError, match="quantile"):
+        TailGuard(100.0, quantile=quantile)
+
+
+def fitted(policy: SarathiPolicy) -> SarathiPolicy:
+    """A model of 50 ms + 1 ms per prefill token + 5 ms per decode."""
+    for prefill, decode in [(0, 1), (64, 4), (128, 2), (256, 8), (32, 16), (0, 32), (100, 20),
+                            (16, 40), (200, 10)]:  # fmt: skip
+        policy.observe(prefill, decode, 50 + 1.0 * prefill + 5.0 * decode)
+    return policy
+
+
+def test_with_a_target_no_more_run_than_their_decodes_fit_and_batch_yields():
+    from sarathi_serve.scheduler.block_manager import BlockManager
+    from sarathi_serve.scheduler.state import SchedulerState
+    from tests.scheduler.helpers import make_request
+
+    policy = fitted(SarathiPolicy(token_budget=256, max_num_seqs=128, target_tbt_ms=400.0))
+    assert policy.running_cap() == 50  # (0.8 x 400 - 50 - 16 prefill) / 5
+    assert SarathiPolicy(token_budget=256, max_num_seqs=128).running_cap() == 128
+    state, blocks = SchedulerState(), BlockManager(1000, 4)
+    for i in range(50):
+        req = make_request(f"batch{i}", 4)
+        req.priority = 5
+        state.waiting.append(req)
+        state.admit(req)
+        blocks.allocate(req, 4)
+        req.num_computed_tokens = 4
+        req.output_token_ids.append(1)
+    peer = make_request("peer", 8)
+    peer.priority = 5
+    state.waiting.append(peer)
+    schedule = policy.schedule(state, blocks)
+    assert not schedule.preempted and len(state.running) == 50  # it waits: decodes stay on time
+    urgent = make_request("urgent", 8)
+    state.waiting.append(urgent)
+    schedule = policy.schedule(state, blocks)
+    assert [r.request_id for r in schedule.preempted] == ["batch49"]  # the newest batch one
+    assert urgent in state.running and len(state.running) == 50
