@@ -34,6 +34,7 @@ class SchedulerConfig:
     session_grace_s: float = 30.0  # a gateway that went away has this long to resume
     metrics_port: int = 0  # Prometheus /metrics; 0: off
     target_tbt_ms: float = 0.0  # > 0: SLO-driven token budget (sarathi policy)
+    target_tbt_factor: float = 0.0  # > 0, no target_tbt_ms: the target from the decode step
     low_chunk_size: int = 0  # > 0: the paper's dynamic chunk schedule (sarathi policy)
     chunk_schedule_max_tokens: int = 8192
     chunk_schedule_stages: int = 16
@@ -61,6 +62,7 @@ class SchedulerConfig:
             token_budget=self.token_budget,
             max_num_seqs=self.max_num_seqs,
             target_tbt_ms=self.target_tbt_ms,
+            target_tbt_factor=self.target_tbt_factor,
             low_chunk_size=self.low_chunk_size,
             chunk_schedule_max_tokens=self.chunk_schedule_max_tokens,
             chunk_schedule_stages=self.chunk_schedule_stages,
@@ -81,7 +83,11 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "max_num_seqs": "requests in one iteration's batch at most",
     "max_num_waiting": "queued requests beyond which submits get RESOURCE_EXHAUSTED",
     "lease_ttl_ms": "leader lease TTL; a standby takes over within about this long",
-    "target_tbt_ms": "sarathi: pick each iteration's budget to keep iterations under this (0: off)",
+    "target_tbt_ms": "sarathi: pick each iteration's budget to keep the P99 of time between "
+    "tokens under this (0: off)",
+    "target_tbt_factor": "sarathi, with no --target-tbt-ms: the target is this times the "
+    "measured decode step, as the paper set its SLOs (0: off; the target is set from the "
+    "first small decode-only steps)",
     "low_chunk_size": "sarathi: chunks shrink from token_budget to this as a prompt's prefill "
     "progresses (the paper's dynamic chunk schedule; 0: off)",
     "chunk_schedule_max_tokens": "dynamic chunk schedule: prefill progress of the last stage",

@@ -34,21 +34,34 @@ def test_target_tbt_budget_grows_from_measured_iterations(
     assert after[0].num_prefill_tokens == num_prompt, "the whole prompt in one iteration"
     assert after[0].token_budget > BUDGET
     # the tail the target promises, in Prometheus: every decode's wait counted, none late
+    metrics = scheduler_metrics(system)
+    assert metrics["sarathi_scheduler_tbt_intervals_total"] > 0
+    assert metrics["sarathi_scheduler_tbt_target_misses_total"] == 0
+    assert metrics["sarathi_scheduler_tbt_target_excess_seconds_total"] == 0
+    assert metrics["sarathi_scheduler_tbt_target_seconds"] == 5.0
+    assert 0 < metrics["sarathi_scheduler_step_target_seconds"] <= 5.0
+
+
+def scheduler_metrics(system) -> dict[str, float]:
+    """The scheduler's Prometheus series of the sarathi policy, by name."""
     status = run_cli("status", "--json", "--run-dir", str(system.run_dir))
     url = next(r["metrics"] for r in json.loads(status.stdout) if r["role"] == "scheduler")
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
+    found = re.findall(r'^(\w+)\{policy="sarathi"\} (\S+)$', text, re.M)
+    return {name: float(value) for name, value in found}
 
-    def value(series: str) -> float:
-        found = re.search(rf'^{series}{{policy="sarathi"}} (\S+)$', text, re.M)
-        assert found, series
-        return float(found.group(1))
 
-    assert value("sarathi_scheduler_tbt_intervals_total") > 0
-    assert value("sarathi_scheduler_tbt_target_misses_total") == 0
-    assert value("sarathi_scheduler_tbt_target_excess_seconds_total") == 0
-    assert value("sarathi_scheduler_tbt_target_seconds") == 5.0
-    assert 0 < value("sarathi_scheduler_step_target_seconds") <= 5.0
+def test_a_target_factor_sets_the_target_from_measured_decode_steps(
+    system_factory, expected_outputs
+):
+    system = system_factory("--token-budget", str(BUDGET), "--target-tbt-factor", "40")
+    assert "sarathi_scheduler_tbt_target_seconds" not in scheduler_metrics(system)
+    for _ in range(2):  # at least 16 decode-only steps of one request
+        assert generate_tokens(system.gateway_addr, PROMPTS[2]) == expected_outputs[2]
+    target_s = scheduler_metrics(system)["sarathi_scheduler_tbt_target_seconds"]
+    assert 40 * 0.002 < target_s < 40 * 1.0  # 40 x a decode step of 2 ms to 1 s
+    assert generate_concurrently(system.gateway_addr) == expected_outputs  # and still exact
 
 
 def test_dynamic_chunk_schedule_shrinks_chunks_as_the_prefill_progresses(

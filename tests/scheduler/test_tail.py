@@ -112,3 +112,24 @@ def test_with_a_target_no_more_run_than_their_decodes_fit_and_batch_yields():
     schedule = policy.schedule(state, blocks)
     assert [r.request_id for r in schedule.preempted] == ["batch49"]  # the newest batch one
     assert urgent in state.running and len(state.running) == 50
+
+
+def test_a_target_factor_sets_the_target_from_the_measured_decode_step():
+    policy = SarathiPolicy(token_budget=256, target_tbt_factor=5.0)
+    assert policy.guard is None and policy.running_cap() == policy.max_running
+    for i in range(15):
+        policy.observe(0, 2, 80.0 + i % 3)  # small decode-only steps, about 80 ms
+        policy.observe(200, 8, 600.0)  # mixed steps are modelled, not sampled
+    assert policy.guard is None  # 15 samples: still the static budget
+    policy.observe(0, 1, 81.0)
+    assert policy.guard is not None and policy.target_tbt_ms == 5 * 81.0
+    assert policy.options()["target_tbt_factor"] == 5.0
+
+
+def test_target_factor_is_only_for_sarathi_and_not_negative():
+    from sarathi_serve.scheduler.policies import make_policy
+
+    with pytest.raises(ValueError, match="target_tbt_factor"):
+        make_policy("vllm", token_budget=64, max_num_seqs=8, target_tbt_factor=5.0)
+    with pytest.raises(ValueError, match="target_tbt_factor"):
+        SarathiPolicy(target_tbt_factor=-1.0)

@@ -49,6 +49,8 @@ from sarathi_serve.scheduler.state import SchedulerState
 
 MIN_PREFILL_TOKENS = 16
 MAX_BUDGET_FACTOR = 4
+AUTO_SAMPLES = 16  # decode-only steps of at most AUTO_MAX_DECODES decodes
+AUTO_MAX_DECODES = 4
 
 
 @dataclass(slots=True)
@@ -56,6 +58,9 @@ class SarathiPolicy:
     token_budget: int = DEFAULT_TOKEN_BUDGET
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     target_tbt_ms: float = 0.0  # > 0: an SLO-driven budget per iteration
+    # > 0 with no target_tbt_ms: the target is this x the measured decode step (as the
+    # paper set its SLOs), once AUTO_SAMPLES small decode-only steps have been seen
+    target_tbt_factor: float = 0.0
     low_chunk_size: int = 0  # > 0: the dynamic chunk schedule, from token_budget down to this
     chunk_schedule_max_tokens: int = 8192
     chunk_schedule_stages: int = 16
@@ -63,11 +68,12 @@ class SarathiPolicy:
     step_model: StepTimeModel = field(default_factory=StepTimeModel)
     guard: TailGuard | None = None  # with target_tbt_ms: steers the tail (tail.py)
     last_budget: int = 0  # the budget of the latest schedule
+    _decode_steps: list[float] = field(default_factory=list)  # for target_tbt_factor
 
     def __post_init__(self) -> None:
         validate_limits(self.token_budget, self.max_num_seqs)
-        if self.target_tbt_ms < 0:
-            raise ValueError(f"target_tbt_ms must be >= 0, got {self.target_tbt_ms}")
+        if self.target_tbt_ms < 0 or self.target_tbt_factor < 0:
+            raise ValueError("target_tbt_ms and target_tbt_factor must be >= 0")
         if self.target_tbt_ms > 0 and self.guard is None:
             self.guard = TailGuard(self.target_tbt_ms)
         if not 0 <= self.low_chunk_size <= self.token_budget:
@@ -82,6 +88,7 @@ class SarathiPolicy:
         """What make_policy needs to build the same policy with another budget."""
         return {
             "target_tbt_ms": self.target_tbt_ms,
+            "target_tbt_factor": self.target_tbt_factor,
             "low_chunk_size": self.low_chunk_size,
             "chunk_schedule_max_tokens": self.chunk_schedule_max_tokens,
             "chunk_schedule_stages": self.chunk_schedule_stages,
@@ -130,12 +137,27 @@ class SarathiPolicy:
         """Feeds the step-time model with a measured iteration, and the tail guard with
         its interval since the result before it (None: the worker had been idle)."""
         if self.guard is None:
+            self._learn_target(num_prefill, num_decode, execution_ms)
             return
         if interval_ms is not None:
             model = self.step_model
             predicted = model.predict_ms(num_prefill, num_decode) if model.ready else None
             self.guard.observe(interval_ms, predicted, num_prefill, num_decode)
         self.step_model.observe(num_prefill, num_decode, execution_ms)
+
+    def _learn_target(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
+        """With `target_tbt_factor`: the target from the median of the first small
+        decode-only steps (their KV context is short; the guard's margin covers the
+        rest), then an SLO-driven budget as with `target_tbt_ms`."""
+        if self.target_tbt_factor <= 0:
+            return
+        self.step_model.observe(num_prefill, num_decode, execution_ms)
+        if num_prefill == 0 and 0 < num_decode <= AUTO_MAX_DECODES:
+            self._decode_steps.append(execution_ms)
+        if len(self._decode_steps) >= AUTO_SAMPLES:
+            median = sorted(self._decode_steps)[len(self._decode_steps) // 2]
+            self.target_tbt_ms = self.target_tbt_factor * median
+            self.guard = TailGuard(self.target_tbt_ms)
 
     def _prefill_budget(self, num_decodes: int, static_left: int) -> int:
         if self.target_tbt_ms <= 0:
