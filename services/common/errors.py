@@ -18,6 +18,10 @@ class InvalidArgument(ServiceError, ValueError):
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str = "", retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when to try again (HTTP Retry-After)
+
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE

@@ -4,10 +4,11 @@
 Keys come from a file (one per line, `#` comments) and/or a comma-separated
 list (the SARATHI_GATEWAY_API_KEYS environment variable). No keys: open access.
 
-A line of the file may give the key a policy after it, `KEY tenant=NAME priority=N`:
-its requests share the machine as tenant NAME (the scheduler's `--tenant-weights`
-names), and are served at priority N unless they ask for a higher value; they never
-get a lower one (a key cannot jump its own class).
+A line of the file may give the key a policy after it, `KEY tenant=NAME priority=N
+max_concurrent=N tokens_per_minute=N`: its requests share the machine as tenant NAME
+(the scheduler's `--tenant-weights` names), are served at priority N unless they ask
+for a higher value, never a lower one (a key cannot jump its own class), and are held
+to the limits (`quotas.py`; 429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # an int32, as on gRPC
 class KeyPolicy:
     tenant: str = ""  # "": a hash of the key
     priority: int | None = None  # the default and the lowest value it is served at
+    max_concurrent: int | None = None  # requests in flight at once
+    tokens_per_minute: int | None = None  # prompt + max_tokens, refunded what is unused
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +69,8 @@ def parse_key_line(line: str) -> tuple[str, KeyPolicy]:
     fields: dict[str, str] = {}
     for option in options:
         name, sep, value = option.partition("=")
-        if not sep or name not in ("tenant", "priority") or not value:
-            raise ValueError(f"expected tenant=NAME or priority=N after the key, got {option!r}")
+        if not sep or name not in _OPTIONS or not value:
+            raise ValueError(f"expected {', '.join(_OPTIONS)}=VALUE after the key, got {option!r}")
         fields[name] = value
     tenant = fields.get("tenant", "")
     if len(tenant) > MAX_USER_CHARS:
@@ -78,7 +81,18 @@ def parse_key_line(line: str) -> tuple[str, KeyPolicy]:
             priority = _parse_priority(fields["priority"])
         except InvalidArgument as exc:
             raise ValueError(str(exc).replace(PRIORITY_KEY, "priority")) from None
-    return key, KeyPolicy(tenant, priority)
+    limits = {name: _positive(name, fields[name]) for name in _LIMITS if name in fields}
+    return key, KeyPolicy(tenant, priority, **limits)
+
+
+_LIMITS = ("max_concurrent", "tokens_per_minute")
+_OPTIONS = ("tenant", "priority", *_LIMITS)
+
+
+def _positive(name: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name}: expected a whole number >= 1, got {text[:40]!r}")
+    return int(text)
 
 
 class ApiKeys:

@@ -18,8 +18,10 @@ from typing import Any
 from sarathi_serve.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from sarathi_serve.common.limits import MAX_USER_CHARS
 from sarathi_serve.common.step import TokenLogprobs
+from sarathi_serve.gateway.auth import Caller
 from sarathi_serve.gateway.detokenizer import IncrementalDetokenizer
 from sarathi_serve.gateway.metrics import GatewayMetrics, RequestTracker
+from sarathi_serve.gateway.quotas import Quotas, Release
 from sarathi_serve.gateway.router import Router
 from sarathi_serve.gateway.scheduler_client import SchedulerClient, TokenEvent
 from sarathi_serve.gateway.stop_strings import StopStringMatcher
@@ -62,7 +64,7 @@ class Generation:
         client: SchedulerClient,
         tokenizer: Any,
         tracker: RequestTracker,
-        on_close: Callable[[], None],
+        on_close: Callable[[int], None],  # with the max_tokens it did not use
     ):
         self.request_id = request_id
         self.variant = variant
@@ -76,7 +78,7 @@ class Generation:
         self._num_output = 0
         self._finish_reason: str | None = None
         self._scheduler_done = False
-        self._on_close: Callable[[], None] | None = on_close
+        self._on_close: Callable[[int], None] | None = on_close
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -123,7 +125,7 @@ class Generation:
         """Ends the request: releases it, or aborts it (freeing its KV blocks) if it runs."""
         if self._on_close is None:
             return
-        self._on_close()
+        self._on_close(self.prepared.sampling.max_tokens - self._num_output)
         self._on_close = None
         if self._scheduler_done:
             self._client.release(self.request_id)
@@ -173,6 +175,7 @@ class Generator:
         self.metrics = metrics
         self.max_pending_requests = max_pending_requests
         self.salt_cache_per_api_key = salt_cache_per_api_key
+        self.quotas = Quotas()
         self._num_pending = 0
         self.draining = False  # shutting down: nothing new is admitted
         self._none_pending = asyncio.Event()
@@ -184,34 +187,32 @@ class Generator:
         prepared: PreparedRequest,
         user: str = "",
         pinned: str = "",
-        tenant: str = "",
+        caller: Caller | None = None,
     ) -> Generation:
-        """Submits the request; raises ServiceError if it cannot be admitted. `tenant`
-        names the API key (`auth.Caller.tenant`): with salting per key, requests of two
-        keys never share cached prefixes."""
+        """Submits the request; raises ServiceError if it cannot be admitted. `caller`
+        is the API key's tenant and policy (`auth.py`): its limits apply (`quotas.py`),
+        and with salting per key requests of two keys never share cached prefixes."""
+        caller = caller or Caller()
+        tenant = caller.tenant
         if len(user) > MAX_USER_CHARS:
             raise InvalidArgument(f"user: at most {MAX_USER_CHARS} characters, got {len(user)}")
         variant = self.router.pick(user, pinned)
-        if self.draining:
-            self.metrics.reject(variant.name, "UNAVAILABLE")
-            raise Unavailable("this gateway is shutting down: retry (another replica serves)")
-        if self._num_pending >= self.max_pending_requests:
-            self.metrics.reject(variant.name, "RESOURCE_EXHAUSTED")
-            raise ResourceExhausted(
-                f"{self._num_pending} requests are in flight on this gateway (the limit): "
-                "retry later"
-            )
+        release = self._admit(variant.name, prepared, caller)
         salt = prepared.cache_salt
         if self.salt_cache_per_api_key and tenant:
             salt = f"{tenant}:{salt}"
-        events = await variant.client.submit(
-            request_id,
-            prepared.prompt_token_ids,
-            prepared.sampling,
-            cache_salt=salt,
-            priority=prepared.priority or 0,
-            tenant=tenant or user,  # the fair share: the API key's tenant, else the end user
-        )
+        try:
+            events = await variant.client.submit(
+                request_id,
+                prepared.prompt_token_ids,
+                prepared.sampling,
+                cache_salt=salt,
+                priority=prepared.priority or 0,
+                tenant=tenant or user,  # the fair share: the API key's tenant, else the user
+            )
+        except BaseException:
+            release(prepared.sampling.max_tokens)
+            raise
         log.info(
             "request %s: %d prompt tokens, variant %s",
             request_id,
@@ -230,10 +231,33 @@ class Generator:
             variant.client,
             self.tokenizer,
             tracker,
-            on_close=self._release,
+            on_close=lambda unused: self._release(release, unused),
         )
 
-    def _release(self) -> None:
+    def _admit(self, variant: str, prepared: PreparedRequest, caller: Caller) -> Release:
+        """Room for one more request on this gateway and in the caller's limits (a
+        release to call when it ends), or ServiceError."""
+        if self.draining:
+            self.metrics.reject(variant, "UNAVAILABLE")
+            raise Unavailable("this gateway is shutting down: retry (another replica serves)")
+        if self._num_pending >= self.max_pending_requests:
+            self.metrics.reject(variant, "RESOURCE_EXHAUSTED")
+            raise ResourceExhausted(
+                f"{self._num_pending} requests are in flight on this gateway (the limit): "
+                "retry later"
+            )
+        limits = caller.policy
+        num_tokens = len(prepared.prompt_token_ids) + prepared.sampling.max_tokens
+        try:
+            return self.quotas.acquire(
+                caller.tenant, limits.max_concurrent, limits.tokens_per_minute, num_tokens
+            )
+        except ResourceExhausted:
+            self.metrics.reject(variant, "RATE_LIMITED")
+            raise
+
+    def _release(self, quota: Release, unused_tokens: int) -> None:
+        quota(unused_tokens)
         self._num_pending -= 1
         if not self._num_pending:
             self._none_pending.set()

@@ -114,7 +114,7 @@ class OpenAICompletions:
                     )
                     request_id = base if len(prepared) * n == 1 else f"{base}-{len(generations)}"
                     generation = await self.generator.start(
-                        request_id, choice, user, pinned, caller.tenant
+                        request_id, choice, user, pinned, caller
                     )
                     generations.append(generation)
         except BaseException:

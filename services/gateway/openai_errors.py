@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from sarathi_serve.common.errors import status_of
+from sarathi_serve.gateway.quotas import retry_after_header
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -35,7 +36,9 @@ _PARAM = re.compile(r"^[a-z_][a-z0-9_.\[\]]*$")  # "messages[0].role"
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list"}
 
 
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, retry_after: str = "1"
+) -> JSONResponse:
     body = {
         "error": {
             "message": message,
@@ -44,7 +47,7 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
             "code": status,
         }
     }
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    headers = {"Retry-After": retry_after} if status in (429, 503) else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -53,7 +56,7 @@ def service_error_response(exc: BaseException) -> JSONResponse:
     code, message = status_of(exc)
     head = message.split(":", 1)[0]
     param = head if ":" in message and _PARAM.match(head) else None
-    return error_response(_HTTP_STATUS.get(code, 500), message, param)
+    return error_response(_HTTP_STATUS.get(code, 500), message, param, retry_after_header(exc))
 
 
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:

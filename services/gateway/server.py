@@ -31,6 +31,7 @@ from sarathi_serve.gateway.generate_input import (
     TokenPrompt,
 )
 from sarathi_serve.gateway.generation import Delta, Generation, Generator
+from sarathi_serve.gateway.quotas import retry_after_header
 from sarathi_serve.gateway.router import USER_KEY, VARIANT_KEY
 from sarathi_serve.gateway.validation import RequestValidator
 from sarathi_serve.protocol import generate_pb2 as gpb
@@ -114,13 +115,14 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
                 replace(prepared, priority=priority),
                 user=request.user or str(metadata.get(USER_KEY, "")),
                 pinned=str(metadata.get(VARIANT_KEY, "")),
-                tenant=caller.tenant,
+                caller=caller,
             )
             await context.send_initial_metadata(((VARIANT_KEY, generation.variant),))
             async for delta in generation.deltas():
                 yield _response(request_id, delta)
         except ServiceError as exc:
-            await context.abort(*status_of(exc))
+            retry = (("retry-after", retry_after_header(exc)),)  # seconds, as HTTP's
+            await context.abort(*status_of(exc), trailing_metadata=retry)
         finally:
             if generation is not None:
                 generation.close()  # the client went away: free its KV blocks now

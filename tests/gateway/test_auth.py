@@ -15,8 +15,10 @@ def test_key_lines_with_and_without_a_policy():
 @pytest.mark.parametrize(
     "line, problem",
     [
-        ("k weight=2", "expected tenant=NAME or priority=N"),
-        ("k tenant=", "expected tenant=NAME or priority=N"),
+        ("k weight=2", "expected tenant, priority, max_concurrent, tokens_per_minute=VALUE"),
+        ("k tenant=", "expected tenant, priority"),
+        ("k max_concurrent=0", "max_concurrent: expected a whole number >= 1"),
+        ("k tokens_per_minute=1e3", "tokens_per_minute: expected a whole number >= 1"),
         ("k priority=high", "priority: expected an integer"),
         ("k priority=2147483648", "priority: out of the int32 range"),
         ("k tenant=" + "x" * 257, "tenant: at most 256"),
