@@ -36,6 +36,7 @@ from typing import Any
 from sarathi_serve.bench.serving import (
     OpenAIClient,
     add_workload_arguments,
+    format_groups,
     run_load,
     scrape,
     server_figures,
@@ -198,6 +199,10 @@ def format_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for run in report["runs"]:
+        if run.get("groups"):
+            lines.append(f"{run['config']} @ {run['rate']:g}:")
+            lines.extend(format_groups(run["groups"]))
     if report["mode"] == "capacity":
         lines.append(f"\ncapacity (P99 TBT <= {report['slo_tbt_ms']:g} ms, median delay <= 2 s):")
         for name, c in report["capacity"].items():

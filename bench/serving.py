@@ -46,6 +46,14 @@ class RequestResult:
     e2el: float = 0.0
     itl: list[float] = field(default_factory=list)
     error: str = ""
+    klass: str = ""  # the request's class and tenant (RequestSpec), for the groups
+    tenant: str = ""
+
+
+def _result_of(spec: RequestSpec) -> RequestResult:
+    return RequestResult(
+        len(spec.prompt_token_ids), spec.output_len, klass=spec.klass, tenant=spec.tenant
+    )
 
 
 class OpenAIClient:
@@ -66,8 +74,8 @@ class OpenAIClient:
         await self.http.aclose()
 
     async def send(self, spec: RequestSpec) -> RequestResult:
-        result = RequestResult(len(spec.prompt_token_ids), spec.output_len)
-        body = {
+        result = _result_of(spec)
+        body: dict[str, Any] = {
             "model": self.model,
             "prompt": spec.prompt_token_ids,
             "max_tokens": spec.output_len,
@@ -76,6 +84,10 @@ class OpenAIClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if spec.klass:  # a server without priorities may refuse the field
+            body["priority"] = spec.priority
+        if spec.tenant:
+            body["user"] = spec.tenant
         start = last = time.perf_counter()
         try:
             async with self.http.stream("POST", f"{self.base_url}/completions", json=body) as r:
@@ -119,13 +131,16 @@ class GrpcClient:
         await self.channel.close()
 
     async def send(self, spec: RequestSpec) -> RequestResult:
-        result = RequestResult(len(spec.prompt_token_ids), spec.output_len)
+        result = _result_of(spec)
         request = gpb.GenerateRequest(
             prompt_token_ids=gpb.TokenIds(ids=spec.prompt_token_ids),
             sampling=gpb.SamplingOptions(
                 max_tokens=spec.output_len, temperature=0.0, ignore_eos=True
             ),
+            user=spec.tenant,
         )
+        if spec.klass:
+            request.priority = spec.priority
         start = last = time.perf_counter()
         try:
             async for response in self.stub.Generate(request):
@@ -216,7 +231,47 @@ def summarize(
     errors = sorted({r.error for r in results if not r.ok})
     if errors:
         out["errors"] = errors[:5]
+    groups = by_group(results)
+    if groups:
+        out["groups"] = groups
     return out
+
+
+def by_group(results: list[RequestResult]) -> dict[str, dict[str, float]]:
+    """Per class and per tenant ("class NAME", "tenant NAME"): requests, those done,
+    TTFT and TBT percentiles (ms). Empty without classes or tenants."""
+    members: dict[str, list[RequestResult]] = {}
+    for r in results:
+        for kind, name in (("class", r.klass), ("tenant", r.tenant)):
+            if name:
+                members.setdefault(f"{kind} {name}", []).append(r)
+    out = {}
+    for group, rs in sorted(members.items()):
+        ok = [r for r in rs if r.ok]
+        ttft = np.asarray([r.ttft for r in ok], dtype=float) * 1000
+        itl = np.asarray([g for r in ok for g in r.itl], dtype=float) * 1000
+
+        def pct(ms: np.ndarray, p: int) -> float:
+            return float(np.percentile(ms, p)) if len(ms) else math.nan
+
+        out[group] = {
+            "requests": len(rs),
+            "completed": len(ok),
+            "median_ttft_ms": pct(ttft, 50),
+            "p99_ttft_ms": pct(ttft, 99),
+            "median_itl_ms": pct(itl, 50),
+            "p99_itl_ms": pct(itl, 99),
+        }
+    return out
+
+
+def format_groups(groups: dict[str, dict[str, float]], indent: str = "  ") -> list[str]:
+    return [
+        f"{indent}{name}: {g['completed']}/{g['requests']} done, TTFT p50 "
+        f"{g['median_ttft_ms']:.0f} p99 {g['p99_ttft_ms']:.0f}, TBT p50 "
+        f"{g['median_itl_ms']:.0f} p99 {g['p99_itl_ms']:.0f} ms"
+        for name, g in groups.items()
+    ]
 
 
 # ---- server-side figures (our scheduler's /metrics) ---------------------------------
@@ -313,6 +368,14 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--turns", type=int, default=1, help="conversations of T turns (each resends the last)"
     )
+    p.add_argument(
+        "--classes",
+        default="",
+        help="NAME=PRIORITY:WEIGHT,...: request classes (their OpenAI priority), by weight",
+    )
+    p.add_argument(
+        "--tenants", default="", help="NAME:WEIGHT,...: tenants (their OpenAI user), by weight"
+    )
 
 
 def workload_from(args: argparse.Namespace, rate: float) -> WorkloadSpec:
@@ -328,6 +391,8 @@ def workload_from(args: argparse.Namespace, rate: float) -> WorkloadSpec:
         seed=args.seed,
         prefixes=args.prefixes,
         turns=args.turns,
+        classes=args.classes,
+        tenants=args.tenants,
     )
 
 
@@ -372,6 +437,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  median {s[f'median_{name}_ms']:8.1f}  p90 {s[f'p90_{name}_ms']:8.1f}"
             f"  p99 {s[f'p99_{name}_ms']:8.1f}"
         )
+    lines.extend(format_groups(s.get("groups", {})))
     if "server" in s:
         lines.append(f"  server: {json.dumps(s['server'])}")
     return "\n".join(lines)

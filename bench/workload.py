@@ -12,17 +12,24 @@ Repetition, as chat and agent traffic has it (what a prefix cache serves):
 being the previous turn's prompt, an answer as long as that turn's output, and its
 own new tokens (the answer's tokens are not the model's, so a server reuses the
 conversation's prompts, not its generated tokens).
+
+Mixes (drawn apart from lengths and arrivals, which stay those of `seed`):
+`classes="interactive=0:1,batch=5:3"` gives each request a class, NAME=PRIORITY:WEIGHT
+(its OpenAI `priority`); `tenants="light:1,heavy:10"` a tenant, NAME:WEIGHT (its
+`user`). Results are also summarized per class and tenant.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 VOCAB_LOW, VOCAB_HIGH = 100, 40_000  # random prompt token ids stay clear of special tokens
 
 
@@ -31,6 +38,9 @@ class RequestSpec:
     arrival_s: float  # offset from the start of the run
     prompt_token_ids: list[int]
     output_len: int
+    priority: int = 0
+    klass: str = ""  # its class's name ("": no classes)
+    tenant: str = ""  # sent as the OpenAI `user` ("": none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +61,8 @@ class WorkloadSpec:
     prompt_salt: int = 0
     prefixes: str = ""  # "K:N": K shared system prompts of N tokens each
     turns: int = 1  # conversations of this many turns
+    classes: str = ""  # "NAME=PRIORITY:WEIGHT,...": request classes
+    tenants: str = ""  # "NAME:WEIGHT,...": tenants
 
     def describe(self) -> str:
         scaled = f", lengths x{self.length_scale:g}" if self.length_scale != 1 else ""
@@ -64,6 +76,8 @@ class WorkloadSpec:
                 else ""
             )
             + (f", {self.turns} turns per conversation" if self.turns > 1 else "")
+            + (f", classes {self.classes}" if self.classes else "")
+            + (f", tenants {self.tenants}" if self.tenants else "")
         )
 
 
@@ -77,6 +91,9 @@ def make_requests(spec: WorkloadSpec) -> list[RequestSpec]:
         return tokens.integers(VOCAB_LOW, VOCAB_HIGH, size=int(n)).tolist()
 
     shared = _shared_prefixes(spec.prefixes, draw)
+    mix = np.random.default_rng((spec.seed, 1 << 20))  # apart: lengths, arrivals unchanged
+    classes = _pick(parse_classes(spec.classes), spec.num_requests, mix, ("", 0))
+    tenants = _pick(parse_tenants(spec.tenants), spec.num_requests, mix, "")
     num_conversations = -(-spec.num_requests // max(spec.turns, 1))
     history: dict[int, list[int]] = {}  # conversation -> its last prompt + answer
     requests = []
@@ -88,8 +105,55 @@ def make_requests(spec: WorkloadSpec) -> list[RequestSpec]:
         prompt = (start + draw(p))[: spec.max_prompt_len]
         if spec.turns > 1:
             history[conversation] = prompt + draw(d)
-        requests.append(RequestSpec(float(t), prompt, int(d)))
+        (klass, priority), tenant = classes[i], tenants[i]
+        requests.append(RequestSpec(float(t), prompt, int(d), priority, klass, tenant))
     return requests
+
+
+def parse_classes(text: str) -> dict[tuple[str, int], float]:
+    """`NAME=PRIORITY:WEIGHT,...` -> {(name, priority): weight}; ValueError names it."""
+    out = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, _, rest = entry.partition("=")
+        priority, _, weight = rest.partition(":")
+        try:
+            out[(name, int(priority))] = _weight(weight)
+        except ValueError:
+            raise ValueError(f"classes: expected NAME=PRIORITY:WEIGHT, got {entry!r}") from None
+        if not name:
+            raise ValueError(f"classes: expected NAME=PRIORITY:WEIGHT, got {entry!r}")
+    return out
+
+
+def parse_tenants(text: str) -> dict[str, float]:
+    """`NAME:WEIGHT,...` -> {name: weight}; ValueError names the entry at fault."""
+    out = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, _, weight = entry.partition(":")
+        try:
+            out[name] = _weight(weight)
+        except ValueError:
+            raise ValueError(f"tenants: expected NAME:WEIGHT, got {entry!r}") from None
+        if not name:
+            raise ValueError(f"tenants: expected NAME:WEIGHT, got {entry!r}")
+    return out
+
+
+def _weight(text: str) -> float:
+    weight = float(text)
+    if not weight > 0 or weight == float("inf"):
+        raise ValueError(text)
+    return weight
+
+
+def _pick(weights: Mapping[T, float], n: int, rng: np.random.Generator, default: T) -> list[T]:
+    """n draws of the keys by weight (`default` n times without any)."""
+    if not weights:
+        return [default] * n
+    keys = list(weights)
+    total = sum(weights.values())
+    chosen = rng.choice(len(keys), size=n, p=[weights[k] / total for k in keys])
+    return [keys[int(i)] for i in chosen]
 
 
 def _shared_prefixes(text: str, draw: Callable[[int], list[int]]) -> list[list[int]]:

@@ -146,3 +146,43 @@ def test_structured_bench_times_both_sets(tmp_path):
     assert [len(ts) for ts in result["steps_ms"].values()] == [2, 2]
     assert result["constrained_requests"] == 4 and result["ratio"] > 0
     assert (tmp_path / "mask.json").exists() and (tmp_path / "mask.png").exists()
+
+
+def test_classes_and_tenants_are_drawn_by_weight_leaving_lengths_and_arrivals():
+    spec = WorkloadSpec("uniform:10:50:2:8", rate=2.0, num_requests=400, seed=3)
+    plain = make_requests(spec)
+    mixed = make_requests(
+        dataclasses.replace(spec, classes="live=0:1,batch=5:3", tenants="light:1,heavy:9")
+    )
+    assert [(r.arrival_s, len(r.prompt_token_ids), r.output_len) for r in mixed] == [
+        (r.arrival_s, len(r.prompt_token_ids), r.output_len) for r in plain
+    ]
+    assert {(r.klass, r.priority) for r in mixed} == {("live", 0), ("batch", 5)}
+    assert 0.65 < sum(r.klass == "batch" for r in mixed) / 400 < 0.85
+    assert 0.85 < sum(r.tenant == "heavy" for r in mixed) / 400 < 0.95
+    assert all((r.klass, r.priority, r.tenant) == ("", 0, "") for r in plain)
+
+
+@pytest.mark.parametrize(
+    "field, text",
+    [("classes", "live=0"), ("classes", "=0:1"), ("classes", "live=x:1"),
+     ("classes", "live=0:-1"), ("tenants", "heavy"), ("tenants", ":2"), ("tenants", "a:inf")],
+)  # fmt: skip
+def test_a_bad_mix_names_its_syntax(field, text):
+    spec = dataclasses.replace(WorkloadSpec("fixed:4:2", rate=1.0, num_requests=2), **{field: text})
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        make_requests(spec)
+
+
+def test_results_are_summarized_per_class_and_tenant():
+    def done(klass, tenant, ttft, itl):
+        return RequestResult(8, 3, True, 3, ttft, 1.0, itl, klass=klass, tenant=tenant)
+
+    results = [done("live", "a", 0.1, [0.05, 0.05]), done("batch", "a", 2.0, [0.5, 0.5]),
+               RequestResult(8, 3, klass="batch", tenant="b", error="HTTP 429")]  # fmt: skip
+    groups = summarize(results, 10.0)["groups"]
+    assert set(groups) == {"class live", "class batch", "tenant a", "tenant b"}
+    assert groups["class live"]["median_ttft_ms"] == pytest.approx(100.0)
+    assert groups["class batch"]["p99_itl_ms"] == pytest.approx(500.0)
+    assert (groups["class batch"]["requests"], groups["class batch"]["completed"]) == (2, 1)
+    assert "groups" not in summarize([done("", "", 0.1, [])], 1.0)

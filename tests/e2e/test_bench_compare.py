@@ -19,6 +19,7 @@ def test_bench_compare_runs_every_config_and_writes_its_report(tmp_path, default
              "--config", "sarathi:64", "--config", "vllm:64",
              "--config", f"peer={peer.base_url}",
              "--rates", "inf", "--num-requests", "3", "--lengths", "fixed:24:4",
+             "--classes", "live=0:1,batch=5:1", "--tenants", "a:1",
              "--up-args", "--kv-cache-gb 0.25", "--out", str(out)],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
@@ -36,3 +37,8 @@ def test_bench_compare_runs_every_config_and_writes_its_report(tmp_path, default
     assert table.splitlines()[0].split()[:3] == ["config", "rate", "done"]
     assert all(name in table for name in runs)
     assert list(out.parent.glob("quick-*.png")), "no plot written"
+    for r in runs.values():  # per class and tenant (the peer took the priorities too)
+        groups = r["groups"]
+        assert groups["tenant a"]["completed"] == 3
+        assert sum(g["requests"] for n, g in groups.items() if n.startswith("class ")) == 3
+    assert "  tenant a: 3/3 done" in table
