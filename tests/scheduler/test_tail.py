@@ -77,46 +77,9 @@ def test_a_quantile_outside_0_1_is_refused(quantile):
         TailGuard(100.0, quantile=quantile)
 
 
-def fitted(policy: SarathiPolicy) -> SarathiPolicy:
-    """A model of 50 ms + 1 ms per prefill token + 5 ms per decode."""
-    for prefill, decode in [(0, 1), (64, 4), (128, 2), (256, 8), (32, 16), (0, 32), (100, 20),
-                            (16, 40), (200, 10)]:  # fmt: skip
-        policy.observe(prefill, decode, 50 + 1.0 * prefill + 5.0 * decode)
-    return policy
-
-
-def test_with_a_target_no_more_run_than_their_decodes_fit_and_batch_yields():
-    from sarathi_serve.scheduler.block_manager import BlockManager
-    from sarathi_serve.scheduler.state import SchedulerState
-    from tests.scheduler.helpers import make_request
-
-    policy = fitted(SarathiPolicy(token_budget=256, max_num_seqs=128, target_tbt_ms=400.0))
-    assert policy.running_cap() == 50  # (0.8 x 400 - 50 - 16 prefill) / 5
-    assert SarathiPolicy(token_budget=256, max_num_seqs=128).running_cap() == 128
-    state, blocks = SchedulerState(), BlockManager(1000, 4)
-    for i in range(50):
-        req = make_request(f"batch{i}", 4)
-        req.priority = 5
-        state.waiting.append(req)
-        state.admit(req)
-        blocks.allocate(req, 4)
-        req.num_computed_tokens = 4
-        req.output_token_ids.append(1)
-    peer = make_request("peer", 8)
-    peer.priority = 5
-    state.waiting.append(peer)
-    schedule = policy.schedule(state, blocks)
-    assert not schedule.preempted and len(state.running) == 50  # it waits: decodes stay on time
-    urgent = make_request("urgent", 8)
-    state.waiting.append(urgent)
-    schedule = policy.schedule(state, blocks)
-    assert [r.request_id for r in schedule.preempted] == ["batch49"]  # the newest batch one
-    assert urgent in state.running and len(state.running) == 50
-
-
 def test_a_target_factor_sets_the_target_from_the_measured_decode_step():
     policy = SarathiPolicy(token_budget=256, target_tbt_factor=5.0)
-    assert policy.guard is None and policy.running_cap() == policy.max_running
+    assert policy.guard is None
     for i in range(15):
         policy.observe(0, 2, 80.0 + i % 3)  # small decode-only steps, about 80 ms
         policy.observe(200, 8, 600.0)  # mixed steps are modelled, not sampled

@@ -57,11 +57,6 @@ class StepTimeModel:
         (None: the model does not know yet, or prefill looks free)."""
         return self._max_tokens(target_ms, PREFILL, num_decode)
 
-    def max_decodes(self, num_prefill: int, target_ms: float) -> int | None:
-        """Decodes that fit beside `num_prefill` prefill tokens within `target_ms`
-        (None: the model does not know yet, or decodes look free)."""
-        return self._max_tokens(target_ms, DECODE, num_prefill)
-
     def _max_tokens(self, target_ms: float, kind: int, num_other: int) -> int | None:
         """Tokens of `kind` that fit beside `num_other` of the other kind."""
         if not self.ready:
