@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 
@@ -40,6 +42,12 @@ def error_from_code(code_name: str, message: str) -> ServiceError:
     """Rebuilds an error carried as (status code name, message) over a stream."""
     cls = _BY_CODE_NAME.get(code_name, ServiceError)
     return cls(message)
+
+
+def retry_after(exc: BaseException) -> str:
+    """The Retry-After value of a refusal (whole seconds, at least 1): HTTP's header
+    and the gateway's `retry-after` gRPC trailing metadata."""
+    return str(max(math.ceil(getattr(exc, "retry_after_s", 1.0)), 1))
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -8,6 +8,7 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_CACHE_SALT_CHARS = 256
 MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's logit_bias: token id -> bias
 MAX_GRAMMAR_CHARS = 65_536  # a JSON schema, regex, choice list or EBNF grammar
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # an int32, as on gRPC
 MAX_USER_CHARS = 256  # the end user (OpenAI `user`, gRPC `user`, x-sarathi-user): routing, logs
 
 

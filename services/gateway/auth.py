@@ -21,10 +21,9 @@ from pathlib import Path
 
 from sarathi_serve.common.auth import bearer_key
 from sarathi_serve.common.errors import InvalidArgument
-from sarathi_serve.common.limits import MAX_USER_CHARS
+from sarathi_serve.common.limits import MAX_PRIORITY, MAX_USER_CHARS, MIN_PRIORITY
 
 PRIORITY_KEY = "x-sarathi-priority"  # the request's priority when its body has none
-MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # an int32, as on gRPC
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,12 +246,9 @@ class Generator:
                 f"{self._num_pending} requests are in flight on this gateway (the limit): "
                 "retry later"
             )
-        limits = caller.policy
         num_tokens = len(prepared.prompt_token_ids) + prepared.sampling.max_tokens
         try:
-            return self.quotas.acquire(
-                caller.tenant, limits.max_concurrent, limits.tokens_per_minute, num_tokens
-            )
+            return self.quotas.acquire(caller.tenant, caller.policy, num_tokens)
         except ResourceExhausted:
             self.metrics.reject(variant, "RATE_LIMITED")
             raise

@@ -12,8 +12,7 @@ import grpc
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from sarathi_serve.common.errors import status_of
-from sarathi_serve.gateway.quotas import retry_after_header
+from sarathi_serve.common.errors import retry_after, status_of
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -56,7 +55,7 @@ def service_error_response(exc: BaseException) -> JSONResponse:
     code, message = status_of(exc)
     head = message.split(":", 1)[0]
     param = head if ":" in message and _PARAM.match(head) else None
-    return error_response(_HTTP_STATUS.get(code, 500), message, param, retry_after_header(exc))
+    return error_response(_HTTP_STATUS.get(code, 500), message, param, retry_after(exc))
 
 
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:

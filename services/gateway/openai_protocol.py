@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from sarathi_serve.common.errors import InvalidArgument
+from sarathi_serve.common.limits import MAX_PRIORITY, MIN_PRIORITY
 from sarathi_serve.gateway import generate_input as gi
 from sarathi_serve.gateway.openai_structured import (
     CONSTRAINT_FIELDS,
@@ -55,7 +56,7 @@ class _SamplingFields(_Body):
     best_of: StrictInt | None = None
     user: StrictStr | None = None
     cache_salt: StrictStr | None = None  # vLLM's field: prefixes are shared per salt
-    priority: Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)] | None = None  # lower: first
+    priority: Annotated[StrictInt, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     ignore_eos: StrictBool = False

@@ -11,12 +11,12 @@ a message that says so), or a second for the concurrency limit.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sarathi_serve.common.errors import ResourceExhausted
+from sarathi_serve.gateway.auth import KeyPolicy
 
 Release = Callable[[int], None]  # called once with the tokens the request did not use
 
@@ -33,15 +33,10 @@ class Quotas:
         self._clock = clock
         self._usage: dict[str, _Usage] = {}
 
-    def acquire(
-        self,
-        tenant: str,
-        max_concurrent: int | None,
-        tokens_per_minute: int | None,
-        num_tokens: int,
-    ) -> Release:
+    def acquire(self, tenant: str, limits: KeyPolicy, num_tokens: int) -> Release:
         """Takes one request of `num_tokens` (prompt + max_tokens) from `tenant`'s
-        limits, or raises ResourceExhausted with `retry_after_s`."""
+        `limits`, or raises ResourceExhausted with `retry_after_s`."""
+        max_concurrent, tokens_per_minute = limits.max_concurrent, limits.tokens_per_minute
         if max_concurrent is None and tokens_per_minute is None:
             return _nothing
         now = self._clock()
@@ -88,8 +83,3 @@ class Quotas:
 
 def _nothing(unused_tokens: int) -> None:
     return None
-
-
-def retry_after_header(exc: BaseException) -> str:
-    """The Retry-After value (whole seconds, at least 1) of a refusal."""
-    return str(max(math.ceil(getattr(exc, "retry_after_s", 1.0)), 1))

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from sarathi_serve.common.errors import InvalidArgument, ServiceError, status_of
+from sarathi_serve.common.errors import InvalidArgument, ServiceError, retry_after, status_of
 from sarathi_serve.common.grammar import ANY_OBJECT
 from sarathi_serve.common.limits import MAX_CLIENT_REQUEST_ID_CHARS, request_id_problem
 from sarathi_serve.common.sampling import Grammar
@@ -31,7 +31,6 @@ from sarathi_serve.gateway.generate_input import (
     TokenPrompt,
 )
 from sarathi_serve.gateway.generation import Delta, Generation, Generator
-from sarathi_serve.gateway.quotas import retry_after_header
 from sarathi_serve.gateway.router import USER_KEY, VARIANT_KEY
 from sarathi_serve.gateway.validation import RequestValidator
 from sarathi_serve.protocol import generate_pb2 as gpb
@@ -121,7 +120,7 @@ class GenerationServicer(gpb_grpc.GenerationServicer):
             async for delta in generation.deltas():
                 yield _response(request_id, delta)
         except ServiceError as exc:
-            retry = (("retry-after", retry_after_header(exc)),)  # seconds, as HTTP's
+            retry = (("retry-after", retry_after(exc)),)  # seconds, as HTTP's
             await context.abort(*status_of(exc), trailing_metadata=retry)
         finally:
             if generation is not None:

@@ -190,11 +190,14 @@ def test_bench_serve_against_the_running_system(system, tmp_path):
     out = tmp_path / "serve.json"
     run = cli("bench", "serve", "--url", f"http://127.0.0.1:{system.http_port}",
               "--api-key", FILE_KEY, "--rate", "inf", "--num-requests", "4",
-              "--max-output-len", "8", "--json", str(out))  # fmt: skip
+              "--max-output-len", "8", "--classes", "live=0:1,batch=5:1",
+              "--tenants", "a:1", "--json", str(out))  # fmt: skip
     assert run.returncode == 0, run.stderr
     summary = json.loads(out.read_text())
     found = json.dumps(summary)
     assert summary and "output_throughput" in found, summary
+    assert summary["groups"]["tenant a"]["completed"] == 4  # per class and tenant
+    assert "  tenant a: 4/4 done" in run.stdout
 
 
 def test_gateway_killed_its_requests_are_aborted_after_the_grace(system):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 MIN_OBSERVATIONS = 8
-PREFILL, DECODE = 1, 2  # the weights' indices
 
 
 class StepTimeModel:
@@ -55,16 +54,12 @@ class StepTimeModel:
     def max_prefill_tokens(self, num_decode: int, target_ms: float) -> int | None:
         """Prefill tokens that fit beside `num_decode` decodes within `target_ms`
         (None: the model does not know yet, or prefill looks free)."""
-        return self._max_tokens(target_ms, PREFILL, num_decode)
-
-    def _max_tokens(self, target_ms: float, kind: int, num_other: int) -> int | None:
-        """Tokens of `kind` that fit beside `num_other` of the other kind."""
         if not self.ready:
             return None
-        w = self.weights
-        w0, w_kind, w_other = w[0], w[kind], w[PREFILL + DECODE - kind]
-        if w_kind > 1e-6 and w_other >= 0 and w0 >= 0:
-            return max(int((target_ms - w0 - w_other * num_other) / w_kind), 0)
+        w0, w_prefill, w_decode = self.weights
+        if w_prefill > 1e-6 and w_decode >= 0 and w0 >= 0:
+            return max(int((target_ms - w0 - w_decode * num_decode) / w_prefill), 0)
         if self._sum_tokens <= 0 or self._sum_ms <= 0:
             return None
-        return max(int(target_ms * self._sum_tokens / self._sum_ms) - num_other, 0)
+        per_token = self._sum_ms / self._sum_tokens
+        return max(int(target_ms / per_token) - num_decode, 0)
