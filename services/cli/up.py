@@ -78,7 +78,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_field_argument(
         p, SchedulerConfig, "policy", SCHEDULER_HELPS["policy"], choices=sorted(POLICIES)
     )
-    tuning = ("token_budget", "max_num_seqs", "target_tbt_ms", "target_tbt_factor")
+    tuning = (
+        "token_budget",
+        "max_num_seqs",
+        "target_tbt_ms",
+        "target_tbt_factor",
+        "batch_priority",
+    )
     for name in (*tuning, "prefix_caching", "tenant_weights"):
         add_field_argument(p, SchedulerConfig, name, SCHEDULER_HELPS[name])
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")

@@ -177,6 +177,7 @@ def _scheduler_children(
                 "max_num_seqs": args.max_num_seqs,
                 "target_tbt_ms": args.target_tbt_ms if variant.policy == "sarathi" else 0.0,
                 "target_tbt_factor": args.target_tbt_factor if variant.policy == "sarathi" else 0,
+                "batch_priority": args.batch_priority if variant.policy == "sarathi" else 0,
                 "prefix_caching": args.prefix_caching,
                 "tenant_weights": args.tenant_weights,
                 "metrics_port": metrics_port,

@@ -222,7 +222,9 @@ class Generator:
         )
         self._num_pending += 1
         self._none_pending.clear()
-        tracker = self.metrics.tracker(variant.name, len(prepared.prompt_token_ids))
+        tracker = self.metrics.tracker(
+            variant.name, len(prepared.prompt_token_ids), prepared.priority or 0, tenant
+        )
         return Generation(
             request_id,
             variant.name,

@@ -1,8 +1,11 @@
 """What the gateway measures per request: Prometheus series and A/B samples.
 
 Every series carries the model and the variant (scheduler backend) that
-served the request. The samples (one row per finished request, bounded) feed
-`sarathi-serve ab report`, which needs raw values for confidence intervals.
+served the request; the latency series and the finished requests also carry the
+request's `priority` and its API key's `tenant` ("" without keys), each bounded to
+`MAX_LABEL_VALUES` values (later ones are "other"). The samples (one row per finished
+request, bounded) feed `sarathi-serve ab report`, which needs raw values for confidence
+intervals.
 """
 
 from __future__ import annotations
@@ -16,6 +19,24 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sarathi_serve.common.metrics import LATENCY_BUCKETS
 
 MAX_SAMPLES_PER_VARIANT = 50_000
+MAX_LABEL_VALUES = 32  # distinct priorities (and tenants) with their own series
+
+
+class BoundedLabel:
+    """A label's values as they come, the first `limit` distinct ones kept and the rest
+    "other": a client choosing priorities cannot grow the series without bound."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES):
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return "other"
+        self._seen.add(value)
+        return value
 
 
 class GatewayMetrics:
@@ -23,9 +44,11 @@ class GatewayMetrics:
         self.model = model
         self.registry = registry or CollectorRegistry()
         labels = ["model", "variant"]
+        per_class = [*labels, "priority", "tenant"]
+        self._priority, self._tenant = BoundedLabel(), BoundedLabel()
         r = self.registry
         self.requests = Counter(
-            "sarathi_requests", "Finished requests", [*labels, "finish_reason"], registry=r
+            "sarathi_requests", "Finished requests", [*per_class, "finish_reason"], registry=r
         )
         self.rejected = Counter(
             "sarathi_requests_rejected", "Requests refused before they ran", [*labels, "code"],
@@ -37,23 +60,26 @@ class GatewayMetrics:
             "sarathi_generation_tokens", "Generated tokens", labels, registry=r
         )
         self.ttft = Histogram(
-            "sarathi_time_to_first_token_seconds", "Time to first token", labels,
+            "sarathi_time_to_first_token_seconds", "Time to first token", per_class,
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.itl = Histogram(
-            "sarathi_inter_token_latency_seconds", "Time between output tokens", labels,
+            "sarathi_inter_token_latency_seconds", "Time between output tokens", per_class,
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.e2e = Histogram(
             "sarathi_e2e_request_latency_seconds", "Request latency, submit to last token",
-            labels, buckets=LATENCY_BUCKETS, registry=r,
+            per_class, buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.samples = RequestSamples()
 
-    def tracker(self, variant: str, num_prompt_tokens: int) -> RequestTracker:
+    def tracker(
+        self, variant: str, num_prompt_tokens: int, priority: int = 0, tenant: str = ""
+    ) -> RequestTracker:
         self.pending.labels(self.model, variant).inc()
         self.prompt_tokens.labels(self.model, variant).inc(num_prompt_tokens)
-        return RequestTracker(self, variant)
+        labels = (self.model, variant, self._priority(str(priority)), self._tenant(tenant))
+        return RequestTracker(self, variant, labels)
 
     def reject(self, variant: str, code: str) -> None:
         self.rejected.labels(self.model, variant, code).inc()
@@ -65,6 +91,7 @@ class RequestTracker:
 
     metrics: GatewayMetrics
     variant: str
+    labels: tuple[str, str, str, str]  # model, variant, priority, tenant
     start: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -74,27 +101,25 @@ class RequestTracker:
         if count <= 0:
             return
         now = time.perf_counter()
-        labels = (self.metrics.model, self.variant)
         if self.last_token_at is None:
             self.first_token_at = now
-            self.metrics.ttft.labels(*labels).observe(now - self.start)
+            self.metrics.ttft.labels(*self.labels).observe(now - self.start)
         else:
             gap = (now - self.last_token_at) / count  # several tokens arrive after a resume
-            itl = self.metrics.itl.labels(*labels)
+            itl = self.metrics.itl.labels(*self.labels)
             for _ in range(count):
                 itl.observe(gap)
         self.last_token_at = now
-        self.metrics.generation_tokens.labels(*labels).inc(count)
+        self.metrics.generation_tokens.labels(self.metrics.model, self.variant).inc(count)
 
     def finish(self, finish_reason: str, num_output_tokens: int) -> None:
         if self.done:
             return
         self.done = True
         now = time.perf_counter()
-        labels = (self.metrics.model, self.variant)
-        self.metrics.pending.labels(*labels).dec()
-        self.metrics.requests.labels(*labels, finish_reason).inc()
-        self.metrics.e2e.labels(*labels).observe(now - self.start)
+        self.metrics.pending.labels(self.metrics.model, self.variant).dec()
+        self.metrics.requests.labels(*self.labels, finish_reason).inc()
+        self.metrics.e2e.labels(*self.labels).observe(now - self.start)
         if self.first_token_at is not None and finish_reason in ("stop", "length"):
             tpot = (
                 (now - self.first_token_at) / (num_output_tokens - 1)

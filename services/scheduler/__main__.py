@@ -35,6 +35,8 @@ from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.front import SchedulerFront
 from sarathi_serve.scheduler.lease import LeaderLease
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
+from sarathi_serve.scheduler.policies import Policy
+from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 from sarathi_serve.scheduler.server import (
     SERVICE_NAME,
     SchedulerServicer,
@@ -97,9 +99,10 @@ async def _lead(
     servicer.activate(front, 0 if store is None else store.epoch)
     await set_serving(health, [SERVICE_NAME], True)
     log.info(
-        "scheduler %s leads on %s (epoch %d, policy %s, token budget %d, redis %s, "
+        "scheduler %s leads on %s (epoch %d, policy %s%s, token budget %d, redis %s, "
         "tenant weights %s)",
-        *(scheduler_id, address, servicer.epoch, front.policy.name, front.policy.token_budget),
+        *(scheduler_id, address, servicer.epoch, front.policy.name, _options(front.policy)),
+        front.policy.token_budget,
         config.redis_url or "off",
         config.tenant_weights or "equal",
     )
@@ -201,6 +204,14 @@ async def _quietly(coro: Awaitable[object]) -> None:
 def main(argv: list[str] | None = None) -> None:
     setup_logging("scheduler")
     sys.exit(asyncio.run(serve(SchedulerConfig.from_args(argv))))
+
+
+def _options(policy: Policy) -> str:
+    """A sarathi policy's options other than the defaults, as ` [name=value, ...]`."""
+    options = policy.options() if isinstance(policy, SarathiPolicy) else {}
+    defaults = SarathiPolicy().options()
+    named = ", ".join(f"{k}={v:g}" for k, v in options.items() if v != defaults[k])
+    return f" [{named}]" if named else ""
 
 
 if __name__ == "__main__":

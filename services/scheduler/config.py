@@ -35,6 +35,7 @@ class SchedulerConfig:
     metrics_port: int = 0  # Prometheus /metrics; 0: off
     target_tbt_ms: float = 0.0  # > 0: SLO-driven token budget (sarathi policy)
     target_tbt_factor: float = 0.0  # > 0, no target_tbt_ms: the target from the decode step
+    batch_priority: int = 0  # > 0: priorities >= this are batch, the TBT target is not theirs
     low_chunk_size: int = 0  # > 0: the paper's dynamic chunk schedule (sarathi policy)
     chunk_schedule_max_tokens: int = 8192
     chunk_schedule_stages: int = 16
@@ -63,6 +64,7 @@ class SchedulerConfig:
             max_num_seqs=self.max_num_seqs,
             target_tbt_ms=self.target_tbt_ms,
             target_tbt_factor=self.target_tbt_factor,
+            batch_priority=self.batch_priority,
             low_chunk_size=self.low_chunk_size,
             chunk_schedule_max_tokens=self.chunk_schedule_max_tokens,
             chunk_schedule_stages=self.chunk_schedule_stages,
@@ -88,6 +90,9 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "target_tbt_factor": "sarathi, with no --target-tbt-ms: the target is this times the "
     "measured decode step, as the paper set its SLOs (0: off; the target is set from the "
     "first small decode-only steps)",
+    "batch_priority": "sarathi, with a TBT target: requests at this priority or a higher "
+    "value are the batch class: the target is kept for the others only, and iterations "
+    "with no decode of theirs run at the full token budget (0: no batch class)",
     "low_chunk_size": "sarathi: chunks shrink from token_budget to this as a prompt's prefill "
     "progresses (the paper's dynamic chunk schedule; 0: off)",
     "chunk_schedule_max_tokens": "dynamic chunk schedule: prefill progress of the last stage",

@@ -21,6 +21,7 @@ from sarathi_serve.scheduler.admission import check_request
 from sarathi_serve.scheduler.block_manager import BlockManager, PrefixCacheStats
 from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep, RequestUpdate
 from sarathi_serve.scheduler.policies import Policy
+from sarathi_serve.scheduler.policies.step_model import StepShape
 from sarathi_serve.scheduler.request import Request, RequestStatus, StopReason
 from sarathi_serve.scheduler.state import SchedulerState
 from sarathi_serve.scheduler.stopping import charge_failed_step, stop_reason
@@ -173,6 +174,7 @@ class SchedulerCore:
         new_requests, chunks, admitted = [], [], []
         rows: dict[str, tuple[Request, int]] = {}
         num_prefill = num_decode = 0
+        prefill_context = decode_context = 0.0
         for request, num_tokens in schedule.chunks:  # hot: every running request
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
@@ -188,10 +190,13 @@ class SchedulerCore:
                     )
                 )
                 request.on_worker = True
-            if request.num_computed_tokens < request.num_prefill_tokens:
+            start = request.num_computed_tokens
+            if start < request.num_prefill_tokens:
                 num_prefill += num_tokens
+                prefill_context += StepShape.chunk_context(start, num_tokens)
             else:
                 num_decode += num_tokens
+                decode_context += start
             block_ids = request.block_ids
             new_blocks: tuple[int, ...] = ()
             if request.num_blocks_sent != len(block_ids):
@@ -204,22 +209,17 @@ class SchedulerCore:
                 blocks.cache_computed_blocks(request)  # a block is full: once in block_size
         plan = StepPlan(step_id, tuple(new_requests), tuple(chunks), tuple(self._freed_ids))
         self._freed_ids.clear()
-        planned = PlannedStep(
-            plan,
-            num_prefill,
-            num_decode,
-            tuple(admitted),
-            self.policy.name,
-            self.policy.last_budget,
-            rows,
+        shape = StepShape(
+            num_prefill, num_decode, prefill_context, decode_context, schedule.num_slo_decodes
         )
+        policy = self.policy
+        planned = PlannedStep(plan, shape, tuple(admitted), policy.name, policy.last_budget, rows)
         self._in_flight.append(planned)
         return planned
 
     def observe(self, planned: PlannedStep, execution_ms: float, interval_ms: float | None):
         """Feeds the policy a step's time and interval (None: after idle): budgets adapt."""
-        p = planned
-        self.policy.observe(p.num_prefill_tokens, p.num_decode_tokens, execution_ms, interval_ms)
+        self.policy.observe(planned.shape, execution_ms, interval_ms)
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
         """Appends sampled tokens and finishes requests that reached a stop. Results

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from sarathi_serve.common.step import StepPlan, TokenLogprobs
+from sarathi_serve.scheduler.policies.step_model import StepShape
 from sarathi_serve.scheduler.request import Request, StopReason
 
 
@@ -43,11 +44,18 @@ class Occupancy:
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
     plan: StepPlan
-    num_prefill_tokens: int
-    num_decode_tokens: int
+    shape: StepShape  # what it computes, for the step-time models
     admitted: tuple[Request, ...]  # scheduled for the first time
     policy: str  # the policy that planned it, and its budget
     token_budget: int
     # The requests it computes, each with its incarnation (how often it had been
     # preempted): a token of the step counts only for the same incarnation.
     rows: dict[str, tuple[Request, int]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return self.shape.num_prefill
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return self.shape.num_decode

@@ -37,7 +37,7 @@ class StepDeadline:
         """How long `step` may run on the worker before the worker counts as hung."""
         prefill, decode = step.num_prefill_tokens, step.num_decode_tokens
         if self.model.ready:
-            predicted_ms = max(self.model.predict_ms(prefill, decode), 0.0)
+            predicted_ms = max(self.model.predict_ms(step.shape), 0.0)
             return self.stall_s + HANG_FACTOR * predicted_ms / 1e3
         allowance_s = self.stall_s + HANG_FACTOR * FALLBACK_MS_PER_TOKEN * (prefill + decode) / 1e3
         warming_up = self.model.num_observations < WARMUP_STEPS
@@ -45,4 +45,4 @@ class StepDeadline:
 
     def observe(self, step: PlannedStep, execution_ms: float) -> None:
         if self._owns_model:  # else its owner observes the step
-            self.model.observe(step.num_prefill_tokens, step.num_decode_tokens, execution_ms)
+            self.model.observe(step.shape, execution_ms)

@@ -141,7 +141,8 @@ def _tail_series(front: SchedulerFront, labels: list[str]) -> Iterator[Metric]:
         return
     for name, doc, value in (
         ("sarathi_scheduler_tbt_intervals", "Intervals between two results that decoding "
-         "requests waited (one per decode)", sum(g.num_intervals for g in tails)),
+         "requests waited (one per decode; with --batch-priority, interactive ones only)",
+         sum(g.num_intervals for g in tails)),
         ("sarathi_scheduler_tbt_target_misses", "Of them, longer than --target-tbt-ms",
          sum(g.num_missed for g in tails)),
         ("sarathi_scheduler_tbt_target_excess_seconds", "Their total time past the target",

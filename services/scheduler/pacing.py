@@ -38,14 +38,12 @@ class PlanPacer:
         `computing`, which the worker began at `started_at`; at most `started_at`: now."""
         if not self.model.ready:
             return started_at
-        predicted_ms = self.model.predict_ms(
-            computing.num_prefill_tokens, computing.num_decode_tokens
-        )
+        predicted_ms = self.model.predict_ms(computing.shape)
         return started_at + max(predicted_ms - self.lead_ms, 0.0) / 1e3
 
     def observe(self, step: PlannedStep, execution_ms: float, worker_wait_ms: float) -> None:
         """A step's measured time, and how long the worker waited for its plan."""
-        self.model.observe(step.num_prefill_tokens, step.num_decode_tokens, execution_ms)
+        self.model.observe(step.shape, execution_ms)
         if worker_wait_ms > LATE_MS:
             self.num_late += 1
             self.lead_ms = min(2 * self.lead_ms + worker_wait_ms, MAX_LEAD_MS)

@@ -226,6 +226,13 @@ def test_tenant_weights_reach_the_scheduler(tmp_path):
     assert scheduler.tenant_weights_by_name() == {"gold": 3.0, "free": 0.5}
 
 
+def test_a_batch_class_reaches_a_sarathi_scheduler(tmp_path):
+    argv = ("--redis-url", "redis://x:1/0", "--target-tbt-ms", "400", "--batch-priority", "5")
+    scheduler = next(child_config(c) for c in plan(tmp_path, *argv) if c.role == "scheduler")
+    assert (scheduler.target_tbt_ms, scheduler.batch_priority) == (400.0, 5)
+    assert scheduler.make_policy().batch_priority == 5
+
+
 def test_the_drain_reaches_the_gateway_and_up_waits_for_it(tmp_path, environment):
     children = plan(tmp_path, "--drain-s", "7")
     gateway = next(c for c in children if c.role == "gateway")

@@ -37,8 +37,9 @@ def test_urgent_requests_preempt_batch_ones_which_finish_with_their_own_tokens(
     system_factory, tokenizer, reference
 ):
     system = system_factory(
-        "--max-num-seqs", "2", "--token-budget", "64", "--tenant-weights", "gold=3,free=0.5"
-    )
+        "--max-num-seqs", "2", "--token-budget", "64", "--tenant-weights", "gold=3,free=0.5",
+        "--target-tbt-ms", "5000", "--batch-priority", "5",
+    )  # fmt: skip
     # two batch prompts whose answers run to MAX_TOKENS (they are running when the
     # urgent ones come), then two urgent ones
     prompts = [tokenizer.encode(PROMPTS[i]) for i in (3, 4, 2, 7)]
@@ -63,3 +64,4 @@ def test_urgent_requests_preempt_batch_ones_which_finish_with_their_own_tokens(
     assert max(end for _, end in urgent_results) < min(end for _, end in batch_results)
     scheduler_logs = "".join(p.read_text() for p in system.run_dir.glob("logs/scheduler*.log"))
     assert "tenant weights gold=3,free=0.5" in scheduler_logs  # up passed them on
+    assert "target_tbt_ms=5000, batch_priority=5" in scheduler_logs

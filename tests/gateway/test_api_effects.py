@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sarathi_serve.gateway.metrics import BoundedLabel
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.worker.null_runner import null_token
 
@@ -91,16 +92,32 @@ def test_gateway_metrics_count_prompts_outputs_and_finishes(http, tokenizer):
 
     before = values()
     completion(http, prompt="Count me", max_tokens=4)
+    completion(http, prompt="Count me", max_tokens=2, priority=7)  # another class
     after = values()
 
     def grew(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
 
     labels = {"model": MODEL, "variant": "default"}
-    assert grew("sarathi_prompt_tokens_total", **labels) == len(tokenizer.encode("Count me"))
-    assert grew("sarathi_generation_tokens_total", **labels) == 4
-    assert grew("sarathi_requests_total", finish_reason="length", **labels) == 1
-    for name in ("time_to_first_token", "e2e_request_latency"):
-        assert grew(f"sarathi_{name}_seconds_count", **labels) == 1, name
-    assert grew("sarathi_inter_token_latency_seconds_count", **labels) == 3
+    assert grew("sarathi_prompt_tokens_total", **labels) == 2 * len(tokenizer.encode("Count me"))
+    assert grew("sarathi_generation_tokens_total", **labels) == 4 + 2
+    assert grew("sarathi_requests_total", finish_reason="length", **labels) == 2
+    for priority, outputs in (("0", 4), ("7", 2)):  # the latency series of each class
+        of_class = {**labels, "priority": priority, "tenant": ""}
+        assert grew("sarathi_requests_total", finish_reason="length", **of_class) == 1
+        for name in ("time_to_first_token", "e2e_request_latency"):
+            assert grew(f"sarathi_{name}_seconds_count", **of_class) == 1, name
+        assert grew("sarathi_inter_token_latency_seconds_count", **of_class) == outputs - 1
     assert total(after, "sarathi_requests_in_flight", **labels) == 0
+
+
+def test_a_label_keeps_its_first_values_and_calls_the_rest_other():
+    label = BoundedLabel(limit=2)
+    assert [label(v) for v in ("0", "5", "0", "9", "5", "-3")] == [
+        "0",
+        "5",
+        "0",
+        "other",
+        "5",
+        "other",
+    ]

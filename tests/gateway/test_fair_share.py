@@ -17,6 +17,7 @@ import time
 import grpc
 import httpx2 as httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sarathi_serve.gateway.auth import PRIORITY_KEY
 from sarathi_serve.protocol import generate_pb2 as gpb
@@ -153,6 +154,27 @@ def test_an_api_keys_tenant_and_priority_apply_to_its_requests(keyed_stack):
     ahead = median_ttft(keyed_stack, batch, live)
     print(f"TTFT p50: live key alone {alone:.0f} ms, beside the batch key's backlog {ahead:.0f}")
     assert ahead <= 1.5 * alone, (alone, ahead)
+
+
+def test_the_latency_series_are_per_class_and_tenant(keyed_stack):
+    """The batch key's requests are counted at its priority 5, the live key's at 0, both
+    as tenant acme (the series the last test's requests left behind, and one more)."""
+    with httpx.Client(base_url=keyed_stack.base_url, timeout=60) as http:
+        for key in ("batch-key", "live-key"):
+            body = {"prompt": [5, 6, 7], "max_tokens": 3}
+            done = http.post(
+                "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert done.status_code == 200, done.text
+        text = http.get("/metrics").text
+    counts = {
+        (sample.labels["priority"], sample.labels["tenant"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sarathi_time_to_first_token_seconds_count"
+    }
+    assert counts.get(("5", "acme"), 0) >= 1 and counts.get(("0", "acme"), 0) >= 1, counts
+    assert all(tenant in ("acme", "small") for _, tenant in counts), counts
 
 
 def test_a_keys_limits_answer_429_with_the_time_to_retry(keyed_stack):

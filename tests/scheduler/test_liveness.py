@@ -19,6 +19,7 @@ from sarathi_serve.scheduler.liveness import (
     StepDeadline,
 )
 from sarathi_serve.scheduler.policies import make_policy
+from sarathi_serve.scheduler.policies.step_model import StepShape
 from sarathi_serve.scheduler.stats import StatsRing
 from sarathi_serve.scheduler.workers import WorkerLink
 from sarathi_serve.worker.engine import WorkerEngine
@@ -106,7 +107,7 @@ def reference(request_id: str) -> list[int]:
 
 def test_the_allowance_grows_with_the_predicted_step():
     deadline = StepDeadline(stall_s=2.0)
-    step = PlannedStep(StepPlan(0), 100, 0, (), "sarathi", 100)
+    step = PlannedStep(StepPlan(0), StepShape(100, 0), (), "sarathi", 100)
     fallback = 2.0 + HANG_FACTOR * FALLBACK_MS_PER_TOKEN * 100 / 1e3
     assert deadline.allowance_s(step) == WARMUP_FACTOR * fallback  # a worker's first steps
     for _ in range(WARMUP_STEPS):
@@ -114,7 +115,7 @@ def test_the_allowance_grows_with_the_predicted_step():
     assert deadline.allowance_s(step) == fallback
     for _ in range(20):
         deadline.observe(step, 500.0)
-        deadline.observe(PlannedStep(StepPlan(0), 0, 10, (), "sarathi", 10), 50.0)
+        deadline.observe(PlannedStep(StepPlan(0), StepShape(0, 10), (), "sarathi", 10), 50.0)
     assert abs(deadline.allowance_s(step) - (2.0 + HANG_FACTOR * 0.5)) < 0.1
 
 

@@ -2,9 +2,12 @@
 
 import pytest
 
+from sarathi_serve.common.step import StepResult, WorkerGeometry
 from sarathi_serve.scheduler.block_manager import BlockManager
+from sarathi_serve.scheduler.core import SchedulerCore
 from sarathi_serve.scheduler.policies import make_policy
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
+from sarathi_serve.scheduler.policies.step_model import StepShape, StepTimeModel
 from sarathi_serve.scheduler.request import RequestStatus
 from sarathi_serve.scheduler.state import SchedulerState
 from tests.scheduler.helpers import make_request
@@ -143,12 +146,12 @@ def test_step_time_model_recovers_an_affine_step_time():
     from sarathi_serve.scheduler.policies.step_model import StepTimeModel
 
     model = StepTimeModel()
-    assert model.max_prefill_tokens(4, 100.0) is None  # not fitted yet
+    assert model.max_prefill_tokens(StepShape(num_decode=4), 100.0) is None  # not fitted yet
     for prefill, decode in [(0, 1), (64, 4), (128, 2), (256, 8), (32, 16), (512, 0), (0, 32),
                             (200, 10), (100, 20)]:  # fmt: skip
-        model.observe(prefill, decode, 20 + 2.0 * prefill + 0.5 * decode)
-    assert model.predict_ms(100, 10) == pytest.approx(225.0, rel=1e-3)
-    assert model.max_prefill_tokens(10, 100.0) == 37  # (100 - 20 - 5) / 2
+        model.observe(StepShape(prefill, decode), 20 + 2.0 * prefill + 0.5 * decode)
+    assert model.predict_ms(StepShape(100, 10)) == pytest.approx(225.0, rel=1e-3)
+    assert model.max_prefill_tokens(StepShape(num_decode=10), 100.0) == 37  # (100 - 20 - 5) / 2
 
 
 def test_step_time_model_stays_solvable_after_many_steps_of_one_shape():
@@ -158,8 +161,8 @@ def test_step_time_model_stays_solvable_after_many_steps_of_one_shape():
 
     model = StepTimeModel()
     for _ in range(5000):
-        model.observe(0, 3, 60.0)
-    assert model.predict_ms(0, 3) == pytest.approx(60.0, rel=0.01)
+        model.observe(StepShape(0, 3), 60.0)
+    assert model.predict_ms(StepShape(0, 3)) == pytest.approx(60.0, rel=0.01)
 
 
 def test_slo_driven_budget_fills_the_target_and_follows_the_machine():
@@ -170,13 +173,13 @@ def test_slo_driven_budget_fills_the_target_and_follows_the_machine():
     state.waiting.append(make_request("long", 2000))
     assert policy.schedule(state, blocks).num_tokens == 256  # static budget until fitted
     for prefill in range(0, 400, 40):  # a machine where a prefill token costs 1 ms
-        policy.observe(prefill, 4, 10 + 1.0 * prefill + 2.0 * 4)
+        policy.observe(StepShape(prefill, 4), 10 + 1.0 * prefill + 2.0 * 4)
     schedule = run_step(policy, state, blocks)
     # fitted to the tail guard's starting step target, 80 % of the target: (80 - 10 - 8) / 1
     assert ids(schedule)[-1] == ("long", 62)
     assert policy.last_budget == 4 + 62
     for _ in range(200):  # the machine slows down 4x (a noisy neighbour)
-        policy.observe(80, 4, 4 * (10 + 80 + 8))
+        policy.observe(StepShape(80, 4), 4 * (10 + 80 + 8))
     # ~80 / (4 x 98 / 84) - 4 decodes: the chunk shrinks to the floor of 16
     assert policy.schedule(state, blocks).chunks[-1][1] == 16
 
@@ -209,3 +212,98 @@ def test_swapping_policies_keeps_sarathi_options():
     assert rebuilt.low_chunk_size == 32 and rebuilt.token_budget == 64
     with pytest.raises(ValueError, match="low_chunk_size"):
         make_policy("orca", token_budget=64, max_num_seqs=8, low_chunk_size=32)
+
+
+def test_a_batch_class_runs_at_the_full_budget_until_an_interactive_request_decodes():
+    policy = SarathiPolicy(token_budget=256, target_tbt_ms=100.0, batch_priority=5)
+    state, blocks = SchedulerState(), BlockManager(1000, 4)
+    for i in range(4):
+        decoding(f"batch{i}", 4, state, blocks).priority = 5
+    state.waiting.append(make_request("long", 2000))
+    for prefill in range(0, 400, 40):  # a prefill token costs 1 ms: 100 ms fits ~62
+        policy.observe(StepShape(prefill, 4), 10 + 1.0 * prefill + 2.0 * 4)
+    batch_alone = run_step(policy, state, blocks)
+    assert batch_alone.num_slo_decodes == 0 and ids(batch_alone)[-1] == ("long", 252)
+    decoding("live", 4, state, blocks)  # priority 0: interactive
+    mixed = run_step(policy, state, blocks)
+    # fitted to the starting step target of 80 ms: about 80 - 10 - 5 x 2 prefill tokens
+    assert mixed.num_slo_decodes == 1 and ids(mixed)[-1] == ("long", 57)
+    # the guard counts the interactive decode alone, and nothing of batch-only iterations
+    policy.observe(StepShape(57, 5, num_slo_decodes=1), 200.0, interval_ms=200.0)
+    policy.observe(StepShape(252, 4, num_slo_decodes=0), 300.0, interval_ms=300.0)
+    assert (policy.guard.num_intervals, policy.guard.num_missed) == (1, 1)
+    # without a batch class every decode is held to the target
+    every = SarathiPolicy(token_budget=256, target_tbt_ms=100.0)
+    every.step_model = policy.step_model
+    assert every.schedule(state, blocks).num_slo_decodes is None
+    assert make_policy("sarathi", token_budget=64, max_num_seqs=8, **policy.options())
+
+
+def test_the_core_hands_the_interactive_decodes_of_a_step_back_to_the_policy():
+    policy = SarathiPolicy(token_budget=64, target_tbt_ms=100.0, batch_priority=1)
+    core = SchedulerCore(policy)
+    core.attach_worker(WorkerGeometry(64, 4, 64, 2))
+    for request_id, priority in (("live", 0), ("batch", 3)):
+        request = make_request(request_id, 4)
+        request.priority = priority
+        core.add(request)
+    first = core.plan(0, now=0.0)  # both prefill
+    core.apply(StepResult(0, {"live": 7, "batch": 7}), now=0.1)
+    second = core.plan(1, now=0.1)  # both decode, one of them interactive
+    assert (first.shape.num_slo_decodes, second.shape.num_slo_decodes) == (0, 1)
+    core.observe(second, 150.0, 150.0)
+    assert (policy.guard.num_intervals, policy.guard.num_missed) == (1, 1)
+
+
+def test_a_negative_batch_priority_is_refused():
+    with pytest.raises(ValueError, match="batch_priority"):
+        SarathiPolicy(target_tbt_ms=100.0, batch_priority=-1)
+
+
+def test_the_step_model_charges_attention_by_context():
+    """A machine where a chunk's attention grows with its context: the fit recovers it,
+    and the tokens that fit a target shrink for a chunk late in a long prompt."""
+    model = StepTimeModel()
+    for prefill in (32, 64, 128, 256):
+        for start in (0, 256, 512, 1024):
+            for decodes, context in ((0, 0), (8, 300), (16, 1200)):
+                shape = StepShape(
+                    prefill, decodes, StepShape.chunk_context(start, prefill), decodes * context
+                )
+                ms = 20 + 1.0 * prefill + 0.5 * decodes
+                ms += 0.4 * shape.prefill_context / 1024 + 2.0 * shape.decode_context / 1024
+                model.observe(shape, ms)
+    late = StepShape(128, 16, StepShape.chunk_context(1024, 128), 16 * 1200)
+    assert model.predict_ms(late) == pytest.approx(20 + 128 + 8 + 0.4 * 136 + 2.0 * 18.75, 1e-3)
+    decodes = StepShape(num_decode=16, decode_context=16 * 1200)  # 20 + 8 + 37.5 ms
+    early, deep = (model.max_prefill_tokens(decodes, 300.0, start) for start in (0, 1024))
+    assert early is not None and deep is not None
+    # cost(n) = 65.5 + n (1 + 0.4 s / 1024) + 0.2 n^2 / 1024 <= 300: 224 at s = 0, 163 at 1024
+    assert (early, deep) == (224, 163)
+
+
+def test_batch_decodes_wait_an_iteration_when_they_would_push_interactive_ones_past():
+    policy = SarathiPolicy(token_budget=256, target_tbt_ms=100.0, batch_priority=5)
+    state, blocks = SchedulerState(), BlockManager(1000, 4)
+    live = decoding("live", 4, state, blocks)
+    batch = [decoding(f"batch{i}", 4, state, blocks) for i in range(30)]
+    for request in batch:
+        request.priority = 5
+    state.waiting.append(make_request("long", 2000))
+    for prefill in range(0, 400, 40):  # 10 ms + 1 ms a prefill token + 2 ms a decode
+        for decodes in (4, 20):
+            policy.observe(StepShape(prefill, decodes), 10 + 1.0 * prefill + 2.0 * decodes)
+    schedule = run_step(policy, state, blocks)
+    # 80 ms of step target: 10 + 16 prefill tokens leave room for 27 decodes of 31
+    decoded = [r for r, _ in schedule.chunks if r.request_id != "long"]
+    assert live in decoded and len(decoded) == 27, len(decoded)
+    assert [r.request_id for r in batch if r not in decoded] == [
+        "batch26",
+        "batch27",
+        "batch28",
+        "batch29",
+    ]
+    assert ids(schedule)[-1][0] == "long"
+    # batch alone: every decode, at the full budget
+    state.running.remove(live)
+    assert len(policy.schedule(state, blocks).chunks) == 30 + 1

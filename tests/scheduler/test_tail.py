@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sarathi_serve.scheduler.policies.sarathi import MIN_PREFILL_TOKENS, SarathiPolicy
+from sarathi_serve.scheduler.policies.step_model import StepShape
 from sarathi_serve.scheduler.policies.tail import TailGuard
 
 TARGET_MS = 400.0
@@ -20,11 +21,13 @@ def run(policy: SarathiPolicy, rng: random.Random, steps: int, outside_ms: float
     3 ms per decode, with +-20 % noise; the interval adds `outside_ms`."""
     intervals = []
     for _ in range(steps):
-        fit = policy.step_model.max_prefill_tokens(DECODES, policy.guard.step_target_ms)
+        fit = policy.step_model.max_prefill_tokens(
+            StepShape(num_decode=DECODES), policy.guard.step_target_ms
+        )
         prefill = policy.token_budget if fit is None else max(min(fit, 1024), MIN_PREFILL_TOKENS)
         execution = (60 + 0.5 * prefill + 3 * DECODES) * rng.uniform(0.8, 1.2)
         interval = execution + outside_ms * rng.uniform(0.5, 1.5)
-        policy.observe(prefill, DECODES, execution, interval)
+        policy.observe(StepShape(prefill, DECODES), execution, interval)
         intervals.append(interval)
     return intervals
 
@@ -81,10 +84,10 @@ def test_a_target_factor_sets_the_target_from_the_measured_decode_step():
     policy = SarathiPolicy(token_budget=256, target_tbt_factor=5.0)
     assert policy.guard is None
     for i in range(15):
-        policy.observe(0, 2, 80.0 + i % 3)  # small decode-only steps, about 80 ms
-        policy.observe(200, 8, 600.0)  # mixed steps are modelled, not sampled
+        policy.observe(StepShape(0, 2), 80.0 + i % 3)  # small decode-only steps, about 80 ms
+        policy.observe(StepShape(200, 8), 600.0)  # mixed steps are modelled, not sampled
     assert policy.guard is None  # 15 samples: still the static budget
-    policy.observe(0, 1, 81.0)
+    policy.observe(StepShape(0, 1), 81.0)
     assert policy.guard is not None and policy.target_tbt_ms == 5 * 81.0
     assert policy.options()["target_tbt_factor"] == 5.0
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sarathi_serve.scheduler.block_manager import BlockManager
+from sarathi_serve.scheduler.policies.step_model import StepShape
 from sarathi_serve.scheduler.request import Request, RequestStatus
 from sarathi_serve.scheduler.state import SchedulerState
 
@@ -20,6 +21,8 @@ class Schedule:
 
     chunks: list[tuple[Request, int]] = field(default_factory=list)  # (request, num tokens)
     preempted: list[Request] = field(default_factory=list)
+    # decodes of requests a TBT target is kept for (None: every decode; see sarathi.py)
+    num_slo_decodes: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -45,11 +48,7 @@ class Policy(Protocol):
         ...
 
     def observe(
-        self,
-        num_prefill: int,
-        num_decode: int,
-        execution_ms: float,
-        interval_ms: float | None = None,
+        self, shape: StepShape, execution_ms: float, interval_ms: float | None = None
     ) -> None:
         """Feedback: how long the worker took for an iteration of this shape, and the
         interval since the result before it (what decoding clients waited; None when
@@ -68,11 +67,7 @@ class StaticBudget:
         return self.token_budget
 
     def observe(
-        self,
-        num_prefill: int,
-        num_decode: int,
-        execution_ms: float,
-        interval_ms: float | None = None,
+        self, shape: StepShape, execution_ms: float, interval_ms: float | None = None
     ) -> None:
         return None
 

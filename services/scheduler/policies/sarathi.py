@@ -16,6 +16,10 @@ as the model says fit in the step target (at least `MIN_PREFILL_TOKENS`, so
 prefills always progress; at most `MAX_BUDGET_FACTOR` x `token_budget`).
 `token_budget` is used until the model has seen enough iterations. The step
 target is the TBT target less the tail margin `TailGuard` measures (tail.py).
+With `batch_priority` > 0, requests at that priority or a higher value are the batch
+class: the target is kept for the others (interactive) only. An iteration that carries
+no interactive decode runs at the static `token_budget` (batch fills what the
+interactive class leaves), and the tail guard counts interactive decodes alone.
 (Capping the running requests at the decodes that fit in the step target was
 tried and measured: 20 % less throughput past capacity for no better tail.)
 
@@ -41,7 +45,7 @@ from sarathi_serve.scheduler.policies.base import (
     schedule_decodes,
     validate_limits,
 )
-from sarathi_serve.scheduler.policies.step_model import StepTimeModel
+from sarathi_serve.scheduler.policies.step_model import StepShape, StepTimeModel
 from sarathi_serve.scheduler.policies.tail import TailGuard
 from sarathi_serve.scheduler.request import Request, RequestStatus
 from sarathi_serve.scheduler.state import SchedulerState
@@ -60,6 +64,8 @@ class SarathiPolicy:
     # > 0 with no target_tbt_ms: the target is this x the measured decode step (as the
     # paper set its SLOs), once AUTO_SAMPLES small decode-only steps have been seen
     target_tbt_factor: float = 0.0
+    # > 0: priorities >= this are batch: the TBT target is kept for lower values only
+    batch_priority: int = 0
     low_chunk_size: int = 0  # > 0: the dynamic chunk schedule, from token_budget down to this
     chunk_schedule_max_tokens: int = 8192
     chunk_schedule_stages: int = 16
@@ -71,8 +77,8 @@ class SarathiPolicy:
 
     def __post_init__(self) -> None:
         validate_limits(self.token_budget, self.max_num_seqs)
-        if self.target_tbt_ms < 0 or self.target_tbt_factor < 0:
-            raise ValueError("target_tbt_ms and target_tbt_factor must be >= 0")
+        if self.target_tbt_ms < 0 or self.target_tbt_factor < 0 or self.batch_priority < 0:
+            raise ValueError("target_tbt_ms, target_tbt_factor and batch_priority must be >= 0")
         if self.target_tbt_ms > 0 and self.guard is None:
             self.guard = TailGuard(self.target_tbt_ms)
         if not 0 <= self.low_chunk_size <= self.token_budget:
@@ -88,6 +94,7 @@ class SarathiPolicy:
         return {
             "target_tbt_ms": self.target_tbt_ms,
             "target_tbt_factor": self.target_tbt_factor,
+            "batch_priority": self.batch_priority,
             "low_chunk_size": self.low_chunk_size,
             "chunk_schedule_max_tokens": self.chunk_schedule_max_tokens,
             "chunk_schedule_stages": self.chunk_schedule_stages,
@@ -110,52 +117,66 @@ class SarathiPolicy:
     def schedule(self, state: SchedulerState, blocks: BlockManager) -> Schedule:
         out = Schedule()
         left = schedule_decodes(state, blocks, out, self.token_budget)
-        num_decodes = self.token_budget - left
-        prefill = self._prefill_budget(num_decodes, left)
-        self.last_budget = num_decodes + prefill
+        if self.batch_priority > 0:
+            out.num_slo_decodes = sum(1 for r, _ in out.chunks if r.priority < self.batch_priority)
+        if self.target_tbt_ms > 0 and out.num_slo_decodes != 0:  # a target to keep
+            prefill = self._fitted_prefill(state, out)
+        else:
+            prefill = left
+        self.last_budget = len(out.chunks) + prefill
         self._schedule_prefills(state, blocks, out, prefill)
         return out
 
     def observe(
-        self,
-        num_prefill: int,
-        num_decode: int,
-        execution_ms: float,
-        interval_ms: float | None = None,
+        self, shape: StepShape, execution_ms: float, interval_ms: float | None = None
     ) -> None:
         """Feeds the step-time model with a measured iteration, and the tail guard with
-        its interval since the result before it (None: the worker had been idle)."""
+        its interval since the result before it (None: the worker had been idle) for
+        the decodes the target is kept for."""
         if self.guard is None:
-            self._learn_target(num_prefill, num_decode, execution_ms)
+            self._learn_target(shape, execution_ms)
             return
         if interval_ms is not None:
             model = self.step_model
-            predicted = model.predict_ms(num_prefill, num_decode) if model.ready else None
-            self.guard.observe(interval_ms, predicted, num_prefill, num_decode)
-        self.step_model.observe(num_prefill, num_decode, execution_ms)
+            predicted = model.predict_ms(shape) if model.ready else None
+            waited = shape.num_decode if shape.num_slo_decodes is None else shape.num_slo_decodes
+            self.guard.observe(interval_ms, predicted, shape.num_prefill, waited)
+        self.step_model.observe(shape, execution_ms)
 
-    def _learn_target(self, num_prefill: int, num_decode: int, execution_ms: float) -> None:
+    def _learn_target(self, shape: StepShape, execution_ms: float) -> None:
         """With `target_tbt_factor`: the target from the median of the first small
         decode-only steps (their KV context is short; the guard's margin covers the
         rest), then an SLO-driven budget as with `target_tbt_ms`."""
         if self.target_tbt_factor <= 0:
             return
-        self.step_model.observe(num_prefill, num_decode, execution_ms)
-        if num_prefill == 0 and 0 < num_decode <= AUTO_MAX_DECODES:
+        self.step_model.observe(shape, execution_ms)
+        if shape.num_prefill == 0 and 0 < shape.num_decode <= AUTO_MAX_DECODES:
             self._decode_steps.append(execution_ms)
         if len(self._decode_steps) >= AUTO_SAMPLES:
             median = sorted(self._decode_steps)[len(self._decode_steps) // 2]
             self.target_tbt_ms = self.target_tbt_factor * median
             self.guard = TailGuard(self.target_tbt_ms)
 
-    def _prefill_budget(self, num_decodes: int, static_left: int) -> int:
-        if self.target_tbt_ms <= 0:
-            return static_left
+    def _fitted_prefill(self, state: SchedulerState, out: Schedule) -> int:
+        """The prefill tokens that fit beside the scheduled decodes in the step target,
+        as a chunk at the context of the first prefill in line (`token_budget` less
+        the decodes until the model is fitted). With a batch class, batch decodes are
+        left out of this iteration (the newest first) while the decodes alone leave
+        less than `MIN_PREFILL_TOKENS`: interactive ones keep their target."""
         assert self.guard is not None
-        fit = self.step_model.max_prefill_tokens(num_decodes, self.guard.step_target_ms)
+        target, model = self.guard.step_target_ms, self.step_model
+        start = _first_prefill_start(state)
+        decodes = _decode_shape(out)
+        fit = model.max_prefill_tokens(decodes, target, start)
         if fit is None:
-            return static_left
-        cap = MAX_BUDGET_FACTOR * self.token_budget - num_decodes
+            return max(self.token_budget - decodes.num_decode, 0)
+        bar = self.batch_priority
+        batch = [i for i, (r, _) in enumerate(out.chunks) if r.priority >= bar] if bar else []
+        while fit < MIN_PREFILL_TOKENS and batch:
+            del out.chunks[batch.pop()]  # the newest batch decode waits an iteration
+            decodes = _decode_shape(out)
+            fit = model.max_prefill_tokens(decodes, target, start) or 0
+        cap = MAX_BUDGET_FACTOR * self.token_budget - decodes.num_decode
         return max(min(fit, cap), MIN_PREFILL_TOKENS)
 
     def _chunk(self, request: Request, out: Schedule, budget: int) -> int:
@@ -199,3 +220,24 @@ class SarathiPolicy:
             blocks.allocate(request, num_tokens)
             out.chunks.append((request, num_tokens))
             budget -= num_tokens
+
+
+def _decode_shape(out: Schedule) -> StepShape:
+    """The decodes scheduled so far (every chunk of `out` is one, before prefills)."""
+    return StepShape(
+        num_decode=len(out.chunks),
+        decode_context=float(sum(r.num_computed_tokens for r, _ in out.chunks)),
+    )
+
+
+def _first_prefill_start(state: SchedulerState) -> int:
+    """The context a first prefill chunk would start at: the running prefill first in
+    line (by share), else 0 (a new request; its cached prefix is not known yet)."""
+    share = state.waiting.share_key
+    running = [r for r in state.running if r.is_prefilling]
+    if not running:
+        return 0
+    first = min(running, key=share)
+    if state.waiting and share(state.waiting[0]) < share(first):
+        return 0
+    return first.num_computed_tokens
