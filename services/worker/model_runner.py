@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from sarathi_serve.common.sampling import SamplingParams
 
@@ -23,6 +24,7 @@ from sarathi_serve.common.step import TokenLogprobs, WorkerGeometry
 from sarathi_serve.worker import attention
 from sarathi_serve.worker.attention import AttentionMetadata
 from sarathi_serve.worker.attention.layout import BatchLayout
+from sarathi_serve.worker.fused_layers import fuse_decoder_layers, load_layer_ops
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 from sarathi_serve.worker.linear import pack_linears, use_onednn
 from sarathi_serve.worker.parallel import TensorParallel, check_divisible, shard_model
@@ -95,6 +97,15 @@ def _load_model(
     return model
 
 
+def _fuse_layers(model: nn.Module, wanted: bool, device: torch.device, dtype: torch.dtype) -> int:
+    """CPU float32: decoder layers with fused projections and C++ elementwise ops
+    (`fused_layers.py`); returns how many layers were fused (0 elsewhere)."""
+    if not wanted or device.type != "cpu" or dtype != torch.float32:
+        return 0
+    ops = load_layer_ops()
+    return 0 if ops is None else fuse_decoder_layers(model, ops)
+
+
 def _kv_cache_spec(
     cfg: Any, tp: TensorParallel, block_size: int, dtype: torch.dtype
 ) -> KVCacheSpec:
@@ -126,6 +137,7 @@ class ModelRunner:
         gpu_memory_utilization: float = 0.9,
         profile_tokens: int = 2048,
         small_step_tokens: int = 0,
+        fuse_layers: bool = True,
     ):
         tp = tp or TensorParallel()
         model = _load_model(model_path, model, dtype, tp)
@@ -134,6 +146,7 @@ class ModelRunner:
         self.device = torch.device(device)
         cpu = self.device.type == "cpu" and small_step_tokens > 0
         self.step_threads = StepThreads(small_step_tokens) if cpu else None
+        self.fused_layers = _fuse_layers(self.model, fuse_layers, self.device, dtype)
         self.linear_backend = "torch"
         if use_onednn(linear_backend, self.device, dtype):
             pack_linears(self.model)
@@ -155,9 +168,11 @@ class ModelRunner:
         )
         self.kv_cache.fill_(0.0)  # commit the pages now rather than inside the first steps
         log.info(
-            "model %s: %d layers, KV cache %d blocks x %d tokens, %s attention, %s linears",
+            "model %s: %d layers (%d fused), KV cache %d blocks x %d tokens, %s attention, "
+            "%s linears",
             model_path,
             spec.num_layers,
+            self.fused_layers,
             self.kv_cache.num_blocks,
             block_size,
             self.backend.name,

@@ -24,20 +24,23 @@ def make_sequences(runner, lengths, seed=0):
 
 
 @pytest.mark.parametrize(
-    ("arch", "backend", "linear"),
+    ("arch", "backend", "linear", "fuse"),
     [
-        ("llama", "torch", "auto"),
-        ("llama", "torch", "torch"),
-        ("mistral", "torch", "auto"),
-        ("qwen2", "torch", "auto"),  # attention bias: packed with its bias
-        ("qwen2", "torch", "torch"),
-        ("qwen3", "torch", "auto"),
-        ("llama", "flex", "auto"),
-        ("mistral", "flex", "auto"),
+        ("llama", "torch", "auto", True),  # fused layers (fused_layers.py)
+        ("llama", "torch", "auto", False),  # Hugging Face's layers
+        ("llama", "torch", "torch", True),
+        ("mistral", "torch", "auto", True),  # a sliding window
+        ("mistral", "torch", "auto", False),
+        ("qwen2", "torch", "auto", True),  # attention bias: fused and packed with its bias
+        ("qwen2", "torch", "torch", False),
+        ("qwen3", "torch", "auto", True),  # per-head q/k norms
+        ("qwen3", "torch", "auto", False),
+        ("llama", "flex", "auto", True),
+        ("mistral", "flex", "auto", True),
     ],
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend, linear):
+def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend, linear, fuse):
     path = tiny_checkpoint(arch)
     runner = ModelRunner(
         path,
@@ -45,7 +48,9 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend, lin
         block_size=4,
         attention_backend=backend,
         linear_backend=linear,
+        fuse_layers=fuse,
     )
+    assert runner.fused_layers == (runner.model.config.num_hidden_layers if fuse else 0)
     ref = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     seqs = make_sequences(runner, [13, 5, 30, 9])
     captured = {}
@@ -89,7 +94,8 @@ def test_mixed_chunked_batch_logits_match_hf(tiny_checkpoint, arch, backend, lin
         for seq in seqs:
             if seq.request_id in sampled:
                 seq.token_ids.append(sampled[seq.request_id])
-    print(f"{arch}/{backend}/{runner.linear_backend}: max relative logit error {max_err:.2e}")
+    name = f"{arch}/{backend}/{runner.linear_backend}/fused={fuse}"
+    print(f"{name}: max relative logit error {max_err:.2e}")
     assert max_err < 1e-4
     assert all(len(s.token_ids) > s.num_prompt_tokens for s in seqs)
 

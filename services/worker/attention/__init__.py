@@ -74,21 +74,40 @@ def paged_attention(
 ) -> tuple[torch.Tensor, None]:
     if attn_metadata is None:
         raise ValueError(f"{ATTENTION_NAME} attention needs attn_metadata=")
-    meta = attn_metadata
-    layer = int(module.layer_idx)  # type: ignore[arg-type]
-    slots = meta.layout.slot_mapping
-    meta.kv_cache.write(layer, slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
-    out = meta.backend.forward(
+    out = attend(
+        attn_metadata,
+        int(module.layer_idx),  # type: ignore[arg-type]
         query[0].transpose(0, 1),  # [T, H, D]
         key[0].transpose(0, 1),  # [T, KVH, D]
         value[0].transpose(0, 1),
-        meta.kv_cache.keys[layer],
-        meta.kv_cache.values[layer],
-        meta.backend_meta,
         scaling,
         sliding_window,
     )
     return out.unsqueeze(0), None  # [1, T, H, D]
+
+
+def attend(
+    meta: AttentionMetadata,
+    layer: int,
+    q: torch.Tensor,  # [T, H, D], after RoPE
+    k: torch.Tensor,  # [T, KVH, D]
+    v: torch.Tensor,
+    scale: float | None,
+    window: int | None,
+) -> torch.Tensor:
+    """Writes the step's keys and values of `layer` into the paged cache, then
+    attends each query over its sequence's context: [T, H, D]."""
+    meta.kv_cache.write(layer, meta.layout.slot_mapping, k, v)
+    return meta.backend.forward(
+        q,
+        k,
+        v,
+        meta.kv_cache.keys[layer],
+        meta.kv_cache.values[layer],
+        meta.backend_meta,
+        scale,
+        window,
+    )
 
 
 def register() -> str:

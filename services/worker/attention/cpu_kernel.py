@@ -13,13 +13,12 @@ backend keeps gather + SDPA and the log says why.
 from __future__ import annotations
 
 import logging
-import platform
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from sarathi_serve.common.models import default_cache_dir
+from sarathi_serve.worker.cpu_build import build_cpu_extension
 
 log = logging.getLogger(__name__)
 
@@ -40,38 +39,11 @@ class PagedDecode(Protocol):
     ) -> torch.Tensor: ...
 
 
-def _isa_flags() -> tuple[str, list[str]]:
-    """The instruction set to compile for: AVX2 + FMA where this CPU has them
-    (x86-64-v3), else the compiler's default. Part of the build folder's name, so
-    a cache folder shared by different machines never loads the wrong build."""
-    if platform.machine() in ("x86_64", "AMD64"):
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            flags = []
-        if "avx2" in flags and "fma" in flags:
-            return "x86-64-v3", ["-march=x86-64-v3"]
-    return "generic", []
-
-
 def load_paged_decode(cache_dir: Path | None = None) -> PagedDecode | None:
     """The compiled kernel, or None where it cannot be built here."""
-    from torch.utils import cpp_extension
-
-    isa, isa_flags = _isa_flags()
-    build = (cache_dir or default_cache_dir()) / "kernels" / f"torch-{torch.__version__}-{isa}"
-    try:
-        build.mkdir(parents=True, exist_ok=True)
-        module = cpp_extension.load(
-            name="sarathi_paged_decode",
-            sources=[str(SOURCE)],
-            build_directory=str(build),
-            extra_cflags=["-O3", "-ffast-math", "-fopenmp", *isa_flags],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as e:
-        log.warning("CPU paged-decode kernel unavailable (%s); using gather + SDPA", e)
+    module = build_cpu_extension("sarathi_paged_decode", SOURCE, cache_dir)
+    if module is None:
+        log.warning("CPU paged-decode kernel unavailable; using gather + SDPA")
         return None
     return module.paged_decode  # type: ignore[no-any-return]
 
