@@ -55,8 +55,13 @@ def _concat_linear(parts: list[nn.Linear]) -> nn.Linear:
     """One linear whose output is the parts' outputs side by side."""
     weight = torch.cat([p.weight.detach() for p in parts])
     biases = [p.bias for p in parts]
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=biases[0] is not None)
-    fused.to(weight.device, weight.dtype)
+    fused = nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=biases[0] is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         fused.weight.copy_(weight)
         if fused.bias is not None:
@@ -73,10 +78,8 @@ def supports(layer: Any) -> bool:
     return (
         all(type(n).__name__ in NORMS for n in norms)
         and getattr(getattr(mlp, "config", None), "hidden_act", None) in ("silu", "swish")
-        and all(
-            isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")
-        )
-        and all(isinstance(getattr(mlp, n, None), nn.Linear) for n in ("gate_proj", "up_proj"))
+        and all(isinstance(getattr(attn, n, None), nn.Linear) for n in ATTN_PROJECTIONS)
+        and all(isinstance(getattr(mlp, n, None), nn.Linear) for n in MLP_PROJECTIONS)
     )
 
 
