@@ -1,10 +1,15 @@
-"""`sarathi-serve admin`: talk to the scheduler (set-policy, stats)."""
+"""`sarathi-serve admin`: talk to the schedulers (set-policy, stats).
+
+Without --addr it talks to the leader of every scheduler set of the running system
+(one per variant and shard): `stats` shows each, `set-policy` swaps every shard of
+one variant (--variant names it when several run)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
@@ -22,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--addr", default=None, help="scheduler host:port (default: the running system's)"
     )
+    p.add_argument(
+        "--variant", default=None, help="only this A/B variant's schedulers (every shard of it)"
+    )
     p.add_argument("--run-dir", type=Path, default=default_run_dir())
     actions = p.add_subparsers(dest="action", required=True)
     swap = actions.add_parser(
@@ -38,35 +46,73 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     stats.add_argument("--json", action="store_true")
 
 
-def scheduler_addr(args: argparse.Namespace, token: InternalToken) -> str:
-    """--addr, else the running system's leader (after a failover, not the first one)."""
+@dataclass(frozen=True, slots=True)
+class SchedulerSet:
+    variant: str
+    shard: str
+    addr: str  # its leader's (or, none leading, its first scheduler's)
+
+    @property
+    def label(self) -> str:
+        parts = [f"variant {self.variant}"] if self.variant else []
+        return ", ".join([*parts, *([f"shard {self.shard}"] if self.shard else [])])
+
+
+def scheduler_sets(args: argparse.Namespace, token: InternalToken) -> list[SchedulerSet]:
+    """--addr, else each scheduler set's leader (after a failover, not the first one)."""
     if args.addr:
-        return str(args.addr)
-    addrs = [r.address for r in read_system(args.run_dir) if r.role == "scheduler"]
+        return [SchedulerSet("", "", str(args.addr))]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in read_system(args.run_dir):
+        if r.role == "scheduler" and args.variant in (None, r.variant):
+            groups.setdefault((r.variant, r.shard), []).append(r.address)
+    if not groups and args.variant is None:
+        return [SchedulerSet("", "", f"127.0.0.1:{DEFAULT_PORT}")]
+    return [SchedulerSet(v, k, _leader(addrs, token)) for (v, k), addrs in groups.items()]
+
+
+def _leader(addrs: list[str], token: InternalToken) -> str:
     for addr in addrs:
         try:
             if probes.scheduler_stats(addr, timeout=2.0, token=token).is_leader:
                 return addr
         except grpc.RpcError:  # dead, or starting
             continue
-    return addrs[0] if addrs else f"127.0.0.1:{DEFAULT_PORT}"
+    return addrs[0]
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        token = InternalToken.from_env(args.run_dir)
-        metadata = token.metadata
-        with grpc.insecure_channel(scheduler_addr(args, token)) as channel:
-            stub = pb_grpc.SchedulerStub(channel)
-            if args.action == "set-policy":
-                return _set_policy(stub, args, metadata)
-            return _stats(stub, args, metadata)
-    except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    token = InternalToken.from_env(args.run_dir)
+    sets = scheduler_sets(args, token)
+    if not sets:
+        print(f"error: no scheduler of variant {args.variant!r} runs", file=sys.stderr)
         return 1
+    if args.action == "set-policy" and len({s.variant for s in sets}) > 1:
+        names = sorted({s.variant for s in sets})
+        print(f"error: variants {names} run: pass --variant NAME (or --addr)", file=sys.stderr)
+        return 1
+    status, answers = 0, []
+    for one in sets:
+        if len(sets) > 1 and not getattr(args, "json", False):
+            print(f"[{one.label}] {one.addr}")
+        try:
+            with grpc.insecure_channel(one.addr) as channel:
+                stub = pb_grpc.SchedulerStub(channel)
+                if args.action == "set-policy":
+                    _set_policy(stub, args, token.metadata)
+                elif args.json:
+                    answers.append({**asdict(one), "stats": _stats_json(stub, args, token)})
+                else:
+                    _stats(stub, args, token.metadata)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            status = 1
+    if answers:  # one set: its stats; several: a list of {variant, shard, addr, stats}
+        print(json.dumps(answers[0]["stats"] if len(sets) == 1 else answers, indent=2))
+    return status
 
 
-def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Metadata) -> int:
+def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Metadata) -> None:
     request = pb.SetPolicyRequest(policy=args.policy)
     if args.token_budget is not None:
         request.token_budget = args.token_budget
@@ -79,17 +125,21 @@ def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata:
         f"policy {reply.policy} (token budget {reply.token_budget}, max {reply.max_num_seqs} seqs) "
         f"from step {reply.first_step_id}"
     )
-    return 0
 
 
-def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Metadata) -> int:
+def _stats_json(
+    stub: pb_grpc.SchedulerStub, args: argparse.Namespace, token: InternalToken
+) -> dict[str, object]:
+    from google.protobuf.json_format import MessageToDict
+
+    request = pb.GetStatsRequest(max_iterations=args.last)
+    reply = stub.GetStats(request, timeout=10, metadata=token.metadata)
+    return MessageToDict(reply, always_print_fields_with_no_presence=True)
+
+
+def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Metadata) -> None:
     request = pb.GetStatsRequest(max_iterations=args.last)
     reply = stub.GetStats(request, timeout=10, metadata=metadata)
-    if args.json:
-        from google.protobuf.json_format import MessageToDict
-
-        print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
-        return 0
     print(
         f"policy {reply.policy} (budget {reply.token_budget}); running {reply.num_running}, "
         f"waiting {reply.num_waiting}, finished {reply.num_finished}; KV blocks free "
@@ -114,4 +164,3 @@ def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Meta
             f"{it.num_prefill_tokens:>7} {it.num_decode_tokens:>6} {it.execution_ms:>8.1f} "
             f"{it.worker_wait_ms:>7.2f}"
         )
-    return 0

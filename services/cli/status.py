@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from sarathi_serve.common import probes
 from sarathi_serve.common.auth import InternalToken
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         header,
         *(
             (
-                r["role"] + (f" [{r['variant']}]" if r["variant"] else ""),
+                r["role"] + _group(r),
                 str(r["pid"]),
                 r["address"],
                 r["health"],
@@ -85,3 +86,11 @@ def run_down(args: argparse.Namespace) -> int:
         "stopped" if not pid_alive(supervisor.pid) else "still stopping; see `sarathi-serve status`"
     )
     return 0
+
+
+def _group(row: dict[str, Any]) -> str:
+    """` [variant]`, ` [variant, shard 1]` or ` [shard 1]` (nothing for one of each)."""
+    parts = [row["variant"]] if row["variant"] else []
+    if row.get("shard"):
+        parts.append(f"shard {row['shard']}")
+    return f" [{', '.join(parts)}]" if parts else ""

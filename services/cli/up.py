@@ -95,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_field_argument(
         p, WorkerConfig, "tensor_parallel_size", WORKER_HELPS["tensor_parallel_size"]
     )
+    _add_topology_arguments(p)
+    p.add_argument("--run-dir", type=Path, default=default_run_dir())
+
+
+def _add_topology_arguments(p: argparse.ArgumentParser) -> None:
+    """How many of each process: replicas, schedulers, shards, and null workers."""
     p.add_argument(
         "--workers",
         type=int,
@@ -104,7 +110,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--schedulers", type=int, default=1, help="scheduler processes: a leader and standbys (HA)"
     )
-    p.add_argument("--run-dir", type=Path, default=default_run_dir())
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="scheduler sets per variant, each with its own --schedulers, --workers and Redis "
+        "state; the gateway routes new requests between them by load and prefix",
+    )
+    add_field_argument(
+        p, WorkerConfig, "null_model", "workers without a model (control-plane load tests)"
+    )
+    add_field_argument(p, WorkerConfig, "null_step_ms", WORKER_HELPS["null_step_ms"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"sarathi-serve up: {exc}", file=sys.stderr)
         return 1
     print(f"preparing model {args.model} ...", flush=True)
-    resolve_model(args.model)
-    prepare_cpu_kernels()  # CPU workers' decode kernel: the first build takes about a minute
+    resolve_model(args.model)  # with null workers too: the gateway's tokenizer
+    if not args.null_model:
+        prepare_cpu_kernels()  # CPU workers' kernels: the first build takes about a minute
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -41,6 +41,27 @@ class VariantPlan:
     weight: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class SchedulerSet:
+    """A leader and its standbys with their workers: one per variant and shard."""
+
+    variant: VariantPlan
+    shard: str  # "" with one shard
+    ports: list[int]
+
+    @property
+    def addr(self) -> str:
+        """The schedulers' addresses, as workers and the gateway dial them."""
+        return ",".join(f"{LOCALHOST}:{port}" for port in self.ports)
+
+    @property
+    def suffix(self) -> str:
+        """Names its state in Redis, its scheduler ids and its logs."""
+        return "".join(
+            f"-{part}" for part in (self.variant.name, self.shard and f"s{self.shard}") if part
+        )
+
+
 def parse_variant(text: str) -> VariantPlan:
     """`NAME=POLICY[:BUDGET][@WEIGHT]`, e.g. `a=sarathi:256@50`."""
     try:
@@ -63,8 +84,10 @@ def plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
     """The children of `up` with `args`, in start order (StartupError if it cannot be)."""
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    if args.workers < 1 or args.schedulers < 1:
-        raise StartupError("--workers and --schedulers must be >= 1")
+    if args.workers < 1 or args.schedulers < 1 or args.shards < 1:
+        raise StartupError("--workers, --schedulers and --shards must be >= 1")
+    if args.null_step_ms and not args.null_model:
+        raise StartupError("--null-step-ms goes with --null-model")
     taken = _gateway_ports(args)
     scheduler_port = _preferred_port(args.scheduler_port, taken)
     worker_port = _preferred_port(args.worker_port, taken)
@@ -77,15 +100,18 @@ def plan_children(args: argparse.Namespace, run_dir: Path) -> list[Child]:
     variants = args.variant or [VariantPlan("", args.policy, args.token_budget)]
     routes: list[dict[str, Any]] = []
     for i, variant in enumerate(variants):
-        ports = [scheduler_port if i == 0 else _pick_port(taken)]
-        ports += [_pick_port(taken) for _ in range(args.schedulers - 1)]
-        scheduler_addr = ",".join(f"{LOCALHOST}:{port}" for port in ports)
-        children += _scheduler_children(args, variant, ports, redis_url, logs, taken)
-        first_port = worker_port if i == 0 else _pick_port(taken)
-        children += _worker_children(args, variant, scheduler_addr, first_port, logs, taken)
-        routes.append(
-            {"name": variant.name, "weight": variant.weight, "scheduler_addr": scheduler_addr}
-        )
+        shard_addrs = []
+        for k in range(args.shards):
+            first = i == 0 and k == 0  # it gets the preferred ports
+            ports = [scheduler_port if first else _pick_port(taken)]
+            ports += [_pick_port(taken) for _ in range(args.schedulers - 1)]
+            group = SchedulerSet(variant, str(k) if args.shards > 1 else "", ports)
+            children += _scheduler_children(args, group, redis_url, logs, taken)
+            first_port = worker_port if first else _pick_port(taken)
+            children += _worker_children(args, group, first_port, logs, taken)
+            shard_addrs.append(group.addr)
+        route = ";".join(shard_addrs)  # the gateway's shards of this variant
+        routes.append({"name": variant.name, "weight": variant.weight, "scheduler_addr": route})
     children.append(_gateway_child(args, routes, run_dir))
     return children
 
@@ -151,16 +177,11 @@ def _service(module: str, cls: type[C], fields: dict[str, Any]) -> tuple[C, list
 
 
 def _scheduler_children(
-    args: argparse.Namespace,
-    variant: VariantPlan,
-    ports: list[int],
-    redis_url: str,
-    logs: Path,
-    taken: set[int],
+    args: argparse.Namespace, group: SchedulerSet, redis_url: str, logs: Path, taken: set[int]
 ) -> list[Child]:
-    suffix = f"-{variant.name}" if variant.name else ""
+    variant, suffix = group.variant, group.suffix
     children = []
-    for i, port in enumerate(ports):
+    for i, port in enumerate(group.ports):
         metrics_port = _pick_port(taken)
         _, argv = _service(
             "sarathi_serve.scheduler",
@@ -170,7 +191,7 @@ def _scheduler_children(
                 "port": port,
                 "scheduler_id": f"scheduler{suffix}-{i}",
                 "redis_url": redis_url,
-                # each variant keeps its own state and lease in Redis
+                # each variant and shard keeps its own state and lease in Redis
                 "redis_prefix": SchedulerConfig().redis_prefix + suffix,
                 "policy": variant.policy,
                 "token_budget": variant.token_budget,
@@ -191,18 +212,14 @@ def _scheduler_children(
                 logs / f"scheduler{suffix}-{i}.log",
                 variant=variant.name,
                 metrics=f"http://{LOCALHOST}:{metrics_port}/metrics",
+                shard=group.shard,
             )
         )
     return children
 
 
 def _worker_children(
-    args: argparse.Namespace,
-    variant: VariantPlan,
-    scheduler_addr: str,
-    first_port: int,
-    logs: Path,
-    taken: set[int],
+    args: argparse.Namespace, group: SchedulerSet, first_port: int, logs: Path, taken: set[int]
 ) -> list[Child]:
     children = []
     for w in range(args.workers):
@@ -212,24 +229,27 @@ def _worker_children(
             "sarathi_serve.worker",
             WorkerConfig,
             {
-                "scheduler_addr": scheduler_addr,
+                "scheduler_addr": group.addr,
                 "model": args.model,
                 "port": port,
                 "kv_cache_gb": args.kv_cache_gb,
                 "num_threads": args.num_threads,
                 "tensor_parallel_size": args.tensor_parallel_size,
                 "metrics_port": metrics_port,
+                "null_model": args.null_model,
+                "null_step_ms": args.null_step_ms,
             },
         )
-        name = "-".join(p for p in (variant.name, str(w) if args.workers > 1 else "") if p)
+        name = group.suffix + (f"-{w}" if args.workers > 1 else "")
         children.append(
             Child(
                 "worker",
                 argv,
                 f"{LOCALHOST}:{port}",
-                logs / f"worker{'-' + name if name else ''}.log",
-                variant=variant.name,
+                logs / f"worker{name}.log",
+                variant=group.variant.name,
                 metrics=f"http://{LOCALHOST}:{metrics_port}/metrics",
+                shard=group.shard,
             )
         )
     return children

@@ -41,6 +41,7 @@ class Child:
     restarts: int = 0
     variant: str = ""  # A/B: the variant a scheduler or worker serves
     metrics: str = ""  # its Prometheus endpoint
+    shard: str = ""  # with --shards: the shard of its variant it serves
     started_at: float = field(default=0.0)
     stop_timeout_s: float = STOP_TIMEOUT_S  # from SIGTERM to SIGKILL
     answered: bool = False  # its probe answered since it (re)started (it is past loading)
@@ -82,12 +83,14 @@ class Child:
             self.restarts,
             self.variant,
             self.metrics,
+            self.shard,
         )
 
 
 def start_all(children: list[Child], stop: threading.Event) -> None:
-    """Starts the children in order and returns once each serves and every variant's
-    scheduler leads with its workers attached (StartupError otherwise)."""
+    """Starts the children in order and returns once each serves and every scheduler
+    set (one per variant and shard) leads with its workers attached (StartupError
+    otherwise)."""
     for child in children:
         child.start()
         if child.role == "redis":  # the schedulers need it at once
@@ -95,17 +98,17 @@ def start_all(children: list[Child], stop: threading.Event) -> None:
     for child in children:
         if child.role != "scheduler":  # a standby scheduler is never SERVING
             _wait_ready(child, stop)
-    by_variant: dict[str, list[str]] = {}
+    by_set: dict[tuple[str, str], list[str]] = {}
     for c in children:
         if c.role == "scheduler":
-            by_variant.setdefault(c.variant, []).append(c.address)
+            by_set.setdefault((c.variant, c.shard), []).append(c.address)
     deadline = time.monotonic() + READY_TIMEOUT_S
 
     def ready(addrs: list[str]) -> bool:
         return any(probes.leads_with_a_worker(a, min_workers=workers) for a in addrs)
 
-    workers = sum(c.role == "worker" for c in children) // max(len(by_variant), 1)
-    while not all(ready(addrs) for addrs in by_variant.values()):
+    workers = sum(c.role == "worker" for c in children) // max(len(by_set), 1)
+    while not all(ready(addrs) for addrs in by_set.values()):
         _check_alive(children, stop, deadline)
         time.sleep(0.2)
 

@@ -25,6 +25,7 @@ class ProcessRecord:
     restarts: int = 0
     variant: str = ""  # A/B: the variant a scheduler or worker serves
     metrics: str = ""  # its Prometheus endpoint, if any
+    shard: str = ""  # with `up --shards`: the shard of its variant a scheduler or worker serves
 
 
 def write_system(run_dir: Path, processes: list[ProcessRecord]) -> None:

@@ -29,6 +29,7 @@ from sarathi_serve.gateway.openai_api import build_app
 from sarathi_serve.gateway.router import Router, Variant
 from sarathi_serve.gateway.scheduler_client import SchedulerClient
 from sarathi_serve.gateway.server import SERVICE_NAME, add_generation_service
+from sarathi_serve.gateway.shards import ShardSet
 from sarathi_serve.gateway.validation import RequestValidator
 
 log = logging.getLogger("sarathi_serve.gateway")
@@ -75,7 +76,13 @@ async def serve(config: GatewayConfig) -> None:
     token = InternalToken.from_env()
     variants = [
         Variant(
-            spec, SchedulerClient(spec.scheduler_addrs, gateway_id, config.resume_timeout_s, token)
+            spec,
+            ShardSet(
+                [
+                    SchedulerClient(addrs, gateway_id, config.resume_timeout_s, token)
+                    for addrs in spec.shards
+                ]
+            ),
         )
         for spec in config.variants()
     ]

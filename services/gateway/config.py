@@ -50,7 +50,10 @@ class GatewayConfig:
 
 
 HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
-    "scheduler_addr": "host:port of the scheduler, or a comma-separated list (leader + standbys)",
+    "scheduler_addr": (
+        "host:port of the scheduler, or a comma-separated list (leader + standbys); "
+        "shards of one model separated by ';'"
+    ),
     "resume_timeout_s": "how long requests wait for a scheduler to lead again before failing",
     "model": "the default model's name or a local Hugging Face checkpoint folder",
     "gateway_id": "name of this gateway's session; empty: hostname-pid",

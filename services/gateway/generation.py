@@ -24,6 +24,7 @@ from sarathi_serve.gateway.metrics import GatewayMetrics, RequestTracker
 from sarathi_serve.gateway.quotas import Quotas, Release
 from sarathi_serve.gateway.router import Router
 from sarathi_serve.gateway.scheduler_client import SchedulerClient, TokenEvent
+from sarathi_serve.gateway.shards import ShardSet
 from sarathi_serve.gateway.stop_strings import StopStringMatcher
 from sarathi_serve.gateway.validation import PreparedRequest
 
@@ -165,7 +166,7 @@ class Generator:
     def __init__(
         self,
         tokenizer: Any,
-        router: Router[SchedulerClient],
+        router: Router[ShardSet],
         metrics: GatewayMetrics,
         max_pending_requests: int,
         salt_cache_per_api_key: bool = False,
@@ -201,8 +202,10 @@ class Generator:
         salt = prepared.cache_salt
         if self.salt_cache_per_api_key and tenant:
             salt = f"{tenant}:{salt}"
+        shard = variant.client.pick(prepared.prompt_token_ids, salt)
+        client = variant.client.clients[shard]
         try:
-            events = await variant.client.submit(
+            events = await client.submit(
                 request_id,
                 prepared.prompt_token_ids,
                 prepared.sampling,
@@ -214,12 +217,14 @@ class Generator:
             release(prepared.sampling.max_tokens)
             raise
         log.info(
-            "request %s: %d prompt tokens, variant %s",
+            "request %s: %d prompt tokens, variant %s, shard %d",
             request_id,
             len(prepared.prompt_token_ids),
             variant.name,
+            shard,
             extra={"request_id": request_id, "variant": variant.name},
         )
+        self.metrics.routed(variant.name, shard)
         self._num_pending += 1
         self._none_pending.clear()
         tracker = self.metrics.tracker(
@@ -230,7 +235,7 @@ class Generator:
             variant.name,
             prepared,
             events,
-            variant.client,
+            client,
             self.tokenizer,
             tracker,
             on_close=lambda unused: self._release(release, unused),

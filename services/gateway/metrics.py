@@ -71,6 +71,10 @@ class GatewayMetrics:
             "sarathi_e2e_request_latency_seconds", "Request latency, submit to last token",
             per_class, buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.shard_requests = Counter(
+            "sarathi_shard_requests", "Requests sent to each shard of a variant",
+            [*labels, "shard"], registry=r,
+        )  # fmt: skip
         self.samples = RequestSamples()
 
     def tracker(
@@ -83,6 +87,9 @@ class GatewayMetrics:
 
     def reject(self, variant: str, code: str) -> None:
         self.rejected.labels(self.model, variant, code).inc()
+
+    def routed(self, variant: str, shard: int) -> None:
+        self.shard_requests.labels(self.model, variant, str(shard)).inc()
 
 
 @dataclass(slots=True)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from sarathi_serve.common.config import split_addrs
 from sarathi_serve.common.errors import InvalidArgument
+from sarathi_serve.gateway.shards import split_shards
 
 DEFAULT_VARIANT = "default"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -39,12 +39,13 @@ class VariantSpec:
             raise ValueError(f"variant name {self.name!r}: use [a-z0-9-_.]")
         if not self.weight >= 0:
             raise ValueError(f"variant {self.name}: weight must be >= 0, got {self.weight}")
-        if not self.scheduler_addrs:
+        if not self.shards:
             raise ValueError(f"variant {self.name}: scheduler_addr is required")
 
     @property
-    def scheduler_addrs(self) -> list[str]:
-        return split_addrs(self.scheduler_addr)
+    def shards(self) -> list[list[str]]:
+        """Each shard's scheduler addresses (leader + standbys): `a,b;c,d` is two."""
+        return split_shards(self.scheduler_addr)
 
 
 def load_variants(path: str | Path) -> list[VariantSpec]:

@@ -53,6 +53,16 @@ class _InFlight:
     submit: pb.Submit
     events: asyncio.Queue[TokenEvent]
     num_received: int = 0
+    stopped: bool = False
+
+    @property
+    def outstanding_tokens(self) -> int:
+        """Work left, as the scheduler counts it: the prompt until the first token,
+        then the tokens still to generate."""
+        if self.stopped:
+            return 0
+        prompt = 0 if self.num_received else len(self.submit.prompt_token_ids)
+        return prompt + max(self.submit.sampling.max_tokens - self.num_received, 0)
 
 
 class SchedulerClient:
@@ -78,6 +88,7 @@ class SchedulerClient:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.num_workers: int | None = None  # as the leader last said (None: not told)
+        self.outstanding_tokens = 0  # of the requests in flight (shard routing's load)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -132,12 +143,13 @@ class SchedulerClient:
         )
         entry = _InFlight(submit, asyncio.Queue())
         self._inflight[request_id] = entry
+        self.outstanding_tokens += entry.outstanding_tokens
         self._send(pb.SessionRequest(submit=submit))
         return entry.events
 
     def abort(self, request_id: str) -> None:
         """Forgets the request and tells the scheduler (now, or once reconnected)."""
-        if self._inflight.pop(request_id, None) is None:
+        if self._forget(request_id) is None:
             return
         if self._outbox is None:
             self._pending_aborts.append(request_id)
@@ -145,7 +157,13 @@ class SchedulerClient:
             self._send(pb.SessionRequest(abort=pb.Abort(request_id=request_id)))
 
     def release(self, request_id: str) -> None:
-        self._inflight.pop(request_id, None)
+        self._forget(request_id)
+
+    def _forget(self, request_id: str) -> _InFlight | None:
+        entry = self._inflight.pop(request_id, None)
+        if entry is not None:
+            self.outstanding_tokens -= entry.outstanding_tokens
+        return entry
 
     def _send(self, msg: pb.SessionRequest) -> None:
         if self._outbox is not None:
@@ -224,7 +242,7 @@ class SchedulerClient:
             entry = self._inflight.get(request_id)
             if entry is None or index < entry.num_received:
                 continue
-            entry.num_received += 1
+            self._received(entry, 1)
             entry.events.put_nowait(TokenEvent([token]))
         for event in batch.events:
             entry = self._inflight.get(event.request_id)
@@ -232,6 +250,7 @@ class SchedulerClient:
                 continue
             stop = stop_reason_from_pb(event.stop_reason)
             if stop is StopReason.ERROR:
+                self._received(entry, 0, stopped=True)
                 error = error_from_code(event.error_code, event.error_message)
                 entry.events.put_nowait(TokenEvent([], error=error))
                 continue
@@ -239,9 +258,15 @@ class SchedulerClient:
             token_ids = list(event.token_ids)[overlap:]
             if not token_ids and stop is None:
                 continue
-            entry.num_received += len(token_ids)
+            self._received(entry, len(token_ids), stopped=stop is not None)
             logprobs = [logprobs_from_pb(lp) for lp in event.logprobs[overlap:]]
             entry.events.put_nowait(TokenEvent(token_ids, logprobs, stop))
+
+    def _received(self, entry: _InFlight, num_tokens: int, stopped: bool = False) -> None:
+        before = entry.outstanding_tokens
+        entry.num_received += num_tokens
+        entry.stopped = entry.stopped or stopped
+        self.outstanding_tokens += entry.outstanding_tokens - before
 
     def fail_all(self, error: ServiceError) -> None:
         """Ends every request in flight with `error`, and aborts each at the scheduler."""

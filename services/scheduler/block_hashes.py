@@ -1,30 +1,17 @@
 """Identities of full KV blocks, for the prefix cache.
 
-Block i of a request is named by a hash chained over block i-1's hash, block i's
-token ids and the request's cache salt, so equal hashes mean equal prefixes (up
-to a 128-bit BLAKE2b collision), and requests with different salts never share a
-block. The hashes are computed once per request and kept on it: a function of
-its tokens, they stay valid through preemption and moves between replicas.
+Block i of a request is named by `hash_block` (common/block_hash.py) over block
+i-1's hash, block i's token ids and the request's cache salt. The hashes are
+computed once per request and kept on it: a function of its tokens, they stay
+valid through preemption and moves between replicas.
 """
 
 from __future__ import annotations
 
-import hashlib
-from array import array
-
+from sarathi_serve.common.block_hash import BlockHash, hash_block, salt_hash
 from sarathi_serve.scheduler.request import Request
 
-BlockHash = bytes
-
-
-def salt_hash(cache_salt: str) -> BlockHash:
-    """The parent of a request's first block."""
-    return hashlib.blake2b(b"salt\0" + cache_salt.encode(), digest_size=16).digest()
-
-
-def hash_block(parent: BlockHash, token_ids: list[int]) -> BlockHash:
-    data = parent + array("I", token_ids).tobytes()
-    return hashlib.blake2b(data, digest_size=16).digest()
+__all__ = ["BlockHash", "block_hashes", "hash_block", "salt_hash"]
 
 
 def block_hashes(request: Request, block_size: int, num_blocks: int) -> list[BlockHash]:

@@ -102,8 +102,44 @@ def test_without_variants_one_set_and_the_given_redis(tmp_path):
 
 
 def test_bad_counts_are_refused(tmp_path):
-    with pytest.raises(StartupError, match="--workers"):
-        plan(tmp_path, "--workers", "0")
+    for argv in (["--workers", "0"], ["--shards", "0"]):
+        with pytest.raises(StartupError, match="--workers"):
+            plan(tmp_path, *argv)
+    with pytest.raises(StartupError, match="--null-model"):
+        plan(tmp_path, "--null-step-ms", "15")
+
+
+def test_each_shard_is_a_scheduler_set_with_its_workers_state_and_a_gateway_route(tmp_path):
+    children = plan(
+        tmp_path, "--variant", "a=sarathi@1", "--variant", "b=vllm@1",
+        "--shards", "2", "--schedulers", "2", "--workers", "2",
+    )  # fmt: skip
+    routes = {
+        r["name"]: r["scheduler_addr"] for r in json.loads((tmp_path / "variants.json").read_text())
+    }
+    for name in ("a", "b"):
+        shard_addrs = []
+        for shard in ("0", "1"):
+            group = [c for c in children if (c.variant, c.shard) == (name, shard)]
+            schedulers = [c for c in group if c.role == "scheduler"]
+            workers = [c for c in group if c.role == "worker"]
+            assert (len(schedulers), len(workers)) == (2, 2)
+            assert {flag(c, "--redis-prefix") for c in schedulers} == {f"sarathi-{name}-s{shard}"}
+            addrs = ",".join(c.address for c in schedulers)
+            assert {flag(c, "--scheduler-addr") for c in workers} == {addrs}
+            assert len({c.log_path for c in group}) == 4
+            shard_addrs.append(addrs)
+        assert routes[name] == ";".join(shard_addrs)
+    addresses = [c.address for c in children]
+    assert len(set(addresses)) == len(addresses), "two processes were given one port"
+
+
+def test_null_workers_and_their_step_time_reach_every_worker(tmp_path):
+    children = plan(tmp_path, "--null-model", "--null-step-ms", "15", "--workers", "3")
+    workers = [child_config(c) for c in children if c.role == "worker"]
+    assert [(w.null_model, w.null_step_ms) for w in workers] == [(True, 15.0)] * 3
+    (gateway,) = [c for c in children if c.role == "gateway"]
+    assert flag(gateway, "--scheduler-addr").count(";") == 0, "one shard: one scheduler set"
 
 
 def test_a_busy_scheduler_port_moves_to_a_free_one_and_http_can_be_off(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sarathi_serve.common.errors import ResourceExhausted
+from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.stop_reason import StopReason
 from sarathi_serve.gateway.scheduler_client import SchedulerClient, TokenEvent, _InFlight
 from sarathi_serve.protocol import scheduler_pb2 as pb
@@ -102,3 +103,29 @@ def test_an_error_event_carries_the_error():
     (event,) = _drain(queues["a"])
     assert isinstance(event.error, ResourceExhausted)
     assert str(event.error) == "waiting queue is full"
+
+
+def test_outstanding_tokens_follow_each_request_from_submit_to_release():
+    """Shard routing's load: prompt + max_tokens until the first token, then the
+    tokens still to come, none once stopped; released or aborted requests leave it."""
+    client = SchedulerClient(["127.0.0.1:1"], "gw")
+    client._connected.set()  # as if a session were open (what is sent is not read here)
+
+    async def submit_both() -> None:
+        for rid, prompt in (("a", [1] * 10), ("b", [2] * 30)):
+            await client.submit(rid, prompt, SamplingParams(max_tokens=5))
+
+    asyncio.run(submit_both())
+    assert client.outstanding_tokens == 15 + 35
+    client._dispatch(pb.SessionEvents(token_request_ids=["a"], token_ids=[7], token_indexes=[0]))
+    assert client.outstanding_tokens == 4 + 35
+    client._dispatch(pb.SessionEvents(token_request_ids=["a"], token_ids=[7], token_indexes=[0]))
+    assert client.outstanding_tokens == 4 + 35, "a token it already has changes nothing"
+    stop = pb.RequestEvent(
+        request_id="a", token_ids=[8], first_token_index=1, stop_reason=pb.STOP_REASON_EOS
+    )
+    client._dispatch(pb.SessionEvents(events=[stop]))
+    assert client.outstanding_tokens == 35
+    client.release("a")
+    client.abort("b")
+    assert client.outstanding_tokens == 0 and not client._inflight
