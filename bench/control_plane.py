@@ -49,9 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class Services:
-    """redis-server (optional), a scheduler and a null worker, as processes."""
+    """redis-server (optional), a scheduler and its null workers, as processes."""
 
-    def __init__(self, with_redis: bool, max_running: int, step_ms: float = 0.0):
+    def __init__(
+        self, with_redis: bool, max_running: int, step_ms: float = 0.0, num_workers: int = 1
+    ):
         self.tmp = tempfile.TemporaryDirectory()
         self.processes: list[subprocess.Popen[bytes]] = []
         args = []
@@ -88,30 +90,31 @@ class Services:
                 *args,
             ]
         )
-        self._spawn(
-            [
-                sys.executable,
-                "-m",
-                "sarathi_serve.worker",
-                "--null-model",
-                "--null-step-ms",
-                str(step_ms),
-                "--scheduler-addr",
-                self.addr,
-                "--port",
-                str(free_port()),
-            ]
-        )
-        deadline = time.monotonic() + 60
+        for _ in range(num_workers):
+            self._spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "sarathi_serve.worker",
+                    "--null-model",
+                    "--null-step-ms",
+                    str(step_ms),
+                    "--scheduler-addr",
+                    self.addr,
+                    "--port",
+                    str(free_port()),
+                ]
+            )
+        deadline = time.monotonic() + 60 + 10 * num_workers  # each imports torch
         while True:
             try:
                 stats = probes.scheduler_stats(self.addr, timeout=1.0)
-                if stats.is_leader and stats.num_workers:
+                if stats.is_leader and stats.num_workers >= num_workers:
                     return
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the scheduler or the null worker did not start")
+                raise RuntimeError("the scheduler or its null workers did not start")
             time.sleep(0.2)
 
     def _spawn(self, argv: list[str]) -> int:

@@ -7,6 +7,7 @@ import sys
 
 from sarathi_serve.bench import compare as bench_compare
 from sarathi_serve.bench import control_plane as bench_control_plane
+from sarathi_serve.bench import fleet as bench_fleet
 from sarathi_serve.bench import serving as bench_serving
 from sarathi_serve.bench import worker as bench_worker
 from sarathi_serve.cli import ab, admin, generate, status, up
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     bench_control_plane.add_arguments(
         bench_kinds.add_parser("control-plane", help="scheduler iterations/s with a null worker")
     )
+    bench_fleet.add_arguments(
+        bench_kinds.add_parser("fleet", help="null fleets: achieved / ideal iteration rate")
+    )
     bench_serving.add_arguments(
         bench_kinds.add_parser("serve", help="open-loop load against a running server")
     )
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         handler = {
             "worker": bench_worker.run,
             "control-plane": bench_control_plane.run,
+            "fleet": bench_fleet.run,
             "serve": bench_serving.run,
             "compare": bench_compare.run,
         }[args.bench]

@@ -95,6 +95,7 @@ class ShardSet:
         """The index of the shard with the lowest SHARD_SCORE for a new request, among
         those that are ready (all, if none is)."""
         if len(self.clients) == 1:
+            self.num_picked[0] += 1
             return 0
         hashes = prefix_hashes(prompt_token_ids, cache_salt)
         seen = self.owners.seen_tokens(hashes, len(self.clients))

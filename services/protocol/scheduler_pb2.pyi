@@ -273,7 +273,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, max_iterations: _Optional[int] = ...) -> None: ...
 
 class IterationStats(_message.Message):
-    __slots__ = ("step_id", "batch_size", "num_prefill_tokens", "num_decode_tokens", "execution_ms", "scheduling_ms", "persist_ms", "worker_wait_ms", "policy", "token_budget", "start_time")
+    __slots__ = ("step_id", "batch_size", "num_prefill_tokens", "num_decode_tokens", "execution_ms", "scheduling_ms", "persist_ms", "worker_wait_ms", "policy", "token_budget", "start_time", "replica")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +285,7 @@ class IterationStats(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     batch_size: int
     num_prefill_tokens: int
@@ -296,7 +297,8 @@ class IterationStats(_message.Message):
     policy: str
     token_budget: int
     start_time: float
-    def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., worker_wait_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ...) -> None: ...
+    replica: int
+    def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., worker_wait_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ..., replica: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished", "num_preemptions", "scheduler_id", "is_leader", "epoch", "replicas", "routing_score")

@@ -50,6 +50,7 @@ class Iteration:
     accepted: list[Request]  # new requests, persisted with this iteration
     updates: list[RequestUpdate]  # new tokens (and ends)
     ended: list[Request]  # ended without a token (aborts)
+    replica: int = 0  # the replica that ran it
 
     @property
     def is_empty(self) -> bool:
@@ -153,6 +154,7 @@ class Releaser:
                 policy=planned.policy,
                 token_budget=planned.token_budget,
                 start_time=timing.start_time,
+                replica=it.replica,
             )
         )
 

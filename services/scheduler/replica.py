@@ -264,7 +264,7 @@ class Replica:
             control_s=step.scheduling_s + (time.perf_counter() - self._last_result_at),
             worker_wait_ms=0.0 if step.after_idle else result.worker_wait_ms,
         )
-        self._releases.put(Iteration(planned, result, timing, accepted, updates, ended))
+        self._releases.put(Iteration(planned, result, timing, accepted, updates, ended, self.index))
 
     async def _result(self, step: InFlight, result: asyncio.Future[StepResult]) -> StepResult:
         """The step's result; WorkerLost once it runs past its allowance (`liveness.py`)."""

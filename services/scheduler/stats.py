@@ -19,6 +19,7 @@ class IterationStats:
     policy: str
     token_budget: int
     start_time: float  # unix seconds
+    replica: int = 0  # the replica it ran on
 
 
 class StatsRing:

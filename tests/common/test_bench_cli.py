@@ -34,6 +34,25 @@ def run_bench(args, timeout, env=None):
     return done.stdout
 
 
+def test_bench_fleet_reports_each_replicas_rate_against_its_ideal(tmp_path):
+    """Two shards of two null workers each (20 ms steps), 4 requests per replica, routed
+    by the gateway's shard score: each replica's iterations counted apart (by the
+    replica index in the scheduler's stats), every one near its ideal rate (a 2-core
+    machine running little else), the requests split evenly."""
+    path = tmp_path / "fleet.json"
+    argv = ["--replicas", "4", "--shards", "2", "--running", "4", "--step-ms", "20"]
+    stdout = run_bench(["fleet", *argv, "--seconds", "2", "--json", str(path)], timeout=240)
+    report = json.loads(path.read_text())
+    assert report["config"] == {"replicas": "4", "shards": 2, "running": 4, "step_ms": 20.0,
+                                "seconds": 2.0}  # fmt: skip
+    (row,) = report["results"]
+    assert (row["replicas"], row["shards"], row["requests_per_shard"]) == (4, 2, [8, 8])
+    assert 0.5 <= row["ideal_rate_min"] <= row["ideal_rate_mean"] <= 1.0
+    assert 0 < row["tokens_per_s"] <= 4 * 4 * 1e3 / 20 * 1.05
+    assert len(row["scheduler_cpu_ms_per_iteration"]) == 2 and row["worker_wait_ms"] >= 0
+    assert "requests per shard" in stdout
+
+
 def test_bench_control_plane_writes_its_rows(tmp_path):
     """A scheduler, a null worker whose steps take 5 ms and redis-server, as processes:
     one row with Redis off and one with it on, each measured over a second."""
