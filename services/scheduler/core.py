@@ -1,7 +1,6 @@
 """The scheduler's bookkeeping, free of I/O: requests in, plans out, results in, updates out.
 
-A replica drives it (`replica.py`); tests drive it by feeding fake
-worker results, as vLLM's scheduler tests do.
+A replica drives it (`replica.py`); tests feed it fake worker results, as vLLM's do.
 """
 
 from __future__ import annotations
@@ -113,6 +112,7 @@ class SchedulerCore:
             cached_kv_blocks=self.blocks.num_cached_blocks if self.blocks else 0,
             prefix_cache_queries=self.prefix_stats.queries,
             prefix_cache_hits=self.prefix_stats.hits,
+            oldest_waiting_arrival=self.state.waiting.oldest_arrival,
         )
 
     def cached_prefix_tokens(self, request: Request) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from sarathi_serve.common.step import StepPlan, TokenLogprobs
@@ -35,10 +36,17 @@ class Occupancy:
     cached_kv_blocks: int = 0
     prefix_cache_queries: int = 0  # tokens
     prefix_cache_hits: int = 0  # tokens
+    oldest_waiting_arrival: float = math.inf  # unix seconds (inf: none waits)
 
     def __add__(self, other: Occupancy) -> Occupancy:
-        mine, theirs = dataclasses.astuple(self), dataclasses.astuple(other)
-        return Occupancy(*(a + b for a, b in zip(mine, theirs, strict=True)))
+        """Counts add up; the oldest arrival is the older one."""
+        oldest = min(self.oldest_waiting_arrival, other.oldest_waiting_arrival)
+        counts = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "oldest_waiting_arrival"
+        }
+        return Occupancy(**counts, oldest_waiting_arrival=oldest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ per-iteration histograms are observed once per iteration, labelled by policy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -106,6 +107,11 @@ class _Occupancy(Collector):
 
         yield gauge("sarathi_scheduler_running_requests", "Running", total.running)
         yield gauge("sarathi_scheduler_waiting_requests", "Waiting", total.waiting)
+        yield gauge(
+            "sarathi_scheduler_oldest_waiting_seconds",
+            "Age of the oldest waiting request, since its arrival (0: none waits)",
+            max(time.time() - total.oldest_waiting_arrival, 0.0) if total.waiting else 0.0,
+        )
         yield gauge(
             "sarathi_scheduler_kv_blocks_total", "KV blocks of all workers", total.total_kv_blocks
         )

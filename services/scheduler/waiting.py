@@ -21,6 +21,7 @@ prompt is chunked before a heavy tenant's running ones, so it starts as it would
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterator, Mapping
 
 from sarathi_serve.scheduler.request import Request
@@ -65,6 +66,11 @@ class WaitingQueue:
 
     def __getitem__(self, index: int) -> Request:
         return self._entries[index][1]
+
+    @property
+    def oldest_arrival(self) -> float:
+        """When the longest-waiting request arrived (unix seconds; inf: none waits)."""
+        return min((r.arrival_time for _, r in self._entries), default=math.inf)
 
     def weight(self, tenant: str) -> float:
         return self.weights.get(tenant, 1.0)

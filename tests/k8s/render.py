@@ -151,8 +151,19 @@ def variants_of(values: dict[str, Any]) -> list[dict[str, Any]]:
             "policy": v.get("policy", sched["policy"]),
             "tokenBudget": v.get("tokenBudget", sched["tokenBudget"]),
             "workerReplicas": v.get("workerReplicas", worker["replicas"]),
+            "shards": v.get("shards", sched.get("shards", 1)),
         }
         for v in listed
+    ]
+
+
+def scheduler_sets_of(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """One per variant and shard: the variant's fields, its `variant` name and the set's
+    `name` (the variant's alone with one shard, `<variant>-s<k>` with several)."""
+    return [
+        {**v, "variant": v["name"], "name": v["name"] if v["shards"] == 1 else f"{v['name']}-s{k}"}
+        for v in variants_of(values)
+        for k in range(v["shards"])
     ]
 
 

@@ -1,4 +1,4 @@
-"""Wiring: one scheduler and worker set per A/B variant, the gateway's routing table,
+"""Wiring: one scheduler and worker set per A/B variant and shard, the gateway's routing table,
 the addresses each service dials, references between objects, volumes, metrics,
 the gateway's Service, autoscaler and disruption budget, and API keys."""
 
@@ -9,6 +9,7 @@ import json
 import re
 
 from tests.k8s.render import (
+    NAMESPACE,
     RELEASE,
     Rendered,
     component,
@@ -17,18 +18,19 @@ from tests.k8s.render import (
     matches,
     pod_labels,
     pod_spec,
+    scheduler_sets_of,
     service_addr,
     variants_of,
 )
 
 
-def test_one_scheduler_and_worker_set_per_variant(scenario: Rendered) -> None:
+def test_one_scheduler_and_worker_set_per_variant_and_shard(scenario: Rendered) -> None:
     values = scenario.values
-    variants = variants_of(values)
-    assert len(scenario.workloads("scheduler")) == len(variants)
-    assert len(scenario.workloads("worker")) == len(variants)
+    sets = scheduler_sets_of(values)
+    assert len(scenario.workloads("scheduler")) == len(sets)
+    assert len(scenario.workloads("worker")) == len(sets)
     prefixes = set()
-    for v in variants:
+    for v in sets:
         sched = scenario.variant_workload("scheduler", v["name"])
         assert sched["kind"] == "Deployment"
         assert sched["spec"]["replicas"] == values["scheduler"]["replicas"] == 2
@@ -41,13 +43,44 @@ def test_one_scheduler_and_worker_set_per_variant(scenario: Rendered) -> None:
         assert sched["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == "100%"
 
         worker = scenario.variant_workload("worker", v["name"])
-        assert worker["spec"]["replicas"] == v["workerReplicas"]
+        if not values["worker"]["autoscaling"]["keda"]["enabled"]:  # else KEDA sizes it
+            assert worker["spec"]["replicas"] == v["workerReplicas"]
         worker_env = scenario.env(worker)
         addr = worker_env["SARATHI_WORKER_SCHEDULER_ADDR"]
         service = scenario.service_for(addr, "scheduler")
         assert matches(service["spec"]["selector"], pod_labels(sched))
         assert worker_env["SARATHI_WORKER_MODEL"] == values["model"]["name"]
-    assert len(prefixes) == len(variants), "variants must not share Redis keys"
+    assert len(prefixes) == len(sets), "variants and shards must not share Redis keys"
+
+
+def test_keda_scales_each_sets_workers_on_its_own_schedulers(scenario: Rendered) -> None:
+    keda = scenario.values["worker"]["autoscaling"]["keda"]
+    scaled = scenario.of("ScaledObject")
+    sets = scheduler_sets_of(scenario.values)
+    assert len(scaled) == (len(sets) if keda["enabled"] else 0)
+    for one in sets if keda["enabled"] else []:
+        worker = scenario.variant_workload("worker", one["name"])
+        sched = scenario.variant_workload("scheduler", one["name"])
+        (obj,) = [
+            o for o in scaled if o["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+        ]
+        assert obj["spec"]["scaleTargetRef"]["kind"] == worker["kind"]
+        assert "replicas" not in worker["spec"], "KEDA's HPA owns the size"
+        assert (obj["spec"]["minReplicaCount"], obj["spec"]["maxReplicaCount"]) == (
+            keda["minReplicas"], keda["maxReplicas"],
+        )  # fmt: skip
+        queries = {t["name"]: t["metadata"]["query"] for t in obj["spec"]["triggers"]}
+        assert set(queries) == {"waiting-requests", "oldest-waiting", "kv-usage"}
+        for query in queries.values():
+            pods = re.search(r'pod=~"([^"]+)"', query).group(1)
+            assert re.fullmatch(pods, sched["metadata"]["name"] + "-7d9f8b6c5-x2x9q")
+            others = [w for w in scenario.workloads("scheduler") if w is not sched]
+            assert not any(re.fullmatch(pods, o["metadata"]["name"] + "-7d9f8b6c5-x2x9q")
+                           for o in others), "a set scales on its own scheduler only"  # fmt: skip
+            assert f'namespace="{NAMESPACE}"' in query
+        assert all(
+            t["metadata"]["serverAddress"] == keda["prometheusUrl"] for t in obj["spec"]["triggers"]
+        )
 
 
 def test_gateway_routing_table_lists_every_variant(scenario: Rendered) -> None:
@@ -58,18 +91,23 @@ def test_gateway_routing_table_lists_every_variant(scenario: Rendered) -> None:
     assert [(r["name"], r["weight"]) for r in routes] == [
         (v["name"], v["weight"]) for v in variants
     ]
-    for route in routes:
-        sched = scenario.variant_workload("scheduler", route["name"])
-        service = scenario.service_for(route["scheduler_addr"], "scheduler")
-        assert matches(service["spec"]["selector"], pod_labels(sched))
-        assert route["scheduler_addr"] == service_addr(
-            service["metadata"]["name"], scenario.values["scheduler"]["port"]
-        )
+    for route in routes:  # each shard's scheduler Service, ";"-separated
+        sets = [s for s in scheduler_sets_of(scenario.values) if s["variant"] == route["name"]]
+        addrs = route["scheduler_addr"].split(";")
+        assert len(addrs) == len(sets)
+        for one, addr in zip(sets, addrs, strict=True):
+            sched = scenario.variant_workload("scheduler", one["name"])
+            service = scenario.service_for(addr, "scheduler")
+            assert matches(service["spec"]["selector"], pod_labels(sched))
+            assert addr == service_addr(
+                service["metadata"]["name"], scenario.values["scheduler"]["port"]
+            )
     assert env["SARATHI_GATEWAY_PORT"] == str(scenario.values["gateway"]["ports"]["grpc"])
     assert env["SARATHI_GATEWAY_HTTP_PORT"] == str(scenario.values["gateway"]["ports"]["http"])
     assert env["SARATHI_GATEWAY_MODEL"] == scenario.values["model"]["name"]
     if "SARATHI_GATEWAY_SCHEDULER_ADDR" in env:
-        scenario.service_for(env["SARATHI_GATEWAY_SCHEDULER_ADDR"], "scheduler")
+        for addr in env["SARATHI_GATEWAY_SCHEDULER_ADDR"].split(";"):
+            scenario.service_for(addr, "scheduler")
 
 
 def test_schedulers_reach_redis(scenario: Rendered) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -118,5 +119,36 @@ def test_a_reopened_session_gets_a_request_only_after_resuming_it():
         request.output_token_ids.append(10)
         front.sessions.dispatch([RequestUpdate(request, (10,), None, (), 3)])
         assert second.get_nowait().token_ids == [10]
+
+    asyncio.run(scenario())
+
+
+def test_the_oldest_waiting_request_is_an_autoscaling_signal():
+    """`sarathi_scheduler_oldest_waiting_seconds`: the age of the oldest request waiting on
+    any replica (the queue depth's companion for KEDA / an HPA); 0 once none waits."""
+    from prometheus_client import generate_latest
+
+    from sarathi_serve.scheduler.metrics import SchedulerMetrics
+
+    async def scenario():
+        front = _front()
+        front.recover([_stored(i) for i in range(6)])
+        front.attach(WorkerLink("w0", GEOMETRY))
+        front.attach(WorkerLink("w1", GEOMETRY))
+        now = time.time()
+        for replica, arrival in zip(front.replicas, (now - 30, now - 5), strict=True):
+            for request in replica.core.state.waiting:
+                request.arrival_time = arrival
+        assert front.occupancy.oldest_waiting_arrival == now - 30
+        metrics = SchedulerMetrics("s0")
+        metrics.watch(lambda: front)
+        text = generate_latest(metrics.registry).decode()
+        (line,) = [x for x in text.splitlines() if x.startswith("sarathi_scheduler_oldest_")]
+        assert 29.0 <= float(line.split()[-1]) <= 60.0
+        assert "sarathi_scheduler_waiting_requests" in text
+        for replica in front.replicas:
+            replica.core.state.waiting.clear()
+        text = generate_latest(metrics.registry).decode()
+        assert 'sarathi_scheduler_oldest_waiting_seconds{policy="sarathi"} 0.0' in text
 
     asyncio.run(scenario())

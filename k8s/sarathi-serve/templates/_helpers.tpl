@@ -113,6 +113,7 @@ add up to 100. Use: {{ range include "sarathi.variants" . | fromJsonArray }}
     "policy" (default $.Values.scheduler.policy .policy)
     "tokenBudget" (int (default $.Values.scheduler.tokenBudget .tokenBudget))
     "workerReplicas" (int (ternary .workerReplicas $.Values.worker.replicas (hasKey . "workerReplicas")))
+    "shards" (int (default (default 1 $.Values.scheduler.shards) .shards))
   ) }}
 {{- end }}
 {{- if ne (int $total) 100 }}
@@ -121,7 +122,38 @@ add up to 100. Use: {{ range include "sarathi.variants" . | fromJsonArray }}
 {{- toJson $out }}
 {{- end }}
 
-{{/* Object name of a variant's scheduler; call with (list $ "variant"). */}}
+{{/*
+The scheduler sets as a JSON list: one per variant and shard, each a variant's
+fields plus its set name (the variant's with one shard, "<variant>-s<k>" with
+several), which names its objects, selects its pods and prefixes its Redis keys.
+Use: {{ range include "sarathi.schedulerSets" . | fromJsonArray }}
+*/}}
+{{- define "sarathi.schedulerSets" -}}
+{{- $out := list }}
+{{- range include "sarathi.variants" . | fromJsonArray }}
+{{- $v := . }}
+{{- range $k := until (int $v.shards) }}
+{{- $name := ternary $v.name (printf "%s-s%d" $v.name $k) (eq (int $v.shards) 1) }}
+{{- $out = append $out (merge (dict "name" $name "variant" $v.name "shard" $k) (omit $v "name")) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The gateway's route to a variant: its shards' scheduler Services, ";"-separated;
+call with (list $ "variant"). */}}
+{{- define "sarathi.variantRoute" -}}
+{{- $root := index . 0 }}
+{{- $addrs := list }}
+{{- range include "sarathi.schedulerSets" $root | fromJsonArray }}
+{{- if eq .variant (index $ 1) }}
+{{- $addrs = append $addrs (include "sarathi.schedulerAddr" (list $root .name)) }}
+{{- end }}
+{{- end }}
+{{- join ";" $addrs }}
+{{- end }}
+
+{{/* Object name of a scheduler set's scheduler; call with (list $ "set name"). */}}
 {{- define "sarathi.schedulerName" -}}
 {{- include "sarathi.objname" (list (index . 0) (printf "scheduler-%s" (index . 1))) }}
 {{- end }}
