@@ -144,13 +144,17 @@ def generate_concurrently(
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
     for t in threads:
         t.start()
-    for i, gate in enumerate(gates):
-        if on_start is not None:
-            on_start(i)
-        gate.set()
-        time.sleep(stagger_s)
-    for t in threads:
-        t.join()
+    try:
+        for i, gate in enumerate(gates):
+            if on_start is not None:
+                on_start(i)
+            gate.set()
+            time.sleep(stagger_s)
+    finally:  # a failed on_start leaves no thread waiting forever (pytest could not exit)
+        for gate in gates:
+            gate.set()
+        for t in threads:
+            t.join()
     for i, r in enumerate(results):
         if isinstance(r, Exception):
             raise AssertionError(f"prompt {i} failed: {r}")

@@ -27,7 +27,8 @@ def test_worker_killed_mid_stream_recomputes_and_finishes(system_factory, expect
             killed.append(system.stats().num_running)  # read before the kill, not after
             os.kill(worker_pid, signal.SIGKILL)
 
-    outputs = generate_concurrently(system.gateway_addr, stagger_s=0.2, on_start=on_start)
+    # 20 tokens take the worker about a second: requests released 50 ms apart overlap
+    outputs = generate_concurrently(system.gateway_addr, stagger_s=0.05, on_start=on_start)
     assert killed and killed[0] >= 3, "the worker was meant to die with requests in flight"
     assert outputs == expected_outputs, "a stream lost, repeated or changed tokens"
     stats = system.stats()
@@ -46,7 +47,7 @@ def test_redis_killed_under_load_pauses_then_finishes(system_factory, expected_o
             wait_until(lambda: system.stats().num_running >= 3, "3 requests running")
             os.kill(redis_pid, signal.SIGKILL)
 
-    outputs = generate_concurrently(system.gateway_addr, stagger_s=0.2, on_start=on_start)
+    outputs = generate_concurrently(system.gateway_addr, stagger_s=0.05, on_start=on_start)
     assert outputs == expected_outputs
     system.refresh()
     assert system.record("redis").restarts == 1
