@@ -31,6 +31,7 @@ class WorkerConfig:
     attention_backend: str = "auto"
     linear_backend: str = "auto"
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     null_model: bool = False  # benchmarks of the control plane: no model, hashed tokens
     null_step_ms: float = 0.0  # with null_model: each step takes this long (an accelerator's)
     seed: int | None = None
@@ -50,6 +51,10 @@ class WorkerConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.pipeline_parallel_size < 1:
+            raise ValueError(
+                f"pipeline_parallel_size must be >= 1, got {self.pipeline_parallel_size}"
+            )
         if self.linear_backend not in LINEAR_BACKENDS:
             raise ValueError(
                 f"linear_backend must be one of {LINEAR_BACKENDS}, got {self.linear_backend!r}"
@@ -100,6 +105,10 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "null_model": "no model: answer each step at once with a hashed token (control-plane bench)",
     "null_step_ms": "with --null-model: each step takes this long, like an accelerator's step",
     "tensor_parallel_size": "ranks of this worker group (gloo on CPU, NCCL on CUDA)",
+    "pipeline_parallel_size": (
+        "pipeline stages of this worker group, each a contiguous range of layers "
+        "(x --tensor-parallel-size ranks each)"
+    ),
     "linear_backend": "auto (oneDNN with packed weights on CPU where torch has it), onednn, torch",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",
 }

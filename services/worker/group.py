@@ -1,8 +1,10 @@
-"""Builds the worker's engine: one process, or a tensor-parallel group of them.
+"""Builds the worker's engine: one process, or a group of them (tensor-parallel ranks,
+pipeline stages, or both: `parallel.py`, `pipeline.py`).
 
 Rank 0 is the process that talks to the scheduler; ranks 1..N-1 are child
 processes that replay its commands (see `parallel.py`). A child whose parent
-dies exits at once rather than wait on the group forever.
+dies exits at once rather than wait on the group forever. Global rank r is
+pipeline stage r // T, tensor-parallel rank r % T (T = tensor_parallel_size).
 """
 
 from __future__ import annotations
@@ -31,50 +33,65 @@ from sarathi_serve.worker.parallel import (
     init_group,
     shared_seed,
 )
+from sarathi_serve.worker.pipeline import PipelineStage, stage_groups
 
 log = logging.getLogger(__name__)
 
 
 def start_engine(config: WorkerConfig) -> tuple[Engine, Runner, Callable[[], None]]:
-    """Loads the model (across the group when tensor_parallel_size > 1).
+    """Loads the model (across the group when it has several ranks).
 
     Returns rank 0's engine, its runner (whose geometry the scheduler is told), and a
     function that stops the group.
     """
-    size = config.tensor_parallel_size
+    size = config.tensor_parallel_size * config.pipeline_parallel_size
     if config.null_model:
         null = NullRunner(step_ms=config.null_step_ms)
         return WorkerEngine(null), null, lambda: None
     if size == 1:
-        runner = build_runner(config, TensorParallel(), config.seed)
+        runner = build_runner(config, TensorParallel(), PipelineStage(), config.seed)
         return WorkerEngine(runner), runner, lambda: None
     init_method = f"tcp://127.0.0.1:{free_port()}"
     context = mp.get_context("spawn")
     followers = [
         context.Process(
-            target=_follower_main,
-            args=(config, TensorParallel(rank, size), init_method, os.getpid()),
-            daemon=True,
+            target=_follower_main, args=(config, rank, init_method, os.getpid()), daemon=True
         )
         for rank in range(1, size)
     ]
     for process in followers:
         process.start()
-    tp = TensorParallel(0, size)
-    init_group(tp, init_method, config.device)
-    runner = build_runner(config, tp, shared_seed(config.seed))
-    leader = GroupLeader(WorkerEngine(runner))
+    leader = GroupLeader(WorkerEngine(runner := _join_group(config, 0, init_method)))
 
     def stop() -> None:
         leader.stop()
         for process in followers:
             process.join(timeout=10)
+        torch.distributed.destroy_process_group()  # a new group may start in this process
 
     return leader, runner, stop
 
 
-def build_runner(config: WorkerConfig, tp: TensorParallel, seed: int | None) -> ModelRunner:
-    device = f"cuda:{tp.rank}" if config.device == "cuda" and tp.enabled else config.device
+def _join_group(config: WorkerConfig, rank: int, init_method: str) -> ModelRunner:
+    """Joins the group as `rank` and loads this rank's part of the model."""
+    tp_size, pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
+    init_group(rank, tp_size * pp_size, init_method, config.device)
+    stage = PipelineStage.of_rank(rank, pp_size, tp_size)
+    tp = TensorParallel(stage.tp_rank, tp_size, stage_groups(pp_size, tp_size, stage))
+    seed = shared_seed(config.seed if rank == 0 else None)
+    return build_runner(config, tp, stage, seed, rank)
+
+
+def build_runner(
+    config: WorkerConfig,
+    tp: TensorParallel,
+    pp: PipelineStage,
+    seed: int | None,
+    rank: int = 0,
+) -> ModelRunner:
+    device = (
+        f"cuda:{rank}" if config.device == "cuda" and (tp.enabled or pp.enabled) else config.device
+    )
     return ModelRunner(
         resolve_model(config.model),
         kv_cache_bytes=config.kv_cache_bytes,
@@ -86,18 +103,17 @@ def build_runner(config: WorkerConfig, tp: TensorParallel, seed: int | None) -> 
         attention_backend=config.attention_backend,
         linear_backend=config.linear_backend,
         tp=tp,
+        pp=pp,
         small_step_tokens=config.small_step_tokens,
     )
 
 
-def _follower_main(config: WorkerConfig, tp: TensorParallel, init_method: str, parent: int) -> None:
-    setup_logging(f"worker-rank{tp.rank}")
+def _follower_main(config: WorkerConfig, rank: int, init_method: str, parent: int) -> None:
+    setup_logging(f"worker-rank{rank}")
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    init_group(tp, init_method, config.device)
-    runner = build_runner(config, tp, shared_seed(None))
-    follow(WorkerEngine(runner))
+    follow(WorkerEngine(_join_group(config, rank, init_method)))
 
 
 def _exit_with_parent(parent: int) -> None:

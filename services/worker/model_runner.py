@@ -27,14 +27,21 @@ from sarathi_serve.worker.attention.layout import BatchLayout
 from sarathi_serve.worker.fused_layers import fuse_decoder_layers, load_layer_ops
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 from sarathi_serve.worker.linear import pack_linears, use_onednn
+from sarathi_serve.worker.memory import measured_kv_budget
 from sarathi_serve.worker.parallel import TensorParallel, check_divisible, shard_model
+from sarathi_serve.worker.pipeline import (
+    PipelineStage,
+    StageForward,
+    cut_to_stage,
+    fewest_blocks,
+    share_output,
+)
 from sarathi_serve.worker.sampler import Sampler, SamplingRow
 from sarathi_serve.worker.step_threads import StepThreads
 from sarathi_serve.worker.token_masks import TokenMasks, banned_tokens, load_grammar_compiler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CPU_KV_BYTES = 1 << 30
 GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -76,10 +83,14 @@ class BatchEntry:
 
 
 def _load_model(
-    model_path: Path | None, model: PreTrainedModel | None, dtype: torch.dtype, tp: TensorParallel
+    model_path: Path | None,
+    model: PreTrainedModel | None,
+    dtype: torch.dtype,
+    tp: TensorParallel,
+    pp: PipelineStage,
 ) -> PreTrainedModel:
     """The checkpoint at `model_path` (or `model`, built in memory: benchmarks with random
-    weights) on our attention, cut to this rank's slice under tensor parallelism."""
+    weights) on our attention, cut to this rank's layers and slice of them."""
     from transformers import AutoModelForCausalLM
 
     name = attention.register()
@@ -91,6 +102,8 @@ def _load_model(
         )
     else:
         model.set_attn_implementation(name)
+    if pp.enabled:
+        cut_to_stage(model, pp)
     if tp.enabled:
         check_divisible(model.config, tp.world_size)
         shard_model(model, tp)
@@ -107,12 +120,12 @@ def _fuse_layers(model: nn.Module, wanted: bool, device: torch.device, dtype: to
 
 
 def _kv_cache_spec(
-    cfg: Any, tp: TensorParallel, block_size: int, dtype: torch.dtype
+    cfg: Any, num_layers: int, tp: TensorParallel, block_size: int, dtype: torch.dtype
 ) -> KVCacheSpec:
-    """The KV cache of this rank's heads (all of them without tensor parallelism)."""
+    """The KV cache of this rank's layers and heads (all of them without parallelism)."""
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return KVCacheSpec(
-        num_layers=cfg.num_hidden_layers,
+        num_layers=num_layers,
         num_kv_heads=cfg.num_key_value_heads // tp.world_size,
         head_dim=head_dim,
         block_size=block_size,
@@ -134,14 +147,16 @@ class ModelRunner:
         attention_backend: str = "auto",
         linear_backend: str = "auto",
         tp: TensorParallel | None = None,
+        pp: PipelineStage | None = None,
         gpu_memory_utilization: float = 0.9,
         profile_tokens: int = 2048,
         small_step_tokens: int = 0,
         fuse_layers: bool = True,
     ):
-        tp = tp or TensorParallel()
-        model = _load_model(model_path, model, dtype, tp)
+        tp, self.pp = tp or TensorParallel(), pp or PipelineStage()
+        model = _load_model(model_path, model, dtype, tp, self.pp)
         self.model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` narrowly
+        self.forward = StageForward(self.model, self.pp) if self.pp.enabled else self.model
         self.model.eval()
         self.device = torch.device(device)
         cpu = self.device.type == "cpu" and small_step_tokens > 0
@@ -152,7 +167,7 @@ class ModelRunner:
             pack_linears(self.model)
             self.linear_backend = "onednn"
         cfg = self.model.config
-        spec = _kv_cache_spec(cfg, tp, block_size, dtype)
+        spec = _kv_cache_spec(cfg, len(self.model.model.layers), tp, block_size, dtype)
         self.backend = attention.select_backend(attention_backend, self.device, block_size)
         self.max_model_len = int(cfg.max_position_embeddings)
         eos = cfg.eos_token_id
@@ -162,10 +177,11 @@ class ModelRunner:
         self.grammars = load_grammar_compiler(model_path, self.vocab_size, self.eos_token_id)
         self._token_masks = TokenMasks(self.grammars) if self.grammars else None
         if kv_cache_bytes is None:
-            kv_cache_bytes = self._measured_kv_budget(spec, gpu_memory_utilization, profile_tokens)
-        self.kv_cache = KVCache(
-            spec, spec.num_blocks_for(kv_cache_bytes), device=device, layout=self.backend.kv_layout
-        )
+            kv_cache_bytes = measured_kv_budget(self, spec, gpu_memory_utilization, profile_tokens)
+        num_blocks = spec.num_blocks_for(kv_cache_bytes)
+        if self.pp.enabled:  # stages of fewer layers fit more blocks: all use the fewest
+            num_blocks = fewest_blocks(num_blocks, self.device)
+        self.kv_cache = KVCache(spec, num_blocks, device=device, layout=self.backend.kv_layout)
         self.kv_cache.fill_(0.0)  # commit the pages now rather than inside the first steps
         log.info(
             "model %s: %d layers (%d fused), KV cache %d blocks x %d tokens, %s attention, "
@@ -178,40 +194,6 @@ class ModelRunner:
             self.backend.name,
             self.linear_backend,
         )
-
-    def _measured_kv_budget(
-        self, spec: KVCacheSpec, utilization: float, profile_tokens: int
-    ) -> int:
-        """CPU: 1 GiB. CUDA: `utilization` of the GPU minus the peak of a profiling
-        forward pass over `profile_tokens` tokens (weights + activations)."""
-        if self.device.type != "cuda":
-            return DEFAULT_CPU_KV_BYTES
-        num_blocks = -(-profile_tokens // spec.block_size)
-        self.kv_cache = KVCache(spec, num_blocks, device=self.device, layout=self.backend.kv_layout)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        probe = Sequence(
-            "profile", [0] * profile_tokens, profile_tokens, GREEDY, list(range(num_blocks))
-        )
-        self.execute([BatchEntry(probe, profile_tokens)])
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) - self.kv_cache.num_bytes
-        del self.kv_cache
-        torch.cuda.empty_cache()
-        total = torch.cuda.get_device_properties(self.device).total_memory
-        budget = int(total * utilization) - peak
-        log.info(
-            "profiled peak %.2f GiB of %.2f GiB; KV budget %.2f GiB",
-            peak / 2**30,
-            total / 2**30,
-            budget / 2**30,
-        )
-        if budget <= 0:
-            raise ValueError(
-                f"no memory left for the KV cache at gpu_memory_utilization={utilization}: "
-                "raise it or use a smaller model"
-            )
-        return budget
 
     @property
     def block_size(self) -> int:
@@ -235,18 +217,29 @@ class ModelRunner:
             self.step_threads.fit(sum(entry.num_tokens for entry in batch))
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         constrained = [i for i, (_, seq) in enumerate(sample_rows) if seq.matcher is not None]
-        masks = self._start_masks([sample_rows[i][1].matcher for i in constrained])
+        matchers = [sample_rows[i][1].matcher for i in constrained]
+        masks = self._start_masks(matchers) if self.pp.last else None  # where it samples
         logits_rows = torch.tensor([row for row, _ in sample_rows], dtype=torch.long)
-        out = self.model(
+        out = self.forward(
             input_ids=input_ids[None],
             position_ids=positions[None],
             use_cache=False,
             logits_to_keep=logits_rows.to(self.device),
             attn_metadata=meta,
         )
-        if not sample_rows:
-            return StepOutput({}, {})
-        logits = out.logits[0].float().cpu()  # [S, V]
+        output = StepOutput({}, {})
+        if sample_rows and out.logits is not None:  # (stages but the last have none)
+            output = self._sample(out.logits[0], sample_rows, constrained, masks)
+        return share_output(output, self.pp) if self.pp.enabled else output
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        sample_rows: list[tuple[int, Sequence]],
+        constrained: list[int],
+        masks: Future[torch.Tensor] | None,
+    ) -> StepOutput:
+        logits = logits.float().cpu()  # [S, V]
         seqs = [seq for _, seq in sample_rows]
         banned = None
         if masks is not None:

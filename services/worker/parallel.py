@@ -1,4 +1,5 @@
-"""Tensor parallelism inside a worker group, with torch.distributed.
+"""Tensor parallelism inside a worker group (or a pipeline stage of it, `pipeline.py`),
+with torch.distributed.
 
 Each rank holds a slice of every decoder layer (Megatron style): q/k/v and
 gate/up projections split by output rows (whole attention heads per rank),
@@ -10,8 +11,9 @@ Rank 0 talks to the scheduler and broadcasts each command to the other ranks.
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 class TensorParallel:
     rank: int = 0
     world_size: int = 1
+    group: Any = field(default=None, compare=False)  # its process group (None: the default)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -55,7 +58,7 @@ def shard_model(model: nn.Module, tp: TensorParallel) -> None:
             _keep_rows(proj, tp)
         for proj in (attn.o_proj, mlp.down_proj):
             _keep_columns(proj, tp)
-            proj.register_forward_hook(_all_reduce_output)
+            proj.register_forward_hook(functools.partial(_all_reduce_output, group=tp.group))
 
 
 def _keep_rows(linear: nn.Linear, tp: TensorParallel) -> None:
@@ -76,8 +79,10 @@ def _keep_columns(linear: nn.Linear, tp: TensorParallel) -> None:
     linear.in_features = cols
 
 
-def _all_reduce_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-    dist.all_reduce(output)
+def _all_reduce_output(
+    module: nn.Module, args: Any, output: torch.Tensor, group: Any = None
+) -> torch.Tensor:
+    dist.all_reduce(output, group=group)
     return output
 
 
@@ -131,12 +136,10 @@ def _receive() -> tuple[str, StepPlan]:
     return command, plan
 
 
-def init_group(tp: TensorParallel, init_method: str, device: str) -> None:
+def init_group(rank: int, world_size: int, init_method: str, device: str) -> None:
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(
-        backend, init_method=init_method, rank=tp.rank, world_size=tp.world_size
-    )
-    log.info("rank %d of %d joined the %s group", tp.rank, tp.world_size, backend)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    log.info("rank %d of %d joined the %s group", rank, world_size, backend)
 
 
 def shared_seed(seed: int | None) -> int:

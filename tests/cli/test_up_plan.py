@@ -275,3 +275,9 @@ def test_the_drain_reaches_the_gateway_and_up_waits_for_it(tmp_path, environment
     assert GatewayConfig.from_args(gateway.argv[3:]).drain_s == 7.0
     assert gateway.stop_timeout_s == 7.0 + STOP_TIMEOUT_S  # SIGKILL only after the drain
     assert all(c.stop_timeout_s == STOP_TIMEOUT_S for c in children if c.role != "gateway")
+
+
+def test_pipeline_stages_reach_every_worker(tmp_path):
+    children = plan(tmp_path, "--pipeline-parallel-size", "2", "--tensor-parallel-size", "3")
+    workers = [child_config(c) for c in children if c.role == "worker"]
+    assert [(w.pipeline_parallel_size, w.tensor_parallel_size) for w in workers] == [(2, 3)]

@@ -1,4 +1,5 @@
-"""A tensor-parallel group of 2 ranks on CPU (gloo) generates what one rank does."""
+"""Worker groups on CPU (gloo) generate what one process does: 2 tensor-parallel ranks,
+2 pipeline stages, and 2 stages of 2 tensor-parallel ranks each."""
 
 import pytest
 
@@ -70,6 +71,45 @@ def test_tp2_equals_tp1(tiny_llama):
         stop_group()
     assert got == expected
     assert [len(got["r0"]), len(got["r1"])] == [11, 12]  # r1 samples from step 0, r0 from step 1
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("pp", "tp"), [(2, 1), (2, 2)])
+def test_pipeline_stages_equal_one_process(tiny_llama, pp, tp):
+    """Each stage holds one of the 2 layers and the KV cache of its own; the last
+    samples; every stage keeps the sequences' tokens (a reset and a rerun give the same)."""
+    base = dict(model=str(tiny_llama), kv_cache_gb=0.01, block_size=BLOCK, num_threads=1)
+    single, one, stop_single = start_engine(WorkerConfig(**base, seed=3))
+    expected = generate(single)
+    stop_single()
+    group, runner, stop_group = start_engine(
+        WorkerConfig(**base, pipeline_parallel_size=pp, tensor_parallel_size=tp)
+    )
+    try:
+        assert runner.kv_cache.spec.num_layers == 1 and runner.pp.first
+        assert runner.kv_cache.spec.num_kv_heads == 2 // tp
+        assert runner.geometry.num_kv_blocks >= one.geometry.num_kv_blocks  # half the layers
+        got = generate(group)
+        group.reset()
+        assert generate(group) == got
+    finally:
+        stop_group()
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "stages", "ranges"),
+    [(2, 2, [(0, 1), (1, 2)]), (30, 4, [(0, 8), (8, 16), (16, 23), (23, 30)]), (5, 1, [(0, 5)])],
+)
+def test_stages_hold_contiguous_layers_the_first_ones_longer(num_layers, stages, ranges):
+    from sarathi_serve.worker.pipeline import PipelineStage
+
+    got = [PipelineStage(s, stages).layers(num_layers) for s in range(stages)]
+    assert [(r.start, r.stop) for r in got] == ranges
+    with pytest.raises(ValueError, match="3 pipeline stages for 2 layers"):
+        PipelineStage(0, 3).layers(2)
+    assert PipelineStage.of_rank(5, 2, 4) == PipelineStage(1, 2, 4, 1)
+    assert PipelineStage(1, 2, 4, 1).rank_of(0) == 1 and PipelineStage(1, 2, 4).output_rank == 4
 
 
 def test_indivisible_heads_are_refused(tiny_llama):

@@ -1,0 +1,56 @@
+"""`up --pipeline-parallel-size 2` on the real model (SmolLM2-135M: 30 layers, 15 a
+stage, gloo on CPU): oracle outputs at token budgets 16 and 512 (swapped live), and a
+stage killed mid-stream is a worker-group failure whose requests are recomputed
+exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.e2e.oracle import generate_concurrently, wait_until
+from tests.e2e.system import run_cli as cli
+
+
+def stage_pids(worker_pid: int) -> list[int]:
+    """The worker's pipeline-stage processes (multiprocessing children it spawned)."""
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    return [
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_two_pipeline_stages_through_up_give_the_oracle_outputs(system_factory, expected_outputs):
+    system = system_factory(
+        "--pipeline-parallel-size", "2", "--num-threads", "1", "--token-budget", "16"
+    )  # fmt: skip
+    assert generate_concurrently(system.gateway_addr) == expected_outputs
+    assert (
+        max(it.num_prefill_tokens + it.num_decode_tokens for it in system.stats().iterations) <= 16
+    )
+    swapped = cli("admin", "--run-dir", str(system.run_dir), "set-policy", "sarathi",
+                  "--token-budget", "512")  # fmt: skip
+    assert swapped.returncode == 0, swapped.stderr
+    assert generate_concurrently(system.gateway_addr, stagger_s=0.05) == expected_outputs
+    log = (system.run_dir / "logs" / "worker.log").read_text()
+    for line in ("rank 1 of 2 joined the gloo group", "pipeline stage 0 of 2: layers 0-14",
+                 "pipeline stage 1 of 2: layers 15-29"):  # fmt: skip
+        assert line in log, log[-3000:]
+
+    # a stage dies mid-stream: the group fails as a whole, `up` restarts the worker, and
+    # the scheduler recomputes every running request (prompt + tokens so far)
+    (stage_1,) = stage_pids(system.record("worker").pid)
+    killed = []
+
+    def on_start(i: int) -> None:
+        if i == 5:
+            wait_until(lambda: system.stats().num_running >= 3, "3 requests running")
+            os.kill(stage_1, signal.SIGKILL)
+            killed.append(stage_1)
+
+    outputs = generate_concurrently(system.gateway_addr, stagger_s=0.05, on_start=on_start)
+    assert killed and outputs == expected_outputs, "a stream lost, repeated or changed tokens"
+    system.refresh()
+    assert system.record("worker").restarts == 1, "the group's failure restarts the worker"
+    assert len(stage_pids(system.record("worker").pid)) == 1, "with its stage anew"
