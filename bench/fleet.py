@@ -118,23 +118,23 @@ async def measure(
     while sum(await asyncio.gather(*(_running(s.addr) for s in shards))) < len(placed):
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)  # past the prefills
-    t0, cpu0, tokens0 = (
-        time.time(),
-        [cpu_seconds(s.scheduler_pid) for s in shards],
-        sum(s.num_tokens for s in sessions),
-    )
+    t0, cpu0, tokens0 = _counters(shards, sessions)
     await asyncio.sleep(seconds)
-    t1, cpu1, tokens1 = (
-        time.time(),
-        [cpu_seconds(s.scheduler_pid) for s in shards],
-        sum(s.num_tokens for s in sessions),
-    )
+    t1, cpu1, tokens1 = _counters(shards, sessions)
     stats = [await asyncio.to_thread(probes.scheduler_stats, s.addr, 10.0, 0) for s in shards]
     for session, request_id in placed:
         session.abort(request_id)
     for session in sessions:
         await session.close()
     return _row(stats, t0, t1, cpu1, cpu0, tokens1 - tokens0, step_ms, router.num_picked)
+
+
+def _counters(
+    shards: list[Services], sessions: list[LeanSession]
+) -> tuple[float, list[float], int]:
+    """Now, each scheduler's CPU seconds so far, and the tokens received so far."""
+    cpu = [cpu_seconds(s.scheduler_pid) for s in shards]
+    return time.time(), cpu, sum(s.num_tokens for s in sessions)
 
 
 async def _running(addr: str) -> int:

@@ -16,7 +16,12 @@ import grpc
 
 from sarathi_serve.common import probes
 from sarathi_serve.common.auth import InternalToken, Metadata
-from sarathi_serve.common.run_records import default_run_dir, read_system
+from sarathi_serve.common.run_records import (
+    default_run_dir,
+    read_system,
+    scheduler_sets,
+    set_label,
+)
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.scheduler.config import DEFAULT_PORT
@@ -54,18 +59,18 @@ class SchedulerSet:
 
     @property
     def label(self) -> str:
-        parts = [f"variant {self.variant}"] if self.variant else []
-        return ", ".join([*parts, *([f"shard {self.shard}"] if self.shard else [])])
+        return set_label(self.variant, self.shard)
 
 
-def scheduler_sets(args: argparse.Namespace, token: InternalToken) -> list[SchedulerSet]:
+def leaders(args: argparse.Namespace, token: InternalToken) -> list[SchedulerSet]:
     """--addr, else each scheduler set's leader (after a failover, not the first one)."""
     if args.addr:
         return [SchedulerSet("", "", str(args.addr))]
-    groups: dict[tuple[str, str], list[str]] = {}
-    for r in read_system(args.run_dir):
-        if r.role == "scheduler" and args.variant in (None, r.variant):
-            groups.setdefault((r.variant, r.shard), []).append(r.address)
+    groups = {
+        key: addrs
+        for key, addrs in scheduler_sets(read_system(args.run_dir)).items()
+        if args.variant in (None, key[0])
+    }
     if not groups and args.variant is None:
         return [SchedulerSet("", "", f"127.0.0.1:{DEFAULT_PORT}")]
     return [SchedulerSet(v, k, _leader(addrs, token)) for (v, k), addrs in groups.items()]
@@ -83,7 +88,7 @@ def _leader(addrs: list[str], token: InternalToken) -> str:
 
 def run(args: argparse.Namespace) -> int:
     token = InternalToken.from_env(args.run_dir)
-    sets = scheduler_sets(args, token)
+    sets = leaders(args, token)
     if not sets:
         print(f"error: no scheduler of variant {args.variant!r} runs", file=sys.stderr)
         return 1

@@ -11,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from sarathi_serve.common import probes
 from sarathi_serve.common.auth import InternalToken
@@ -20,6 +19,7 @@ from sarathi_serve.common.run_records import (
     default_run_dir,
     pid_alive,
     read_system,
+    set_label,
 )
 
 
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         header,
         *(
             (
-                r["role"] + _group(r),
+                r["role"]
+                + (f" [{label}]" if (label := set_label(r["variant"], r["shard"])) else ""),
                 str(r["pid"]),
                 r["address"],
                 r["health"],
@@ -88,9 +89,7 @@ def run_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _group(row: dict[str, Any]) -> str:
-    """` [variant]`, ` [variant, shard 1]` or ` [shard 1]` (nothing for one of each)."""
-    parts = [row["variant"]] if row["variant"] else []
-    if row.get("shard"):
-        parts.append(f"shard {row['shard']}")
-    return f" [{', '.join(parts)}]" if parts else ""
+def _role(row: dict[str, str]) -> str:
+    """`scheduler`, or with its set: `scheduler [a, shard 1]`."""
+    label = set_label(row["variant"], row["shard"])
+    return row["role"] + (f" [{label}]" if label else "")

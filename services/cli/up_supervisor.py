@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sarathi_serve.common import probes
-from sarathi_serve.common.run_records import ProcessRecord, write_system
+from sarathi_serve.common.run_records import ProcessRecord, scheduler_sets, write_system
 
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
@@ -98,10 +98,7 @@ def start_all(children: list[Child], stop: threading.Event) -> None:
     for child in children:
         if child.role != "scheduler":  # a standby scheduler is never SERVING
             _wait_ready(child, stop)
-    by_set: dict[tuple[str, str], list[str]] = {}
-    for c in children:
-        if c.role == "scheduler":
-            by_set.setdefault((c.variant, c.shard), []).append(c.address)
+    by_set = scheduler_sets(children)
     deadline = time.monotonic() + READY_TIMEOUT_S
 
     def ready(addrs: list[str]) -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sarathi_serve.common.models import default_cache_dir
 
@@ -26,6 +28,29 @@ class ProcessRecord:
     variant: str = ""  # A/B: the variant a scheduler or worker serves
     metrics: str = ""  # its Prometheus endpoint, if any
     shard: str = ""  # with `up --shards`: the shard of its variant a scheduler or worker serves
+
+
+class _Placed(Protocol):
+    """A process `up` started (a record, or `up`'s own Child): what groups it."""
+
+    role: str
+    address: str
+    variant: str
+    shard: str
+
+
+def scheduler_sets(processes: Iterable[_Placed]) -> dict[tuple[str, str], list[str]]:
+    """The schedulers' addresses per scheduler set: (variant, shard) -> leader + standbys."""
+    sets: dict[tuple[str, str], list[str]] = {}
+    for p in processes:
+        if p.role == "scheduler":
+            sets.setdefault((p.variant, p.shard), []).append(p.address)
+    return sets
+
+
+def set_label(variant: str, shard: str) -> str:
+    """`a`, `a, shard 1`, `shard 1`, or "" for the one set of a plain system."""
+    return ", ".join([*([variant] if variant else []), *([f"shard {shard}"] if shard else [])])
 
 
 def write_system(run_dir: Path, processes: list[ProcessRecord]) -> None:

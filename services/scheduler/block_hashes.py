@@ -11,8 +11,6 @@ from __future__ import annotations
 from sarathi_serve.common.block_hash import BlockHash, hash_block, salt_hash
 from sarathi_serve.scheduler.request import Request
 
-__all__ = ["BlockHash", "block_hashes", "hash_block", "salt_hash"]
-
 
 def block_hashes(request: Request, block_size: int, num_blocks: int) -> list[BlockHash]:
     """The hashes of the request's first `num_blocks` full blocks (all known tokens)."""

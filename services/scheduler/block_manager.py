@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sarathi_serve.scheduler.block_hashes import BlockHash, block_hashes
+from sarathi_serve.common.block_hash import BlockHash
+from sarathi_serve.scheduler.block_hashes import block_hashes
 from sarathi_serve.scheduler.request import Request
 
 

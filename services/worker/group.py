@@ -77,7 +77,7 @@ def _join_group(config: WorkerConfig, rank: int, init_method: str) -> ModelRunne
     tp_size, pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
     init_group(rank, tp_size * pp_size, init_method, config.device)
     stage = PipelineStage.of_rank(rank, pp_size, tp_size)
-    tp = TensorParallel(stage.tp_rank, tp_size, stage_groups(pp_size, tp_size, stage))
+    tp = TensorParallel(stage.tp_rank, tp_size, stage_groups(stage))
     seed = shared_seed(config.seed if rank == 0 else None)
     return build_runner(config, tp, stage, seed, rank)
 

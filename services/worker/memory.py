@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.worker.kv_cache import KVCache, KVCacheSpec
 
 if TYPE_CHECKING:
@@ -16,7 +15,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_BYTES = 1 << 30
-_GREEDY = SamplingParams(temperature=0.0)
 
 
 def measured_kv_budget(
@@ -32,10 +30,10 @@ def measured_kv_budget(
     )
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(runner.device)
-    from sarathi_serve.worker.model_runner import BatchEntry, Sequence
+    from sarathi_serve.worker.model_runner import GREEDY, BatchEntry, Sequence
 
     probe = Sequence(
-        "profile", [0] * profile_tokens, profile_tokens, _GREEDY, list(range(num_blocks))
+        "profile", [0] * profile_tokens, profile_tokens, GREEDY, list(range(num_blocks))
     )
     runner.execute([BatchEntry(probe, profile_tokens)])
     torch.cuda.synchronize(runner.device)

@@ -136,13 +136,13 @@ def fewest_blocks(num_blocks: int, device: torch.device) -> int:
     return int(value.item())
 
 
-def stage_groups(num_stages: int, tp_size: int, stage: PipelineStage) -> Any:
+def stage_groups(stage: PipelineStage) -> Any:
     """Creates every stage's tensor-parallel group (each rank must create all of them,
     in the same order) and returns this rank's (None without tensor parallelism)."""
-    mine = None
-    for s in range(num_stages):
-        ranks = [s * tp_size + t for t in range(tp_size)]
-        group = dist.new_group(ranks) if tp_size > 1 else None
-        if s == stage.stage:
-            mine = group
-    return mine
+    if stage.tp_size == 1:
+        return None
+    groups = [
+        dist.new_group([s * stage.tp_size + t for t in range(stage.tp_size)])
+        for s in range(stage.num_stages)
+    ]
+    return groups[stage.stage]

@@ -70,3 +70,25 @@ def test_two_variants_each_serve_exactly_with_their_own_state(
     assert {n: v["requests"] for n, v in report["variants"].items()} == {"a": 4, "b": 4}
     assert set(report["ratios"]) == {"b"}
     assert ab_report(system, "--since", str(time.time() + 60)).returncode == 1  # none after
+
+    # `admin` with two variants: stats show each; a swap names its variant
+    run = [
+        sys.executable,
+        "-m",
+        "sarathi_serve.cli.main",
+        "admin",
+        "--run-dir",
+        str(system.run_dir),
+    ]
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*run, *args], capture_output=True, text=True, timeout=60)
+
+    stats = admin("stats", "--last", "1")
+    assert stats.returncode == 0 and "[a]" in stats.stdout and "[b]" in stats.stdout, stats
+    refused = admin("set-policy", "orca")
+    assert refused.returncode == 1 and "--variant" in refused.stderr, refused
+    swapped = admin("--variant", "b", "set-policy", "orca")
+    assert swapped.returncode == 0 and swapped.stdout.count("policy orca") == 1, swapped
+    policies = {r.variant: system.stats_at(r.address).policy for r in rows if r.role == "scheduler"}
+    assert policies == {"a": "sarathi", "b": "orca"}, "only the named variant swapped"

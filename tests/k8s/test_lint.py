@@ -11,88 +11,75 @@ import pytest
 
 from tests.k8s.render import CHART, KUBE_VERSIONS, NAMESPACE, SCENARIOS, Rendered, scenario_values
 
-# ServiceMonitor is a CRD (Prometheus Operator): kubernetes-validate has no
-# schema for it, so it is checked against this minimal one instead.
-SERVICE_MONITOR_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "selector": {"type": "object"},
-                "namespaceSelector": {"type": "object"},
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["port"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": {"type": "string"},
-                            "scheme": {"enum": ["http", "https"]},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
 
-# ScaledObject is KEDA's CRD: checked against the fields of keda.sh/v1alpha1 it uses.
-SCALED_OBJECT_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "keda.sh/v1alpha1"},
-        "spec": {
-            "type": "object",
-            "required": ["scaleTargetRef", "triggers"],
-            "additionalProperties": False,
-            "properties": {
-                "scaleTargetRef": {
-                    "type": "object",
-                    "required": ["name"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "name": {"type": "string"},
-                    },
-                },
-                "minReplicaCount": {"type": "integer", "minimum": 0},
-                "maxReplicaCount": {"type": "integer", "minimum": 1},
-                "pollingInterval": {"type": "integer", "minimum": 1},
-                "cooldownPeriod": {"type": "integer", "minimum": 0},
-                "triggers": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "metadata"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "type": {"const": "prometheus"},
-                            "name": {"type": "string"},
-                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
-                            "metadata": {
-                                "type": "object",
-                                "required": ["serverAddress", "query", "threshold"],
-                                "additionalProperties": {"type": "string"},
-                            },
-                        },
-                    },
-                },
-            },
+def closed(required: list[str], **properties: dict) -> dict:
+    """An object schema with exactly these properties, `required` among them."""
+    return {
+        "type": "object",
+        "required": required,
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def crd_schema(api_version: str, spec: dict) -> dict:
+    """A custom resource of `api_version` whose spec is `spec`: kubernetes-validate has
+    no schema for CRDs, so the chart's are checked against the fields they use."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"apiVersion": {"const": api_version}, "spec": spec},
+    }
+
+
+STRING, OBJECT = {"type": "string"}, {"type": "object"}
+# ServiceMonitor: the Prometheus Operator's.
+SERVICE_MONITOR_SCHEMA = crd_schema(
+    "monitoring.coreos.com/v1",
+    closed(
+        ["selector", "endpoints"],
+        selector=OBJECT,
+        namespaceSelector=OBJECT,
+        endpoints={
+            "type": "array",
+            "minItems": 1,
+            "items": closed(
+                ["port"],
+                port=STRING,
+                path=STRING,
+                interval=STRING,
+                scheme={"enum": ["http", "https"]},
+            ),
         },
-    },
-}
+    ),
+)
+# ScaledObject: KEDA's.
+SCALED_OBJECT_SCHEMA = crd_schema(
+    "keda.sh/v1alpha1",
+    closed(
+        ["scaleTargetRef", "triggers"],
+        scaleTargetRef=closed(["name"], apiVersion=STRING, kind=STRING, name=STRING),
+        minReplicaCount={"type": "integer", "minimum": 0},
+        maxReplicaCount={"type": "integer", "minimum": 1},
+        pollingInterval={"type": "integer", "minimum": 1},
+        cooldownPeriod={"type": "integer", "minimum": 0},
+        triggers={
+            "type": "array",
+            "minItems": 1,
+            "items": closed(
+                ["type", "metadata"],
+                type={"const": "prometheus"},
+                name=STRING,
+                metricType={"enum": ["AverageValue", "Value", "Utilization"]},
+                metadata={
+                    "type": "object",
+                    "required": ["serverAddress", "query", "threshold"],
+                    "additionalProperties": STRING,
+                },
+            ),
+        },
+    ),
+)
 CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "ScaledObject": SCALED_OBJECT_SCHEMA}
 
 
