@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
 from sarathi_serve.scheduler.config import DEFAULT_PORT
 from sarathi_serve.scheduler.policies import POLICIES
+from sarathi_serve.scheduler.stats import StageTimes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -158,6 +160,8 @@ def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Meta
             f"{r.num_total_kv_blocks}; prefix cache: {hit_rate:.1%} of "
             f"{r.prefix_cache_queries} prompt tokens hit, {r.num_cached_kv_blocks} blocks"
         )
+        if r.stage_busy_seconds:
+            print(f"    pipeline bubbles: {_bubbles(r.stage_busy_seconds, r.stage_idle_seconds)}")
     print(f"  routing: lowest {reply.routing_score}")
     print(
         f"{'step':>6} {'budget':>6} {'policy':>18} {'batch':>5} {'prefill':>7} {'decode':>6} "
@@ -169,3 +173,9 @@ def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Meta
             f"{it.num_prefill_tokens:>7} {it.num_decode_tokens:>6} {it.execution_ms:>8.1f} "
             f"{it.worker_wait_ms:>7.2f}"
         )
+
+
+def _bubbles(busy_s: Sequence[float], idle_s: Sequence[float]) -> str:
+    """Each stage's idle fraction while micro-batches were in flight."""
+    stages = StageTimes(list(busy_s), list(idle_s)).bubble_fractions
+    return ", ".join(f"stage {i} {fraction:.1%} idle" for i, fraction in enumerate(stages))

@@ -92,6 +92,7 @@ def hello_to_pb(worker_id: str, model: str, geometry: WorkerGeometry) -> pb.Work
         max_model_len=geometry.max_model_len,
         eos_token_id=geometry.eos_token_id,
         vocab_size=geometry.vocab_size,
+        pipeline_depth=geometry.pipeline_depth,
     )
 
 
@@ -102,6 +103,7 @@ def geometry_from_pb(hello: pb.WorkerHello) -> WorkerGeometry:
         max_model_len=hello.max_model_len,
         eos_token_id=hello.eos_token_id,
         vocab_size=hello.vocab_size,
+        pipeline_depth=max(hello.pipeline_depth, 1),
     )
 
 
@@ -184,6 +186,8 @@ def result_to_pb(result: StepResult) -> pb.StepResult:
             pb.RequestFailure(request_id=rid, error_code=exc.code.name, error_message=str(exc))
             for rid, exc in result.failures.items()
         ],
+        stage_busy_ms=result.stage_busy_ms,
+        stage_idle_ms=result.stage_idle_ms,
     )
 
 
@@ -201,6 +205,8 @@ def result_from_pb(msg: pb.StepResult) -> StepResult:
         failures={
             f.request_id: error_from_code(f.error_code, f.error_message) for f in msg.failures
         },
+        stage_busy_ms=tuple(msg.stage_busy_ms),
+        stage_idle_ms=tuple(msg.stage_idle_ms),
     )
 
 

@@ -17,6 +17,9 @@ class WorkerGeometry:
     max_model_len: int
     eos_token_id: int
     vocab_size: int = 0  # rows of the embedding (0: not told, token ids are not checked)
+    # micro-batches computed at once (pipeline stages): > 1, a plan never decodes a
+    # request whose input token a plan still in flight samples
+    pipeline_depth: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +73,7 @@ class StepResult:
     # Requests the worker could not compute, each with why: they end with that error
     # while the rest of the step goes on.
     failures: dict[str, ServiceError] = field(default_factory=dict)
+    # a pipelined worker: per stage, its compute for this micro-batch and its idle time
+    # before it while other micro-batches were in flight (the bubble)
+    stage_busy_ms: tuple[float, ...] = ()
+    stage_idle_ms: tuple[float, ...] = ()

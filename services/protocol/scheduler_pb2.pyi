@@ -185,7 +185,7 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
-    __slots__ = ("worker_id", "model", "num_kv_blocks", "block_size", "max_model_len", "eos_token_id", "vocab_size")
+    __slots__ = ("worker_id", "model", "num_kv_blocks", "block_size", "max_model_len", "eos_token_id", "vocab_size", "pipeline_depth")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class WorkerHello(_message.Message):
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     model: str
     num_kv_blocks: int
@@ -200,7 +201,8 @@ class WorkerHello(_message.Message):
     max_model_len: int
     eos_token_id: int
     vocab_size: int
-    def __init__(self, worker_id: _Optional[str] = ..., model: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    pipeline_depth: int
+    def __init__(self, worker_id: _Optional[str] = ..., model: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., pipeline_depth: _Optional[int] = ...) -> None: ...
 
 class NewRequest(_message.Message):
     __slots__ = ("request_id", "token_ids", "num_output_tokens", "sampling", "num_computed_tokens")
@@ -235,7 +237,7 @@ class StepPlan(_message.Message):
     def __init__(self, step_id: _Optional[int] = ..., new_requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., freed_request_ids: _Optional[_Iterable[str]] = ..., chunk_request_ids: _Optional[_Iterable[str]] = ..., chunk_num_tokens: _Optional[_Iterable[int]] = ..., chunk_num_new_blocks: _Optional[_Iterable[int]] = ..., new_block_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step_id", "request_ids", "token_ids", "execution_ms", "error", "logprob_rows", "logprobs", "worker_wait_ms", "failures")
+    __slots__ = ("step_id", "request_ids", "token_ids", "execution_ms", "error", "logprob_rows", "logprobs", "worker_wait_ms", "failures", "stage_busy_ms", "stage_idle_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +247,8 @@ class StepResult(_message.Message):
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     WORKER_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    STAGE_BUSY_MS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_IDLE_MS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -254,7 +258,9 @@ class StepResult(_message.Message):
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprobs]
     worker_wait_ms: float
     failures: _containers.RepeatedCompositeFieldContainer[RequestFailure]
-    def __init__(self, step_id: _Optional[int] = ..., request_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., execution_ms: _Optional[float] = ..., error: _Optional[str] = ..., logprob_rows: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., worker_wait_ms: _Optional[float] = ..., failures: _Optional[_Iterable[_Union[RequestFailure, _Mapping]]] = ...) -> None: ...
+    stage_busy_ms: _containers.RepeatedScalarFieldContainer[float]
+    stage_idle_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, step_id: _Optional[int] = ..., request_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., execution_ms: _Optional[float] = ..., error: _Optional[str] = ..., logprob_rows: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., worker_wait_ms: _Optional[float] = ..., failures: _Optional[_Iterable[_Union[RequestFailure, _Mapping]]] = ..., stage_busy_ms: _Optional[_Iterable[float]] = ..., stage_idle_ms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RequestFailure(_message.Message):
     __slots__ = ("request_id", "error_code", "error_message")
@@ -273,7 +279,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, max_iterations: _Optional[int] = ...) -> None: ...
 
 class IterationStats(_message.Message):
-    __slots__ = ("step_id", "batch_size", "num_prefill_tokens", "num_decode_tokens", "execution_ms", "scheduling_ms", "persist_ms", "worker_wait_ms", "policy", "token_budget", "start_time", "replica")
+    __slots__ = ("step_id", "batch_size", "num_prefill_tokens", "num_decode_tokens", "execution_ms", "scheduling_ms", "persist_ms", "worker_wait_ms", "policy", "token_budget", "start_time", "replica", "stage_busy_ms", "stage_idle_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +292,8 @@ class IterationStats(_message.Message):
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    STAGE_BUSY_MS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_IDLE_MS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     batch_size: int
     num_prefill_tokens: int
@@ -298,7 +306,9 @@ class IterationStats(_message.Message):
     token_budget: int
     start_time: float
     replica: int
-    def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., worker_wait_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ..., replica: _Optional[int] = ...) -> None: ...
+    stage_busy_ms: _containers.RepeatedScalarFieldContainer[float]
+    stage_idle_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, step_id: _Optional[int] = ..., batch_size: _Optional[int] = ..., num_prefill_tokens: _Optional[int] = ..., num_decode_tokens: _Optional[int] = ..., execution_ms: _Optional[float] = ..., scheduling_ms: _Optional[float] = ..., persist_ms: _Optional[float] = ..., worker_wait_ms: _Optional[float] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., start_time: _Optional[float] = ..., replica: _Optional[int] = ..., stage_busy_ms: _Optional[_Iterable[float]] = ..., stage_idle_ms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("iterations", "num_waiting", "num_running", "num_free_kv_blocks", "num_total_kv_blocks", "num_workers", "policy", "token_budget", "num_finished", "num_preemptions", "scheduler_id", "is_leader", "epoch", "replicas", "routing_score")
@@ -335,7 +345,7 @@ class GetStatsResponse(_message.Message):
     def __init__(self, iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., num_workers: _Optional[int] = ..., policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., num_finished: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., scheduler_id: _Optional[str] = ..., is_leader: _Optional[bool] = ..., epoch: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., routing_score: _Optional[str] = ...) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("index", "worker_id", "num_running", "num_waiting", "num_free_kv_blocks", "num_total_kv_blocks", "prefix_cache_queries", "prefix_cache_hits", "num_cached_kv_blocks")
+    __slots__ = ("index", "worker_id", "num_running", "num_waiting", "num_free_kv_blocks", "num_total_kv_blocks", "prefix_cache_queries", "prefix_cache_hits", "num_cached_kv_blocks", "stage_busy_seconds", "stage_idle_seconds")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +355,8 @@ class ReplicaStats(_message.Message):
     PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     NUM_CACHED_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     index: int
     worker_id: str
     num_running: int
@@ -354,7 +366,9 @@ class ReplicaStats(_message.Message):
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_cached_kv_blocks: int
-    def __init__(self, index: _Optional[int] = ..., worker_id: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., num_cached_kv_blocks: _Optional[int] = ...) -> None: ...
+    stage_busy_seconds: _containers.RepeatedScalarFieldContainer[float]
+    stage_idle_seconds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, index: _Optional[int] = ..., worker_id: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., num_cached_kv_blocks: _Optional[int] = ..., stage_busy_seconds: _Optional[_Iterable[float]] = ..., stage_idle_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
     __slots__ = ("policy", "token_budget", "max_num_seqs", "target_tbt_ms")

@@ -138,6 +138,7 @@ class SchedulerCore:
     def attach_worker(self, geometry: WorkerGeometry) -> None:
         self.detach_worker()
         self.geometry = geometry
+        self.state.decode_ahead = geometry.pipeline_depth <= 1
         self.blocks = BlockManager(
             geometry.num_kv_blocks,
             geometry.block_size,
@@ -222,10 +223,9 @@ class SchedulerCore:
         self.policy.observe(planned.shape, execution_ms, interval_ms)
 
     def apply(self, result: StepResult, now: float) -> list[RequestUpdate]:
-        """Appends sampled tokens and finishes requests that reached a stop. Results
-        come in the order of the plans; the result of a step planned before the worker
-        detached (it can arrive just before the detach is noticed) is dropped: its
-        requests are recomputed."""
+        """Appends sampled tokens and finishes requests that reached a stop. Results come
+        in the order of the plans; one of a step planned before the worker detached (it
+        may arrive just before the detach is noticed) is dropped: its requests recompute."""
         if not self._in_flight or self._in_flight[0].plan.step_id != result.step_id:
             return []
         planned = self._in_flight.popleft()

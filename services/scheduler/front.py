@@ -19,14 +19,14 @@ from collections.abc import Callable
 
 from sarathi_serve.common.errors import InvalidArgument
 from sarathi_serve.scheduler.core import SchedulerCore
-from sarathi_serve.scheduler.iteration import Occupancy
+from sarathi_serve.scheduler.iteration import Handover, Occupancy
 from sarathi_serve.scheduler.liveness import StepDeadline
 from sarathi_serve.scheduler.metrics import SchedulerMetrics
 from sarathi_serve.scheduler.pacing import PlanPacer
 from sarathi_serve.scheduler.policies import Policy, make_policy
 from sarathi_serve.scheduler.policies.sarathi import SarathiPolicy
 from sarathi_serve.scheduler.releasing import Releaser
-from sarathi_serve.scheduler.replica import Handover, Replica
+from sarathi_serve.scheduler.replica import Replica
 from sarathi_serve.scheduler.request import Request
 from sarathi_serve.scheduler.sessions import Sessions
 from sarathi_serve.scheduler.stats import StatsRing

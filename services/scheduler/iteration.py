@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sarathi_serve.common.step import StepPlan, TokenLogprobs
 from sarathi_serve.scheduler.policies.step_model import StepShape
@@ -67,3 +67,12 @@ class PlannedStep:
     @property
     def num_decode_tokens(self) -> int:
         return self.shape.num_decode
+
+
+@dataclass(slots=True)
+class Handover:
+    """Requests leaving a replica. None holds KV blocks or a place on a worker."""
+
+    requests: list[Request] = field(default_factory=list)  # first come, first served
+    unpersisted: list[Request] = field(default_factory=list)  # of those, not in Redis yet
+    ended: list[Request] = field(default_factory=list)  # aborted, end not released yet

@@ -8,7 +8,7 @@ per-iteration histograms are observed once per iteration, labelled by policy.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sarathi_serve.scheduler.front import SchedulerFront
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS[1:])
+_RATIO_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 
 
@@ -55,6 +56,20 @@ class SchedulerMetrics:
             "sarathi_scheduler_queue_seconds", "Arrival to first scheduled", ["policy"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.stage_busy = Counter(
+            "sarathi_scheduler_pipeline_stage_busy_seconds",
+            "A pipelined worker's compute time, per stage", ["policy", "stage"], registry=r,
+        )  # fmt: skip
+        self.stage_idle = Counter(
+            "sarathi_scheduler_pipeline_stage_idle_seconds",
+            "A pipelined worker's idle time per stage while it had micro-batches in flight "
+            "(pipeline bubbles)", ["policy", "stage"], registry=r,
+        )  # fmt: skip
+        self.bubble = Histogram(
+            "sarathi_scheduler_pipeline_bubble_ratio",
+            "Per micro-batch and stage: the stage's idle time before it / (idle + compute)",
+            ["policy", "stage"], buckets=_RATIO_BUCKETS, registry=r,
+        )  # fmt: skip
         self._occupancy = _Occupancy(scheduler_id)
         r.register(self._occupancy)
 
@@ -81,6 +96,14 @@ class SchedulerMetrics:
         queue = self.queue_time.labels(policy)
         for seconds in queue_times:
             queue.observe(seconds)
+
+    def stages(self, policy: str, busy_ms: Sequence[float], idle_ms: Sequence[float]) -> None:
+        """A pipelined worker's micro-batch: each stage's compute and idle time before it."""
+        for stage, (busy, idle) in enumerate(zip(busy_ms, idle_ms, strict=True)):
+            labels = (policy, str(stage))
+            self.stage_busy.labels(*labels).inc(busy / 1e3)
+            self.stage_idle.labels(*labels).inc(idle / 1e3)
+            self.bubble.labels(*labels).observe(idle / (busy + idle) if busy + idle else 0.0)
 
 
 class _Occupancy(Collector):

@@ -141,6 +141,10 @@ class Releaser:
                     if r.first_scheduled_time is not None
                 ],
             )
+            if it.result.stage_busy_ms:
+                self.metrics.stages(
+                    planned.policy, it.result.stage_busy_ms, it.result.stage_idle_ms
+                )
         self.stats.record(
             IterationStats(
                 step_id=planned.plan.step_id,
@@ -155,6 +159,8 @@ class Releaser:
                 token_budget=planned.token_budget,
                 start_time=timing.start_time,
                 replica=it.replica,
+                stage_busy_ms=it.result.stage_busy_ms,
+                stage_idle_ms=it.result.stage_idle_ms,
             )
         )
 

@@ -4,12 +4,12 @@ Every replica has its own KV blocks and requests. The front (`front.py`) routes
 requests to replicas and moves them between replicas only through the methods
 below; nothing outside a replica touches its core.
 
-The iterations are pipelined: each turn plans and sends step n+1, then finishes
-step n (waits for its result, applies it, queues its release), so the worker finds
-its next plan waiting when it ends a step and the control plane (planning, gRPC,
-applying, Redis) runs while it computes. With a pacer (`pacing.py`, the default) the
-turn plans step n+1 shortly before step n is due to end rather than as it starts, so
-requests that arrive meanwhile join it.
+The iterations overlap: each turn plans and sends step n+1, then finishes step n
+(waits for its result, applies it, queues its release), so the worker finds its next
+plan waiting and the control plane (planning, gRPC, applying, Redis) runs while it
+computes. With a pacer (`pacing.py`, the default) step n+1 is planned shortly before
+step n is due to end, so requests that arrive meanwhile join it. A worker of P
+pipeline stages gets up to P micro-batches in flight (`_pipelined_turn`).
 """
 
 from __future__ import annotations
@@ -18,44 +18,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from sarathi_serve.common.step import StepResult
 from sarathi_serve.scheduler.core import SchedulerCore
-from sarathi_serve.scheduler.iteration import Occupancy, PlannedStep
+from sarathi_serve.scheduler.iteration import Handover, Occupancy
 from sarathi_serve.scheduler.liveness import StepDeadline
 from sarathi_serve.scheduler.pacing import PlanPacer
 from sarathi_serve.scheduler.policies import Policy
 from sarathi_serve.scheduler.releasing import Iteration, ReleaseQueue, Releaser, Timing
 from sarathi_serve.scheduler.request import Request
-from sarathi_serve.scheduler.workers import WorkerLink, WorkerLost
+from sarathi_serve.scheduler.stats import StageTimes
+from sarathi_serve.scheduler.workers import InFlight, WorkerLink, WorkerLost
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.05  # work that cannot be planned yet (no KV blocks): look again after this
-
-
-@dataclass(frozen=True, slots=True)
-class InFlight:
-    """A step planned and sent to a worker; its result is not applied yet."""
-
-    worker: WorkerLink
-    planned: PlannedStep
-    result: asyncio.Future[StepResult] | None  # None: nothing sent (nothing to compute)
-    start_time: float  # unix seconds
-    scheduling_s: float
-    after_idle: bool  # nothing was in flight: the worker's wait is not the control plane's
-    sent_at: float  # perf_counter seconds
-
-
-@dataclass(slots=True)
-class Handover:
-    """Requests leaving a replica. None holds KV blocks or a place on a worker."""
-
-    requests: list[Request] = field(default_factory=list)  # first come, first served
-    unpersisted: list[Request] = field(default_factory=list)  # of those, not in Redis yet
-    ended: list[Request] = field(default_factory=list)  # aborted, end not released yet
 
 
 class Replica:
@@ -82,6 +61,7 @@ class Replica:
         self.pacer = pacer
         self.deadline = deadline  # None: a worker is never taken for hung
         self._last_result_at = 0.0  # perf_counter seconds
+        self.stage_times = StageTimes()  # a pipelined worker's, over every micro-batch
 
     # ---- views ----------------------------------------------------------------
 
@@ -190,35 +170,53 @@ class Replica:
     # ---- iterations ---------------------------------------------------------------
 
     async def run(self) -> None:
-        in_flight: InFlight | None = None
+        in_flight: deque[InFlight] = deque()  # oldest first
         while True:
-            if in_flight is not None and in_flight.worker is not self.worker:
-                in_flight = None  # planned for a worker that is gone: recomputed
+            if in_flight and in_flight[0].worker is not self.worker:
+                in_flight.clear()  # planned for a worker that is gone: recomputed
             worker = self.worker
             if worker is None or not (in_flight or self._has_work):
                 await self._idle()
                 continue
+            turn = self._pipelined_turn if worker.geometry.pipeline_depth > 1 else self._turn
             try:
-                in_flight = await self._turn(worker, in_flight)
+                await turn(worker, in_flight)
             except WorkerLost as exc:
-                in_flight = None
+                in_flight.clear()
                 if exc.failed_step is not None:  # bounded: see SchedulerCore.charge_failed_step
                     self._ended.extend(self.core.charge_failed_step(exc.failed_step, self._clock()))
                 self._on_worker_lost(worker, str(exc))
 
-    async def _turn(self, worker: WorkerLink, in_flight: InFlight | None) -> InFlight | None:
-        """Plans and sends step n+1, then finishes step n; returns what is in flight."""
-        if in_flight is not None and self.pacer is not None:
-            await self._until_due(self.pacer, in_flight)
-        step = self._send(worker, after_idle=in_flight is None)
-        if in_flight is not None:
-            await self._finish(in_flight)
+    async def _turn(self, worker: WorkerLink, in_flight: deque[InFlight]) -> None:
+        """Plans and sends step n+1, then finishes step n (at most one in flight between
+        turns): the worker finds its next plan waiting."""
+        computing = in_flight.popleft() if in_flight else None
+        if computing is not None and self.pacer is not None:
+            await self._until_due(self.pacer, computing)
+        step = self._send(worker, after_idle=computing is None)
+        if computing is not None:
+            await self._finish(computing)
         if step.planned.plan.chunks:
-            return step
+            in_flight.append(step)
+            return
         await self._finish(step)  # frees, aborts, or nothing
-        if in_flight is None:  # nothing computed, nothing computing: wait for a change
+        if computing is None:  # nothing computed, nothing computing: wait for a change
             await self._pause(_IDLE_POLL_S)
-        return None
+
+    async def _pipelined_turn(self, worker: WorkerLink, in_flight: deque[InFlight]) -> None:
+        """A worker of P pipeline stages: keeps up to P micro-batches in flight, each
+        planned from the requests whose input tokens are known (the core plans no decode
+        whose token is still being sampled), a new one when the oldest has ended."""
+        if len(in_flight) >= worker.geometry.pipeline_depth:
+            await self._finish(in_flight.popleft())
+        step = self._send(worker, after_idle=not in_flight)
+        in_flight.append(step)  # results come in the order of the plans
+        while not step.planned.plan.chunks:  # nothing to plan until a micro-batch ends
+            if not in_flight:  # nothing computed, nothing computing
+                return await self._pause(_IDLE_POLL_S)
+            oldest = in_flight.popleft()
+            await self._finish(oldest)
+            step = oldest
 
     async def _until_due(self, pacer: PlanPacer, computing: InFlight) -> None:
         """Waits until the pacer's time to plan the next step, or until `computing` ends."""
@@ -246,6 +244,7 @@ class Replica:
         else:
             result = await self._result(step, step.result)
         previous, self._last_result_at = self._last_result_at, time.perf_counter()
+        self.stage_times.add(result.stage_busy_ms, result.stage_idle_ms)
         updates = self.core.apply(result, self._clock())
         accepted, ended, self._accepted, self._ended = self._accepted, self._ended, [], []
         if planned.plan.chunks:

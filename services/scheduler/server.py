@@ -183,6 +183,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 prefix_cache_queries=occupancy.prefix_cache_queries,
                 prefix_cache_hits=occupancy.prefix_cache_hits,
                 num_cached_kv_blocks=occupancy.cached_kv_blocks,
+                stage_busy_seconds=replica.stage_times.busy_s,
+                stage_idle_seconds=replica.stage_times.idle_s,
             )
         reply.routing_score = ROUTING_SCORE
         reply.epoch = self.epoch

@@ -14,6 +14,10 @@ class SchedulerState:
     waiting: WaitingQueue = field(default_factory=WaitingQueue)  # priority, fair share, arrival
     running: list[Request] = field(default_factory=list)  # admission order
     num_preemptions: int = 0
+    # A decode may be planned while the step sampling its input token is in flight (a
+    # worker that runs one step at a time feeds it); False for a pipelined worker, whose
+    # micro-batches in flight compute at once: a decode then waits for its token.
+    decode_ahead: bool = True
 
     def admit(self, request: Request) -> None:
         """Moves the head of `waiting` to `running`."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,8 @@ class IterationStats:
     token_budget: int
     start_time: float  # unix seconds
     replica: int = 0  # the replica it ran on
+    stage_busy_ms: tuple[float, ...] = ()  # a pipelined worker: per stage
+    stage_idle_ms: tuple[float, ...] = ()  # idle before it while others were in flight
 
 
 class StatsRing:
@@ -33,3 +36,24 @@ class StatsRing:
     def recent(self, limit: int = 0) -> list[IterationStats]:
         items = list(self.iterations)
         return items[-limit:] if limit else items
+
+
+@dataclass(slots=True)
+class StageTimes:
+    """A pipelined replica's time per stage over its micro-batches: computing, and idle
+    while the group had micro-batches in flight (the pipeline's bubbles)."""
+
+    busy_s: list[float] = field(default_factory=list)
+    idle_s: list[float] = field(default_factory=list)
+
+    def add(self, busy_ms: Sequence[float], idle_ms: Sequence[float]) -> None:
+        for times, new in ((self.busy_s, busy_ms), (self.idle_s, idle_ms)):
+            times.extend([0.0] * (len(new) - len(times)))
+            for stage, ms in enumerate(new):
+                times[stage] += ms / 1e3
+
+    @property
+    def bubble_fractions(self) -> list[float]:
+        """Per stage: idle / (busy + idle)."""
+        pairs = zip(self.busy_s, self.idle_s, strict=True)
+        return [idle / (busy + idle) if busy + idle else 0.0 for busy, idle in pairs]

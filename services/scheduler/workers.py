@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass
 
 from sarathi_serve.common.convert import plan_to_pb, result_from_pb
 from sarathi_serve.common.step import StepPlan, StepResult, WorkerGeometry
 from sarathi_serve.protocol import scheduler_pb2 as pb
+from sarathi_serve.scheduler.iteration import PlannedStep
 
 
 class WorkerLost(Exception):
@@ -68,3 +70,16 @@ def _fail(future: asyncio.Future[StepResult], error: WorkerLost) -> None:
     earlier one failed: the error counts as seen, so asyncio does not log it."""
     future.set_exception(error)
     future.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A step planned and sent to a worker; its result is not applied yet."""
+
+    worker: WorkerLink
+    planned: PlannedStep
+    result: asyncio.Future[StepResult] | None  # None: nothing sent (nothing to compute)
+    start_time: float  # unix seconds
+    scheduling_s: float
+    after_idle: bool  # nothing was in flight: the worker's wait is not the control plane's
+    sent_at: float  # perf_counter seconds

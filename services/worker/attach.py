@@ -14,10 +14,10 @@ import grpc
 from sarathi_serve.common.auth import InternalToken
 from sarathi_serve.common.convert import hello_to_pb, plan_from_pb, result_to_pb
 from sarathi_serve.common.grpc_server import CHANNEL_OPTIONS
-from sarathi_serve.common.step import StepPlan, WorkerGeometry
+from sarathi_serve.common.step import StepPlan, StepResult, WorkerGeometry
 from sarathi_serve.protocol import scheduler_pb2 as pb
 from sarathi_serve.protocol import scheduler_pb2_grpc as pb_grpc
-from sarathi_serve.worker.parallel import Engine
+from sarathi_serve.worker.submit import Engine
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,15 @@ def _serve_stream(
     stop_watch.start()
     plans = _Prefetch(call)
     served = False
-    last_result_at: float | None = None  # when the previous result left
+    last_result_at: list[float] = []  # when the latest result left (none yet)
+
+    def deliver(result: StepResult) -> None:  # on this thread, or a pipeline's output thread
+        message = result_to_pb(result)
+        message.worker_wait_ms = waits.pop(result.step_id, 0.0)
+        outbox.put(pb.WorkerMessage(result=message))
+        last_result_at[:] = [time.perf_counter()]
+
+    waits: dict[int, float] = {}  # step id -> how long the worker waited for its plan
     try:
         while (item := plans.next()) is not None:
             received_at = time.perf_counter()
@@ -78,18 +86,16 @@ def _serve_stream(
             if not served:
                 log.info("attached to the scheduler as %s", hello.worker_id)
                 served = True
+            if last_result_at:  # the control plane this worker waited for
+                waits[step_id] = max(received_at - last_result_at[0], 0.0) * 1e3
             try:
                 if isinstance(plan, Exception):
                     raise plan
-                result = result_to_pb(engine.step(plan))
+                engine.submit(plan, deliver)
             except Exception as exc:  # a failed step is reported, never silently dropped
                 log.error("step %d failed: %s", step_id, traceback.format_exc())
-                result = pb.StepResult(step_id=step_id, error=f"{type(exc).__name__}: {exc}")
+                deliver(StepResult(step_id, error=f"{type(exc).__name__}: {exc}"))
                 engine.reset()
-            if last_result_at is not None:  # the control plane this worker waited for
-                result.worker_wait_ms = (received_at - last_result_at) * 1e3
-            outbox.put(pb.WorkerMessage(result=result))
-            last_result_at = time.perf_counter()
     finally:
         outbox.put(None)
     return served

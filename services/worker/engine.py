@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from sarathi_serve.common.errors import InvalidArgument, ServiceError
 from sarathi_serve.common.grammar import GrammarCompiler
 from sarathi_serve.common.step import NewRequest, StepPlan, StepResult, WorkerGeometry
 from sarathi_serve.worker.model_runner import BatchEntry, Sequence, StepOutput
+from sarathi_serve.worker.submit import StepByStep
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +39,43 @@ class Runner(Protocol):
     def execute(self, batch: list[BatchEntry]) -> StepOutput: ...
 
 
-class WorkerEngine:
-    def __init__(self, runner: Runner):
+class WorkerEngine(StepByStep):
+    """`retry_alone`: a failed batch is retried one request at a time (not on a pipeline
+    stage, whose peers would wait for the batch's hidden states)."""
+
+    def __init__(self, runner: Runner, retry_alone: bool = True):
         self.runner = runner
         self.geometry = runner.geometry
+        self.retry_alone = retry_alone
         self.sequences: dict[str, Sequence] = {}
+        self._created_at: dict[str, int] = {}  # request id -> the step that sent it
 
     def reset(self) -> None:
         """Forgets every sequence (the scheduler recomputes them after a reconnect)."""
         self.sequences.clear()
+        self._created_at.clear()
+
+    def apply_tokens(self, sampled: Iterable[tuple[int, str, int]]) -> None:
+        """A pipeline stage but the last: tokens the last stage sampled in earlier
+        micro-batches, as (step id, request id, token), token -1 for a request it failed.
+        A request sent again since that step (recomputed) is not the one that sampled."""
+        for step_id, request_id, token in sampled:
+            seq = self.sequences.get(request_id)
+            if seq is None or self._created_at.get(request_id, step_id + 1) > step_id:
+                continue
+            if token < 0:
+                del self.sequences[request_id], self._created_at[request_id]
+                continue
+            seq.token_ids.append(token)
+            if seq.matcher is not None:
+                seq.matcher.accept_token(token)
 
     def step(self, plan: StepPlan) -> StepResult:
         start = time.perf_counter()
         failures: dict[str, ServiceError] = {}
         for request_id in plan.freed_request_ids:
             self.sequences.pop(request_id, None)
+            self._created_at.pop(request_id, None)
         for new in plan.new_requests:
             log.debug(
                 "request %s: %d tokens to compute",
@@ -74,6 +98,7 @@ class WorkerEngine:
                 num_computed_tokens=new.num_computed_tokens,  # a cached prefix
                 matcher=matcher,
             )
+            self._created_at[new.request_id] = plan.step_id
         batch = []
         for chunk in plan.chunks:
             seq = self.sequences.get(chunk.request_id)
@@ -154,12 +179,13 @@ class WorkerEngine:
         )
         failures[request_id] = error
         self.sequences.pop(request_id, None)
+        self._created_at.pop(request_id, None)
 
     def _execute(self, batch: list[BatchEntry], failures: dict[str, ServiceError]) -> StepOutput:
         try:
             return self.runner.execute(batch)
         except Exception as exc:
-            if len(batch) == 1:
+            if len(batch) == 1 or not self.retry_alone:
                 raise
             log.error(
                 "a step of %d requests failed (%r): retrying them one at a time", len(batch), exc

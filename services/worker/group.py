@@ -23,17 +23,23 @@ from sarathi_serve.common.models import resolve_model
 from sarathi_serve.common.net import free_port
 from sarathi_serve.worker.config import WorkerConfig
 from sarathi_serve.worker.engine import Runner, WorkerEngine
+from sarathi_serve.worker.micro_batches import (
+    PipelineLeader,
+    StageLinks,
+    StageRank,
+    follow_stages,
+)
 from sarathi_serve.worker.model_runner import ModelRunner
 from sarathi_serve.worker.null_runner import NullRunner
 from sarathi_serve.worker.parallel import (
-    Engine,
     GroupLeader,
     TensorParallel,
     follow,
     init_group,
     shared_seed,
 )
-from sarathi_serve.worker.pipeline import PipelineStage, stage_groups
+from sarathi_serve.worker.pipeline import PipelineStage, StageForward, stage_groups
+from sarathi_serve.worker.submit import Engine
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,12 @@ def start_engine(config: WorkerConfig) -> tuple[Engine, Runner, Callable[[], Non
     ]
     for process in followers:
         process.start()
-    leader = GroupLeader(WorkerEngine(runner := _join_group(config, 0, init_method)))
+    runner, links = _join_group(config, 0, init_method)
+    leader: GroupLeader | PipelineLeader
+    if links is None:
+        leader = GroupLeader(WorkerEngine(runner))
+    else:
+        leader = PipelineLeader(_stage_rank(runner, links))
 
     def stop() -> None:
         leader.stop()
@@ -72,14 +83,23 @@ def start_engine(config: WorkerConfig) -> tuple[Engine, Runner, Callable[[], Non
     return leader, runner, stop
 
 
-def _join_group(config: WorkerConfig, rank: int, init_method: str) -> ModelRunner:
-    """Joins the group as `rank` and loads this rank's part of the model."""
+def _join_group(
+    config: WorkerConfig, rank: int, init_method: str
+) -> tuple[ModelRunner, StageLinks | None]:
+    """Joins the group as `rank` and loads this rank's part of the model; with pipeline
+    stages, also the links its micro-batches travel on."""
     tp_size, pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
     init_group(rank, tp_size * pp_size, init_method, config.device)
     stage = PipelineStage.of_rank(rank, pp_size, tp_size)
     tp = TensorParallel(stage.tp_rank, tp_size, stage_groups(stage))
+    links = StageLinks(stage) if stage.enabled else None
     seed = shared_seed(config.seed if rank == 0 else None)
-    return build_runner(config, tp, stage, seed, rank)
+    return build_runner(config, tp, stage, seed, rank), links
+
+
+def _stage_rank(runner: ModelRunner, links: StageLinks) -> StageRank:
+    assert isinstance(runner.forward, StageForward)
+    return StageRank(WorkerEngine(runner, retry_alone=False), runner.forward, links)
 
 
 def build_runner(
@@ -113,7 +133,11 @@ def _follower_main(config: WorkerConfig, rank: int, init_method: str, parent: in
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    follow(WorkerEngine(_join_group(config, rank, init_method)))
+    runner, links = _join_group(config, rank, init_method)
+    if links is None:
+        follow(WorkerEngine(runner))
+    else:
+        follow_stages(_stage_rank(runner, links))
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -32,10 +32,13 @@ def use_onednn(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     if backend == "torch":
         return False
     fits = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_available()
+    if fits and dtype == torch.bfloat16:  # oneDNN's bf16 kernels need AVX-512 (or AVX-NE)
+        fits = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if backend == "onednn" and not fits:
         raise ValueError(
-            "the onednn linear backend needs a CPU device, float32 or bfloat16 weights and "
-            "a torch built with oneDNN (torch.backends.mkldnn)"
+            "the onednn linear backend needs a CPU device, float32 weights (bfloat16 on a "
+            "CPU with oneDNN's bf16 support) and a torch built with oneDNN "
+            "(torch.backends.mkldnn)"
         )
     return fits
 

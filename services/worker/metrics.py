@@ -7,7 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sarathi_serve.common.step import StepPlan, StepResult
-from sarathi_serve.worker.parallel import Engine
+from sarathi_serve.worker.submit import Deliver, Engine
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3,
                  0.5, 0.75, 1.0, 2.0, 5.0)  # fmt: skip
@@ -27,24 +27,30 @@ class MeteredEngine:
         self.tokens = Counter("sarathi_worker_tokens", "Tokens computed", registry=r)
         self.sampled = Counter("sarathi_worker_sampled_tokens", "Tokens sampled", registry=r)
         Gauge("sarathi_worker_kv_blocks", "KV cache blocks", registry=r).set(num_kv_blocks)
-        self.step_started_at: float | None = None  # monotonic; None: no step running
+        self._started: dict[int, float] = {}  # step id -> monotonic seconds, while it runs
 
     def running_for(self, now: float) -> float:
-        """How long the step running now has run (0: none runs)."""
-        started = self.step_started_at
+        """How long the oldest step running now has run (0: none runs)."""
+        started = min(tuple(self._started.values()), default=None)  # a few at most
         return 0.0 if started is None else now - started
 
-    def step(self, plan: StepPlan) -> StepResult:
-        self.step_started_at = time.monotonic()
+    def submit(self, plan: StepPlan, deliver: Deliver) -> None:
+        step_id = plan.step_id
+        self._started[step_id] = time.monotonic()
+
+        def observe(result: StepResult) -> None:
+            self._started.pop(step_id, None)
+            if plan.chunks and not result.error:
+                self.step_time.observe(result.execution_ms / 1e3)
+                self.tokens.inc(sum(c.num_tokens for c in plan.chunks))
+                self.sampled.inc(len(result.sampled))
+            deliver(result)
+
         try:
-            result = self.engine.step(plan)
-        finally:
-            self.step_started_at = None
-        if plan.chunks:
-            self.step_time.observe(result.execution_ms / 1e3)
-            self.tokens.inc(sum(c.num_tokens for c in plan.chunks))
-            self.sampled.inc(len(result.sampled))
-        return result
+            self.engine.submit(plan, observe)
+        except BaseException:
+            self._started.pop(step_id, None)
+            raise
 
     def reset(self) -> None:
         self.engine.reset()

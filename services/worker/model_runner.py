@@ -34,7 +34,6 @@ from sarathi_serve.worker.pipeline import (
     StageForward,
     cut_to_stage,
     fewest_blocks,
-    share_output,
 )
 from sarathi_serve.worker.sampler import Sampler, SamplingRow
 from sarathi_serve.worker.step_threads import StepThreads
@@ -207,6 +206,7 @@ class ModelRunner:
             self.max_model_len,
             self.eos_token_id,
             self.vocab_size,
+            pipeline_depth=self.pp.num_stages,  # micro-batches in flight
         )
 
     @torch.inference_mode()
@@ -230,7 +230,7 @@ class ModelRunner:
         output = StepOutput({}, {})
         if sample_rows and out.logits is not None:  # (stages but the last have none)
             output = self._sample(out.logits[0], sample_rows, constrained, masks)
-        return share_output(output, self.pp) if self.pp.enabled else output
+        return output
 
     def _sample(
         self,

@@ -11,6 +11,7 @@ Rank 0 talks to the scheduler and broadcasts each command to the other ranks.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ import torch.distributed as dist
 from torch import nn
 
 from sarathi_serve.common.step import StepPlan, StepResult
+from sarathi_serve.worker.submit import StepByStep
 
 log = logging.getLogger(__name__)
+
+GROUP_TIMEOUT = datetime.timedelta(days=365)  # a rank may wait this long for its next command
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +93,16 @@ def _all_reduce_output(
 # ---- the group's command channel ---------------------------------------------
 
 
-class Engine(Protocol):
+class Stepper(Protocol):
     def step(self, plan: StepPlan) -> StepResult: ...
 
     def reset(self) -> None: ...
 
 
-class GroupLeader:
+class GroupLeader(StepByStep):
     """Rank 0's engine: every command is broadcast, then run locally like the others."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Stepper):
         self.engine = engine
 
     def step(self, plan: StepPlan) -> StepResult:
@@ -113,7 +117,7 @@ class GroupLeader:
         _broadcast(("stop", None))
 
 
-def follow(engine: Engine) -> None:
+def follow(engine: Stepper) -> None:
     """A rank > 0: runs the leader's commands until it says stop."""
     while True:
         command, plan = _receive()
@@ -137,8 +141,15 @@ def _receive() -> tuple[str, StepPlan]:
 
 
 def init_group(rank: int, world_size: int, init_method: str, device: str) -> None:
+    """Joins the group; a rank may wait for its next command for days (an idle server)."""
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=GROUP_TIMEOUT,
+    )
     log.info("rank %d of %d joined the %s group", rank, world_size, backend)
 
 

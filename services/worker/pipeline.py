@@ -5,13 +5,9 @@ A group of P stages x T tensor-parallel ranks has P * T processes; global rank
 `stage * T + tp_rank`. Every rank keeps the embeddings (the first stage embeds the
 step's tokens; the last one's LM head may be tied to them); the first stage's
 output and each middle stage's go to the same tensor-parallel rank of the next
-stage; the last stage applies the final norm and the LM head and samples, and its
-first rank broadcasts the step's output (sampled tokens, logprobs) to every rank, so
-each keeps its sequences' tokens alike. Each stage allocates the KV cache of its own
-layers; the group reports the fewest blocks any stage has.
-
-Micro-batches run one at a time through the stages for now: the scheduler keeping P
-of them in flight (and the bubble metric) is the next step (issue #20).
+stage; the last stage applies the final norm and the LM head and samples. Each stage
+allocates the KV cache of its own layers; the group reports the fewest blocks any
+stage has. The stages run P micro-batches at once (`micro_batches.py`).
 """
 
 from __future__ import annotations
@@ -99,11 +95,13 @@ class _NoLogits:
 
 class StageForward:
     """The model's forward on one stage: embeds (first) or receives the hidden states,
-    runs its layers, then sends them on, or (last) returns the logits to keep."""
+    runs its layers and keeps its output in `outgoing` for the next stage (the caller
+    sends it), or (last) returns the logits to keep."""
 
     def __init__(self, model: Any, stage: PipelineStage):
         self.model, self.stage = model, stage
         self.hidden_size = int(model.config.hidden_size)
+        self.outgoing: torch.Tensor | None = None
 
     def __call__(self, *, input_ids: torch.Tensor, logits_to_keep: torch.Tensor, **kw: Any) -> Any:
         stage = self.stage
@@ -118,15 +116,13 @@ class StageForward:
         if stage.last:
             return self.model(**inputs, logits_to_keep=logits_to_keep, **kw)
         out = self.model.model(**inputs, **kw)
-        dist.send(out.last_hidden_state.contiguous(), dst=stage.rank_of(stage.stage + 1))
+        self.outgoing = out.last_hidden_state.contiguous()
         return _NoLogits()
 
-
-def share_output(output: Any, stage: PipelineStage) -> Any:
-    """The last stage's step output, on every rank of the group."""
-    box = [output if stage.last and stage.tp_rank == 0 else None]
-    dist.broadcast_object_list(box, src=stage.output_rank)
-    return box[0]
+    def take_outgoing(self) -> torch.Tensor | None:
+        """The hidden states of the latest forward, for the next stage (once)."""
+        hidden, self.outgoing = self.outgoing, None
+        return hidden
 
 
 def fewest_blocks(num_blocks: int, device: torch.device) -> int:

@@ -1,6 +1,7 @@
 """Planning step n+1 before step n's result is applied (the worker computes while the
-scheduler plans) gives every request exactly the tokens of plan-apply-plan, with a real
-WorkerEngine in between: stops (EOS, max_tokens, context), preemption, aborts."""
+scheduler plans), and keeping two micro-batches in flight on a worker of two pipeline
+stages, give every request exactly the tokens of plan-apply-plan, with real
+WorkerEngines in between: stops (EOS, max_tokens, context), preemption, aborts."""
 
 from collections import deque
 
@@ -36,40 +37,90 @@ class ContextModel:
         return StepOutput(sampled, {})
 
 
-def run(policy: str, pipelined: bool, num_blocks: int, abort_at: dict[int, str]):
+class FirstStage:
+    """A pipeline's first stage: computes no token; every chunk it computes must see the
+    tokens the last stage has for it (it learns them later, with a later plan)."""
+
+    def __init__(self, geometry: WorkerGeometry, last: WorkerEngine):
+        self.geometry, self.last = geometry, last
+
+    def execute(self, batch: list[BatchEntry]) -> StepOutput:
+        for e in batch:
+            seq, end = e.sequence, e.sequence.num_computed_tokens + e.num_tokens
+            theirs = self.last.sequences.get(seq.request_id)
+            if theirs is not None:  # (not yet there for a request new in this plan)
+                assert seq.token_ids[:end] == theirs.token_ids[:end], seq.request_id
+        return StepOutput({}, {})
+
+
+class TwoStages:
+    """Two pipeline stages as `micro_batches.PipelineLeader` runs them, in one process:
+    the last stage samples; the first applies the tokens of the results delivered before
+    each plan it takes (the scheduler has applied them: it plans from them)."""
+
+    def __init__(self, geometry: WorkerGeometry):
+        self.last = WorkerEngine(ContextModel(geometry), retry_alone=False)  # type: ignore[arg-type]
+        self.first = WorkerEngine(FirstStage(geometry, self.last), retry_alone=False)  # type: ignore[arg-type]
+        self.delivered: list[tuple[int, str, int]] = []
+
+    def step(self, plan):
+        self.first.apply_tokens(self.delivered)
+        self.delivered = []
+        self.first.step(plan)
+        return self.last.step(plan)
+
+    def deliver(self, result: StepResult) -> None:
+        self.delivered += [(result.step_id, rid, t) for rid, t in result.sampled.items()]
+
+
+def run(policy: str, mode: str, num_blocks: int, abort_at: dict[int, str]):
+    """`mode`: "sequential" (plan, compute, apply), "ahead" (step n+1 planned before step
+    n's result is applied) or "stages" (a worker of 2 pipeline stages, 2 micro-batches in
+    flight)."""
     core = SchedulerCore(make_policy(policy, token_budget=16, max_num_seqs=8), watermark=0.0)
-    geometry = WorkerGeometry(num_blocks, 4, 48, EOS)
+    depth = 2 if mode == "stages" else 1
+    geometry = WorkerGeometry(num_blocks, 4, 48, EOS, pipeline_depth=depth)
     core.attach_worker(geometry)
-    engine = WorkerEngine(ContextModel(geometry))  # type: ignore[arg-type]
+    stages = TwoStages(geometry) if mode == "stages" else None
+    engine = stages or WorkerEngine(ContextModel(geometry))  # type: ignore[arg-type]
     for i in range(10):
         prompt = [(7 * i + j) % 40 + 3 for j in range(3 + 5 * i % 17)]
         sampling = SamplingParams(temperature=0.0, max_tokens=4 + 3 * i, ignore_eos=i % 3 == 0)
         core.add(Request(f"r{i}", prompt, sampling, "s", 0.0))
     outputs: dict[str, list[int]] = {}
     in_flight: deque = deque()
+
+    def apply_oldest(now: float) -> None:
+        result = in_flight.popleft()
+        if stages is not None:
+            stages.deliver(result)
+        for update in core.apply(result, now):
+            outputs.setdefault(update.request.request_id, []).extend(update.token_ids)
+
     for step in range(400):
         if step in abort_at:
             core.abort(abort_at[step], float(step))
+        if mode == "stages" and len(in_flight) >= depth:
+            apply_oldest(float(step))
         planned = core.plan(step, float(step))
         in_flight.append(engine.step(planned.plan))  # the worker runs plans in order
-        if len(in_flight) > (1 if pipelined else 0):
-            for update in core.apply(in_flight.popleft(), float(step)):
-                outputs.setdefault(update.request.request_id, []).extend(update.token_ids)
+        if mode != "stages" and len(in_flight) > (1 if mode == "ahead" else 0):
+            apply_oldest(float(step))
         if not core.has_work and not in_flight:
             break
     while in_flight:
-        for update in core.apply(in_flight.popleft(), 0.0):
-            outputs.setdefault(update.request.request_id, []).extend(update.token_ids)
+        apply_oldest(0.0)
     assert not core.has_work
     return outputs, core.state.num_preemptions
 
 
 @pytest.mark.parametrize("policy", ["sarathi", "vllm", "orca", "faster_transformer"])
 @pytest.mark.parametrize("num_blocks", [200, 24])  # 24: requests are preempted
-def test_pipelined_plans_give_the_same_tokens(policy, num_blocks):
+@pytest.mark.parametrize("mode", ["ahead", "stages"])
+def test_pipelined_plans_give_the_same_tokens(policy, num_blocks, mode):
     aborts = {9: "r9"}
-    sequential, _ = run(policy, False, num_blocks, aborts)
-    pipelined, preemptions = run(policy, True, num_blocks, aborts)
+    sequential, _ = run(policy, "sequential", num_blocks, aborts)
+    pipelined, preemptions = run(policy, mode, num_blocks, aborts)
     # an abort lands at a time, not a token: a prefix of the same tokens either way
     aborted_seq, aborted_pipe = sequential.pop("r9", []), pipelined.pop("r9", [])
     shorter = min(len(aborted_seq), len(aborted_pipe))
@@ -132,3 +183,20 @@ def test_a_result_that_arrives_after_its_worker_detached_is_dropped():
     assert [r.request_id for r in planned.plan.new_requests] == ["a"]
     (update,) = core.apply(StepResult(1, {"a": 8}), 0.0)
     assert update.token_ids == (8,) and update.first_index == 0
+
+
+def test_with_pipeline_stages_a_decode_waits_for_its_token_but_prefill_chunks_go_on():
+    """Micro-batches in flight at once: a request whose input token is being sampled is
+    left out of the next plan; the next chunk of an unfinished prompt is not (each stage
+    runs the micro-batches in order)."""
+    core = SchedulerCore(make_policy("sarathi", token_budget=8, max_num_seqs=8))
+    core.attach_worker(WorkerGeometry(64, 4, 64, EOS, pipeline_depth=2))
+    core.add(Request("short", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=9), "s", 0.0))
+    core.add(Request("long", list(range(3, 23)), SamplingParams(max_tokens=9), "s", 0.0))
+    first = core.plan(0, 0.0)  # short's prompt (its first token), long's first 5 tokens
+    second = core.plan(1, 0.0)  # planned before the first's result is back
+    assert [(c.request_id, c.num_tokens) for c in first.plan.chunks] == [("short", 3), ("long", 5)]
+    assert [(c.request_id, c.num_tokens) for c in second.plan.chunks] == [("long", 8)]
+    core.apply(StepResult(0, {"short": 9}), 0.0)
+    third = core.plan(2, 0.0)  # short's token is back: it decodes again
+    assert [(c.request_id, c.num_tokens) for c in third.plan.chunks] == [("short", 1), ("long", 7)]

@@ -96,6 +96,7 @@ def test_the_worker_introduces_itself_with_its_geometry(monkeypatch):
         max_model_len=64,
         eos_token_id=2,
         vocab_size=320,
+        pipeline_depth=1,
     )
     assert metadatas == [(("authorization", "Bearer s3cret"),)]  # the scheduler's credentials
     assert resets == [True]  # a stream that ended forgets the worker's sequences

@@ -108,3 +108,35 @@ def test_a_step_whose_every_request_fails_alone_fails_as_a_whole():
     alone = WorkerEngine(Model(poison={"x"}))
     with pytest.raises(IndexError):  # one request: nothing to tell apart
         alone.step(StepPlan(0, new_requests=(new("x", [1]),), chunks=(chunk("x", 1, [0]),)))
+
+
+def test_a_pipeline_stage_fails_the_batch_as_a_whole():
+    """retry_alone=False (a pipeline stage): its peers wait for the whole batch's hidden
+    states, so a batch that raises is a worker fault, never retried request by request."""
+    model = Model(poison={"b"})
+    engine = WorkerEngine(model, retry_alone=False)
+    plan = StepPlan(
+        0, (new("a", [1, 2]), new("b", [3, 4])), (chunk("a", 2, [0]), chunk("b", 2, [1]))
+    )
+    with pytest.raises(IndexError):
+        engine.step(plan)
+    assert model.batches == [["a", "b"]]
+
+
+def test_a_stage_applies_sampled_tokens_only_to_the_incarnation_that_sampled_them():
+    """A stage but the last learns tokens later (micro_batches.py): a token sampled in
+    step 1 for a request the scheduler sent anew in step 2 (preempted and recomputed
+    while step 1 ran) belongs to the old one; -1 drops a request the last stage failed."""
+    stage = Model()
+    stage.execute = lambda batch: StepOutput({}, {})  # a first stage samples nothing
+    engine = WorkerEngine(stage, retry_alone=False)
+    engine.step(
+        StepPlan(0, (new("a", [1, 2]), new("b", [5])), (chunk("a", 2, [0]), chunk("b", 1, [1])))
+    )
+    engine.step(StepPlan(2, (new("a", [1, 2, 3]),), (), ("a",)))  # freed, sent anew
+    engine.apply_tokens([(1, "a", 9), (1, "b", 6)])
+    assert engine.sequences["a"].token_ids == [1, 2, 3]  # step 1's token was the old a's
+    assert engine.sequences["b"].token_ids == [5, 6]
+    engine.apply_tokens([(2, "a", 4), (3, "b", -1)])
+    assert engine.sequences["a"].token_ids == [1, 2, 3, 4]
+    assert "b" not in engine.sequences

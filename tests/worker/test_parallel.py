@@ -1,6 +1,8 @@
 """Worker groups on CPU (gloo) generate what one process does: 2 tensor-parallel ranks,
 2 pipeline stages, and 2 stages of 2 tensor-parallel ranks each."""
 
+import queue
+
 import pytest
 
 from sarathi_serve.common.sampling import SamplingParams
@@ -16,8 +18,24 @@ PARAMS = [
 BLOCK = 4
 
 
-def generate(engine, num_steps=12):
-    """Drives the engine as the scheduler would: prompts (the first in 2 chunks), then decodes."""
+def run(engine, *plans):
+    """Submits the plans at once (a pipelined group has them in flight together), then
+    returns their results, which come in order."""
+    results = queue.Queue()
+    for plan in plans:
+        engine.submit(plan, results.put)
+    got = [results.get(timeout=60) for _ in plans]
+    assert [r.step_id for r in got] == [p.step_id for p in plans]
+    assert not any(r.error for r in got), [r.error for r in got]
+    stages = getattr(engine, "depth", 0)  # a pipelined group: each stage's times
+    assert all(len(r.stage_busy_ms) == len(r.stage_idle_ms) == stages for r in got)
+    return got
+
+
+def generate(engine, num_steps=12, in_flight=False):
+    """Drives the engine as the scheduler would: prompts (the first in 2 chunks), then
+    decodes: every request in every step, or (`in_flight`) one request a micro-batch with
+    two micro-batches in flight, as the scheduler plans for two pipeline stages."""
     blocks = iter(range(1000))
     tables = {f"r{i}": [] for i in range(len(PROMPTS))}
     lengths = {f"r{i}": 0 for i in range(len(PROMPTS))}
@@ -30,18 +48,20 @@ def generate(engine, num_steps=12):
         tables[rid] += new
         return ScheduledChunk(rid, n, tuple(new))
 
+    def collect(results):
+        for result in results:
+            for rid, token in result.sampled.items():
+                outputs[rid].append(token)
+
     new = tuple(NewRequest(f"r{i}", tuple(p), 0, PARAMS[i]) for i, p in enumerate(PROMPTS))
-    plans = [
-        StepPlan(0, new, (chunk("r0", 16), chunk("r1", 7))),
-        StepPlan(1, (), (chunk("r1", 1), chunk("r0", 8))),
-    ]
-    for plan in plans:
-        for rid, token in engine.step(plan).sampled.items():
-            outputs[rid].append(token)
+    collect(run(engine, StepPlan(0, new, (chunk("r0", 16), chunk("r1", 7)))))
+    collect(run(engine, StepPlan(1, (), (chunk("r1", 1), chunk("r0", 8)))))
     for step in range(2, num_steps):
-        result = engine.step(StepPlan(step, (), tuple(chunk(rid, 1) for rid in tables)))
-        for rid, token in result.sampled.items():
-            outputs[rid].append(token)
+        if not in_flight:
+            collect(run(engine, StepPlan(step, (), tuple(chunk(rid, 1) for rid in tables))))
+            continue
+        plans = [StepPlan(2 * step + i, (), (chunk(rid, 1),)) for i, rid in enumerate(tables)]
+        collect(run(engine, *plans))
     return outputs
 
 
@@ -77,7 +97,8 @@ def test_tp2_equals_tp1(tiny_llama):
 @pytest.mark.parametrize(("pp", "tp"), [(2, 1), (2, 2)])
 def test_pipeline_stages_equal_one_process(tiny_llama, pp, tp):
     """Each stage holds one of the 2 layers and the KV cache of its own; the last
-    samples; every stage keeps the sequences' tokens (a reset and a rerun give the same)."""
+    samples; every stage keeps the sequences' tokens (a reset and a rerun give the same),
+    also with two micro-batches in flight."""
     base = dict(model=str(tiny_llama), kv_cache_gb=0.01, block_size=BLOCK, num_threads=1)
     single, one, stop_single = start_engine(WorkerConfig(**base, seed=3))
     expected = generate(single)
@@ -92,6 +113,8 @@ def test_pipeline_stages_equal_one_process(tiny_llama, pp, tp):
         got = generate(group)
         group.reset()
         assert generate(group) == got
+        group.reset()
+        assert generate(group, in_flight=True) == got  # two micro-batches at once
     finally:
         stop_group()
     assert got == expected

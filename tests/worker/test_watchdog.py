@@ -8,9 +8,10 @@ from grpc_health.v1 import health, health_pb2
 from sarathi_serve.common.step import StepPlan, StepResult
 from sarathi_serve.worker.__main__ import _watch_progress
 from sarathi_serve.worker.metrics import MeteredEngine
+from sarathi_serve.worker.submit import StepByStep
 
 
-class StuckEngine:
+class StuckEngine(StepByStep):
     """Its steps last until `release` is set."""
 
     def __init__(self):
@@ -37,13 +38,15 @@ def test_health_is_not_serving_while_a_step_hangs():
             reply = await servicer.Check(health_pb2.HealthCheckRequest(), None)
             return reply.status
 
-        step = asyncio.ensure_future(asyncio.to_thread(engine.step, StepPlan(0)))
+        results: list[StepResult] = []
+        step = asyncio.ensure_future(asyncio.to_thread(engine.submit, StepPlan(0), results.append))
         await asyncio.sleep(0.1)
         assert await status() == health_pb2.HealthCheckResponse.SERVING  # not long yet
         await asyncio.sleep(0.4)
         assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
         inner.release.set()
         await step
+        assert [r.step_id for r in results] == [0]
         await asyncio.sleep(0.2)
         assert await status() == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
