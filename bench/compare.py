@@ -200,6 +200,10 @@ def format_table(report: dict[str, Any]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for run in report["runs"]:
+        if bubbles := run.get("server", {}).get("pipeline_bubble_fraction"):
+            stages = ", ".join(f"stage {i} {b:.1%}" for i, b in enumerate(bubbles))
+            lines.append(f"{run['config']} @ {run['rate']:g}: pipeline bubbles {stages}")
+    for run in report["runs"]:
         if run.get("groups"):
             lines.append(f"{run['config']} @ {run['rate']:g}:")
             lines.extend(format_groups(run["groups"]))
@@ -258,3 +262,25 @@ def plot(report: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(f"{out}-capacity.png", dpi=120)
         plt.close(fig)
+    _plot_bubbles(plt, runs, out)
+
+
+def _plot_bubbles(plt: Any, runs: list[dict[str, Any]], out: Path) -> None:
+    """A pipelined worker's bubbles: per run, each stage's idle fraction."""
+    runs = [r for r in runs if r.get("server", {}).get("pipeline_bubble_fraction")]
+    if not runs:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    num_stages = max(len(r["server"]["pipeline_bubble_fraction"]) for r in runs)
+    width = 0.8 / num_stages
+    for stage in range(num_stages):
+        fractions = [r["server"]["pipeline_bubble_fraction"][stage] for r in runs]
+        xs = [i + stage * width for i in range(len(runs))]
+        ax.bar(xs, [100 * f for f in fractions], width, label=f"stage {stage}")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(runs))])
+    ax.set_xticklabels([f"{r['config']}\n{r['rate']:g} req/s" for r in runs], fontsize=7)
+    ax.set(ylabel="idle while requests run (%)", title="pipeline bubbles per stage")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(f"{out}-bubbles.png", dpi=120)
+    plt.close(fig)

@@ -280,7 +280,10 @@ def format_groups(groups: dict[str, dict[str, float]], indent: str = "  ") -> li
 def scrape(url: str) -> dict[str, float]:
     """Prometheus text -> {series with labels: value} (no external parser needed)."""
     with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
+        return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -318,7 +321,27 @@ def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[st
         delta("sarathi_scheduler_queue_seconds_bucket"), 0.5
     )
     out["preemptions"] = total("sarathi_scheduler_preemptions_total")
+    bubbles = pipeline_bubbles(delta("sarathi_scheduler_pipeline_stage"))
+    if any(bubbles) or total("sarathi_scheduler_pipeline_stage_busy_seconds_total"):
+        out["pipeline_bubble_fraction"] = bubbles
     return out
+
+
+def pipeline_bubbles(series: dict[str, float]) -> list[float]:
+    """Per pipeline stage: idle / (busy + idle) seconds over the run, from the
+    `sarathi_scheduler_pipeline_stage_{busy,idle}_seconds_total` counters."""
+    busy: dict[int, float] = {}
+    idle: dict[int, float] = {}
+    for name, value in series.items():
+        if not name.endswith("}") or "_total{" not in name:
+            continue
+        stage = int(name.split('stage="', 1)[1].split('"', 1)[0])
+        into = busy if name.startswith("sarathi_scheduler_pipeline_stage_busy") else idle
+        into[stage] = into.get(stage, 0.0) + value
+    return [
+        idle.get(s, 0.0) / (busy[s] + idle.get(s, 0.0)) if busy[s] + idle.get(s, 0.0) else 0.0
+        for s in sorted(busy)
+    ]
 
 
 def _histogram_quantile(buckets: dict[str, float], q: float) -> float:

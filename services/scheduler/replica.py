@@ -144,8 +144,7 @@ class Replica:
         return Handover(requests, unpersisted)
 
     def hand_over(self) -> Handover:
-        """Hands over everything: only a replica without a worker, whose requests all
-        wait to be recomputed."""
+        """Hands over everything (only without a worker: all its requests wait)."""
         assert not self.has_worker
         handover = self.take_waiting()
         assert not self.core.requests
@@ -188,8 +187,7 @@ class Replica:
                 self._on_worker_lost(worker, str(exc))
 
     async def _turn(self, worker: WorkerLink, in_flight: deque[InFlight]) -> None:
-        """Plans and sends step n+1, then finishes step n (at most one in flight between
-        turns): the worker finds its next plan waiting."""
+        """Plans and sends step n+1, then finishes step n: the next plan waits for it."""
         computing = in_flight.popleft() if in_flight else None
         if computing is not None and self.pacer is not None:
             await self._until_due(self.pacer, computing)
@@ -227,14 +225,16 @@ class Replica:
 
     def _send(self, worker: WorkerLink, after_idle: bool) -> InFlight:
         t_start = time.perf_counter()
-        start_time = self._clock()
+        start_time, served = self._clock(), bool(self.core.state.running)
         planned = self.core.plan(self.step_id, start_time)
         self.step_id += 1
         scheduling_s = time.perf_counter() - t_start
         plan = planned.plan
         result = worker.send(plan) if plan.chunks or plan.freed_request_ids else None
         sent_at = time.perf_counter()
-        return InFlight(worker, planned, result, start_time, scheduling_s, after_idle, sent_at)
+        return InFlight(
+            worker, planned, result, start_time, scheduling_s, after_idle, sent_at, served
+        )
 
     async def _finish(self, step: InFlight) -> None:
         """Waits for a step's result, applies it and queues its release."""
@@ -244,7 +244,7 @@ class Replica:
         else:
             result = await self._result(step, step.result)
         previous, self._last_result_at = self._last_result_at, time.perf_counter()
-        self.stage_times.add(result.stage_busy_ms, result.stage_idle_ms)
+        result = self.stage_times.observe(result, step.served)
         updates = self.core.apply(result, self._clock())
         accepted, ended, self._accepted, self._ended = self._accepted, self._ended, [], []
         if planned.plan.chunks:

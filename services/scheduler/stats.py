@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from sarathi_serve.common.step import StepResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,17 @@ class StageTimes:
 
     busy_s: list[float] = field(default_factory=list)
     idle_s: list[float] = field(default_factory=list)
+
+    def observe(self, result: StepResult, served: bool) -> StepResult:
+        """Adds a micro-batch's stage times; returns the result to record. Idle time
+        counts only when requests were running as it was planned (`served`): before
+        that, the stages waited for requests, not for the pipeline."""
+        if not result.stage_busy_ms:
+            return result
+        if not served:
+            result = dataclasses.replace(result, stage_idle_ms=(0.0,) * len(result.stage_idle_ms))
+        self.add(result.stage_busy_ms, result.stage_idle_ms)
+        return result
 
     def add(self, busy_ms: Sequence[float], idle_ms: Sequence[float]) -> None:
         for times, new in ((self.busy_s, busy_ms), (self.idle_s, idle_ms)):

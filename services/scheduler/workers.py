@@ -83,3 +83,4 @@ class InFlight:
     scheduling_s: float
     after_idle: bool  # nothing was in flight: the worker's wait is not the control plane's
     sent_at: float  # perf_counter seconds
+    served: bool = True  # requests were running as it was planned (the worker's idle counts)

@@ -20,8 +20,9 @@ from sarathi_serve.common.logs import setup_logging
 from sarathi_serve.common.metrics import serve_metrics
 from sarathi_serve.worker.attach import attach_forever
 from sarathi_serve.worker.config import WorkerConfig
-from sarathi_serve.worker.group import start_engine
-from sarathi_serve.worker.metrics import MeteredEngine
+from sarathi_serve.worker.group import start_engine, start_stage
+from sarathi_serve.worker.metrics import MeteredEngine, stage_registry
+from sarathi_serve.worker.micro_batches import follow_stages
 
 log = logging.getLogger("sarathi_serve.worker")
 
@@ -29,6 +30,8 @@ log = logging.getLogger("sarathi_serve.worker")
 async def serve(config: WorkerConfig) -> None:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    if config.pipeline_stage > 0:
+        return await serve_stage(config)
     engine, runner, stop_group = start_engine(config)
     geometry = runner.geometry
     metered = MeteredEngine(engine, geometry.num_kv_blocks)
@@ -66,6 +69,26 @@ async def serve(config: WorkerConfig) -> None:
         )
     finally:
         watch.cancel()
+        stop_group()
+        await server.stop(grace=0.5)
+
+
+async def serve_stage(config: WorkerConfig) -> None:
+    """A later pipeline stage of a group spread over pods: it computes what stage 0 sends
+    it until the group stops (or breaks: the process exits, its pod restarts, and with
+    it the group, e.g. a LeaderWorkerSet's RecreateGroupOnPodRestart)."""
+    stage, stop_group = start_stage(config)
+    registry = stage_registry(config.pipeline_stage, config.pipeline_parallel_size)
+    serve_metrics(registry, config.host, config.metrics_port)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    health = add_health_and_reflection(server, [])
+    server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    await set_serving(health, [], True)
+    log.info("pipeline stage %d of %d ready", config.pipeline_stage, config.pipeline_parallel_size)
+    try:
+        await asyncio.to_thread(follow_stages, stage)
+    finally:
         stop_group()
         await server.stop(grace=0.5)
 

@@ -32,6 +32,8 @@ class WorkerConfig:
     linear_backend: str = "auto"
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    pipeline_stage: int = -1  # >= 0: this process hosts that stage only (one pod per stage)
+    group_addr: str = ""  # host:port where a group spread over pods meets (stage 0's)
     null_model: bool = False  # benchmarks of the control plane: no model, hashed tokens
     null_step_ms: float = 0.0  # with null_model: each step takes this long (an accelerator's)
     seed: int | None = None
@@ -55,6 +57,13 @@ class WorkerConfig:
             raise ValueError(
                 f"pipeline_parallel_size must be >= 1, got {self.pipeline_parallel_size}"
             )
+        if not -1 <= self.pipeline_stage < self.pipeline_parallel_size:
+            raise ValueError(
+                f"pipeline_stage must be -1 or a stage of {self.pipeline_parallel_size}, "
+                f"got {self.pipeline_stage}"
+            )
+        if (self.pipeline_stage >= 0) != bool(self.group_addr):
+            raise ValueError("--pipeline-stage and --group-addr go together")
         if self.linear_backend not in LINEAR_BACKENDS:
             raise ValueError(
                 f"linear_backend must be one of {LINEAR_BACKENDS}, got {self.linear_backend!r}"
@@ -71,6 +80,15 @@ class WorkerConfig:
     @property
     def scheduler_addrs(self) -> list[str]:
         return split_addrs(self.scheduler_addr)
+
+    @property
+    def local_ranks(self) -> range:
+        """The group's ranks this process and its children run: all of them, or with
+        `pipeline_stage` that stage's tensor-parallel ranks (global rank s * T + t)."""
+        tp = self.tensor_parallel_size
+        if self.pipeline_stage < 0:
+            return range(tp * self.pipeline_parallel_size)
+        return range(self.pipeline_stage * tp, (self.pipeline_stage + 1) * tp)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -109,6 +127,11 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
         "pipeline stages of this worker group, each a contiguous range of layers "
         "(x --tensor-parallel-size ranks each)"
     ),
+    "pipeline_stage": (
+        "a group spread over pods, one per stage: the stage this process hosts (its "
+        "tensor-parallel ranks; stage 0 also talks to the scheduler); -1: every stage here"
+    ),
+    "group_addr": "with --pipeline-stage: host:port of stage 0's pod, where the group meets",
     "linear_backend": "auto (oneDNN with packed weights on CPU where torch has it), onednn, torch",
     "attention_backend": "auto (flash-attn, else flex on CUDA; torch on CPU), torch, flex or flash",
 }

@@ -5,6 +5,11 @@ Rank 0 is the process that talks to the scheduler; ranks 1..N-1 are child
 processes that replay its commands (see `parallel.py`). A child whose parent
 dies exits at once rather than wait on the group forever. Global rank r is
 pipeline stage r // T, tensor-parallel rank r % T (T = tensor_parallel_size).
+
+A group may also span machines, one per pipeline stage (`--pipeline-stage S
+--group-addr HOST:PORT`, e.g. the pods of a LeaderWorkerSet): the process of stage S
+runs ranks S * T .. S * T + T - 1 (the first itself, the others as its children), all
+meet at stage 0's address, and only stage 0 attaches to the scheduler.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 
 import torch
 
@@ -57,30 +63,50 @@ def start_engine(config: WorkerConfig) -> tuple[Engine, Runner, Callable[[], Non
     if size == 1:
         runner = build_runner(config, TensorParallel(), PipelineStage(), config.seed)
         return WorkerEngine(runner), runner, lambda: None
-    init_method = f"tcp://127.0.0.1:{free_port()}"
-    context = mp.get_context("spawn")
-    followers = [
-        context.Process(
-            target=_follower_main, args=(config, rank, init_method, os.getpid()), daemon=True
-        )
-        for rank in range(1, size)
-    ]
-    for process in followers:
-        process.start()
+    followers, init_method = _spawn_followers(config)
     runner, links = _join_group(config, 0, init_method)
     leader: GroupLeader | PipelineLeader
     if links is None:
         leader = GroupLeader(WorkerEngine(runner))
     else:
         leader = PipelineLeader(_stage_rank(runner, links))
+    return leader, runner, _stopper(leader.stop, followers)
 
+
+def start_stage(config: WorkerConfig) -> tuple[StageRank, Callable[[], None]]:
+    """A group spread over pods: this process hosts pipeline stage `config.pipeline_stage`
+    > 0 (its first tensor-parallel rank, the others its children), joined at
+    `config.group_addr`. `follow_stages` on the returned rank serves it."""
+    followers, init_method = _spawn_followers(config)
+    runner, links = _join_group(config, config.local_ranks[0], init_method)
+    assert links is not None
+    return _stage_rank(runner, links), _stopper(lambda: None, followers)
+
+
+def _spawn_followers(config: WorkerConfig) -> tuple[list[BaseProcess], str]:
+    """Starts this process's other ranks; returns them and where the group meets."""
+    addr = config.group_addr or f"127.0.0.1:{free_port()}"
+    init_method = f"tcp://{addr}"
+    context = mp.get_context("spawn")
+    followers: list[BaseProcess] = [
+        context.Process(
+            target=_follower_main, args=(config, rank, init_method, os.getpid()), daemon=True
+        )
+        for rank in config.local_ranks[1:]
+    ]
+    for process in followers:
+        process.start()
+    return followers, init_method
+
+
+def _stopper(stop_leader: Callable[[], None], followers: list[BaseProcess]) -> Callable[[], None]:
     def stop() -> None:
-        leader.stop()
+        stop_leader()
         for process in followers:
             process.join(timeout=10)
         torch.distributed.destroy_process_group()  # a new group may start in this process
 
-    return leader, runner, stop
+    return stop
 
 
 def _join_group(
@@ -94,7 +120,8 @@ def _join_group(
     tp = TensorParallel(stage.tp_rank, tp_size, stage_groups(stage))
     links = StageLinks(stage) if stage.enabled else None
     seed = shared_seed(config.seed if rank == 0 else None)
-    return build_runner(config, tp, stage, seed, rank), links
+    local_rank = rank - config.local_ranks[0]  # its device on this machine
+    return build_runner(config, tp, stage, seed, local_rank), links
 
 
 def _stage_rank(runner: ModelRunner, links: StageLinks) -> StageRank:
@@ -107,11 +134,10 @@ def build_runner(
     tp: TensorParallel,
     pp: PipelineStage,
     seed: int | None,
-    rank: int = 0,
+    local_rank: int = 0,
 ) -> ModelRunner:
-    device = (
-        f"cuda:{rank}" if config.device == "cuda" and (tp.enabled or pp.enabled) else config.device
-    )
+    grouped = config.device == "cuda" and (tp.enabled or pp.enabled)
+    device = f"cuda:{local_rank}" if grouped else config.device
     return ModelRunner(
         resolve_model(config.model),
         kv_cache_bytes=config.kv_cache_bytes,

@@ -54,3 +54,15 @@ class MeteredEngine:
 
     def reset(self) -> None:
         self.engine.reset()
+
+
+def stage_registry(stage: int, num_stages: int) -> CollectorRegistry:
+    """The series of a process that hosts a later pipeline stage (its steps are counted
+    on stage 0's, with every stage's time in the scheduler's bubble series)."""
+    registry = CollectorRegistry()
+    gauge = Gauge(
+        "sarathi_worker_pipeline_stage", "The pipeline stage this process hosts",
+        ["num_stages"], registry=registry,
+    )  # fmt: skip
+    gauge.labels(str(num_stages)).set(stage)
+    return registry

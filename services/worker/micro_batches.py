@@ -17,9 +17,9 @@ needs it.
 
 Commands and outputs are Python objects on gloo groups of their own (CPU, beside NCCL
 on CUDA); hidden states go over the group's backend. Every stage measures, per
-micro-batch, the time it computed and the time it sat idle before (counted only when
-rank 0 took the micro-batch while another was in flight: idle time of an empty group
-is no bubble): the result carries both, first stage to last.
+micro-batch, the time it computed and the time it sat idle before: the result carries
+both, first stage to last (the scheduler, which knows whether any request was running
+meanwhile, decides which idle time is a bubble).
 
 A failure anywhere breaks the group: the steps in flight are delivered as errors, and
 the next `submit` or `reset` raises, so the worker exits and is restarted; the
@@ -61,7 +61,6 @@ class StageCommand:
     # tokens sampled since the previous command: (step id, request id, token; -1 for a
     # request the last stage failed)
     sampled: tuple[tuple[int, str, int], ...] = ()
-    behind: bool = False  # rank 0 took it while another micro-batch was in flight
     busy_ms: list[float] = field(default_factory=list)  # per stage so far
     idle_ms: list[float] = field(default_factory=list)
 
@@ -136,7 +135,7 @@ class StageRank:
                 self.engine.reset()
             return
         assert command.plan is not None
-        idle_s = started - self._last_end if command.behind and self._last_end else 0.0
+        idle_s = started - self._last_end if self._last_end else 0.0
         if not stage.last:
             self.engine.apply_tokens(command.sampled)
         result = self.engine.step(command.plan)
@@ -195,11 +194,10 @@ class PipelineLeader:
     def submit(self, plan: StepPlan, deliver: Deliver) -> None:
         with self._lock:
             self._raise_if_broken()
-            behind = bool(self._outstanding)
             self._outstanding[plan.step_id] = deliver
             sampled, self._sampled = tuple(self._sampled), []
         try:
-            self.rank.run(StageCommand(STEP, plan, sampled, behind))
+            self.rank.run(StageCommand(STEP, plan, sampled))
         except Exception as exc:  # delivered to every step in flight, this one too
             log.exception("pipeline stage 0 failed on step %d", plan.step_id)
             self._break(f"pipeline stage 0 failed: {type(exc).__name__}: {exc}")

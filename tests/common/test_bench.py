@@ -186,3 +186,22 @@ def test_results_are_summarized_per_class_and_tenant():
     assert groups["class batch"]["p99_itl_ms"] == pytest.approx(500.0)
     assert (groups["class batch"]["requests"], groups["class batch"]["completed"]) == (2, 1)
     assert "groups" not in summarize([done("", "", 0.1, [])], 1.0)
+
+
+def test_the_pipeline_bubble_figures_come_from_the_scheduler_counters():
+    """`server_figures` over a run: each stage's idle / (busy + idle), from the
+    Prometheus series the scheduler exports (its own registry, rendered and parsed)."""
+    from prometheus_client import generate_latest
+
+    from sarathi_serve.bench.serving import parse_metrics, server_figures
+    from sarathi_serve.scheduler.metrics import SchedulerMetrics
+
+    metrics = SchedulerMetrics("s0")
+    metrics.stages("sarathi", [10.0, 30.0], [0.0, 10.0])
+    before = parse_metrics(generate_latest(metrics.registry).decode())
+    metrics.stages("sarathi", [30.0, 10.0], [10.0, 30.0])
+    metrics.stages("vllm", [30.0, 30.0], [30.0, 0.0])
+    after = parse_metrics(generate_latest(metrics.registry).decode())
+    fractions = server_figures(before, after)["pipeline_bubble_fraction"]
+    assert fractions == pytest.approx([40 / 100, 30 / 70])
+    assert "pipeline_bubble_fraction" not in server_figures(after, after)

@@ -54,3 +54,36 @@ def test_two_pipeline_stages_through_up_give_the_oracle_outputs(system_factory, 
     system.refresh()
     assert system.record("worker").restarts == 1, "the group's failure restarts the worker"
     assert len(stage_pids(system.record("worker").pid)) == 1, "with its stage anew"
+
+
+def test_preemption_with_micro_batches_in_flight_and_the_bubble_metric(
+    system_factory, expected_outputs
+):
+    """16 KV blocks (a stage holds half the layers: half the bytes a block) force
+    preemption by recompute while two micro-batches are in flight; the outputs stay the
+    oracle's. Both stages' times reach the scheduler: `admin stats` shows each stage's
+    bubble fraction, the iterations carry each stage's time, and Prometheus has them."""
+    import urllib.request
+
+    blocks_bytes = 16 * 16 * 46080 // 2 + 4096  # 16 blocks of 16 tokens of 15 layers
+    system = system_factory(
+        "--pipeline-parallel-size", "2", "--num-threads", "1", "--token-budget", "64",
+        "--kv-cache-gb", repr(blocks_bytes / 2**30),
+    )  # fmt: skip
+    assert generate_concurrently(system.gateway_addr, stagger_s=0.05) == expected_outputs
+    stats = system.stats(max_iterations=50)
+    assert stats.num_total_kv_blocks == 16
+    assert stats.num_preemptions > 0, "the test meant to force preemption"
+    (replica,) = stats.replicas
+    assert len(replica.stage_busy_seconds) == len(replica.stage_idle_seconds) == 2
+    assert all(busy > 0 for busy in replica.stage_busy_seconds)
+    assert all(len(it.stage_busy_ms) == 2 for it in stats.iterations if it.batch_size)
+    shown = cli("admin", "--run-dir", str(system.run_dir), "stats", "--last", "1")
+    assert shown.returncode == 0 and "pipeline bubbles: stage 0 " in shown.stdout, shown.stdout
+    metrics = system.record("scheduler").metrics
+    assert metrics, "up records the scheduler's Prometheus endpoint"
+    with urllib.request.urlopen(metrics, timeout=5) as page:
+        text = page.read().decode()
+    for series in ("sarathi_scheduler_pipeline_stage_busy_seconds_total",
+                   "sarathi_scheduler_pipeline_bubble_ratio_bucket"):  # fmt: skip
+        assert f"{series}{{" in text and 'stage="1"' in text, series

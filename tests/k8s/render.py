@@ -18,7 +18,7 @@ RELEASE, NAMESPACE = "llm", "serving"
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 SCENARIOS = ["default", *sorted(p.stem for p in VALUES_DIR.glob("*.yaml"))]
-WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "LeaderWorkerSet"}
 
 
 class Rendered:
@@ -119,12 +119,22 @@ def labels_of(obj: dict) -> dict[str, str]:
     return obj["metadata"].get("labels", {})
 
 
+def pod_template(workload: dict) -> dict:
+    """The pods' template (a LeaderWorkerSet's: every pod of a group, leader included)."""
+    spec = workload["spec"]
+    return (
+        spec["leaderWorkerTemplate"]["workerTemplate"]
+        if "leaderWorkerTemplate" in spec
+        else spec["template"]
+    )
+
+
 def pod_spec(workload: dict) -> dict:
-    return workload["spec"]["template"]["spec"]
+    return pod_template(workload)["spec"]
 
 
 def pod_labels(workload: dict) -> dict[str, str]:
-    return workload["spec"]["template"]["metadata"]["labels"]
+    return pod_template(workload)["metadata"]["labels"]
 
 
 def container_of(workload: dict, name: str | None = None) -> dict:

@@ -80,7 +80,34 @@ SCALED_OBJECT_SCHEMA = crd_schema(
         },
     ),
 )
-CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "ScaledObject": SCALED_OBJECT_SCHEMA}
+# LeaderWorkerSet: the LWS controller's (sigs.k8s.io/lws); its pod template is checked
+# as a core PodTemplate below.
+INTEGER = {"type": "integer", "minimum": 0}
+LEADER_WORKER_SET_SCHEMA = crd_schema(
+    "leaderworkerset.x-k8s.io/v1",
+    closed(
+        ["leaderWorkerTemplate"],
+        replicas=INTEGER,
+        startupPolicy={"enum": ["LeaderCreated", "LeaderReady"]},
+        rolloutStrategy=closed(
+            ["type"],
+            type={"const": "RollingUpdate"},
+            rollingUpdateConfiguration=closed([], maxSurge=INTEGER, maxUnavailable=INTEGER),
+        ),
+        leaderWorkerTemplate=closed(
+            ["size", "workerTemplate"],
+            size={"type": "integer", "minimum": 1},
+            restartPolicy={"enum": ["RecreateGroupOnPodRestart", "None"]},
+            leaderTemplate=OBJECT,
+            workerTemplate=OBJECT,
+        ),
+    ),
+)
+CRD_SCHEMAS = {
+    "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
+    "ScaledObject": SCALED_OBJECT_SCHEMA,
+    "LeaderWorkerSet": LEADER_WORKER_SET_SCHEMA,
+}
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -102,6 +129,13 @@ def test_every_object_validates_against_kubernetes_schemas(scenario: Rendered) -
     for obj in scenario.objects:
         if obj["kind"] in CRD_SCHEMAS:
             jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
+            if obj["kind"] == "LeaderWorkerSet":  # its pods, as Kubernetes checks them
+                template = obj["spec"]["leaderWorkerTemplate"]["workerTemplate"]
+                pods = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "pods"}}
+                for version in KUBE_VERSIONS:
+                    kubernetes_validate.validate(
+                        pods | {"template": template}, version, strict=True
+                    )
             continue
         for version in KUBE_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)

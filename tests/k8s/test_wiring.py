@@ -18,6 +18,7 @@ from tests.k8s.render import (
     matches,
     pod_labels,
     pod_spec,
+    pod_template,
     scheduler_sets_of,
     service_addr,
     variants_of,
@@ -165,8 +166,9 @@ def test_references_point_at_objects_that_exist(scenario: Rendered) -> None:
         mounts = {m["name"] for c in spec["containers"] for m in c["volumeMounts"]}
         claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
         assert mounts <= {v["name"] for v in spec["volumes"]} | claims
-        # Deployments select their own pods.
-        assert matches(workload["spec"]["selector"]["matchLabels"], pod_labels(workload))
+        # Deployments select their own pods (a LeaderWorkerSet labels its own).
+        if workload["kind"] != "LeaderWorkerSet":
+            assert matches(workload["spec"]["selector"]["matchLabels"], pod_labels(workload))
 
     for service in scenario.of("Service"):
         assert scenario.pods_matching(service["spec"]["selector"]), service["metadata"]["name"]
@@ -220,7 +222,7 @@ def test_model_volume(scenario: Rendered) -> None:
 def test_metrics_are_scraped_from_declared_ports(scenario: Rendered) -> None:
     enabled = scenario.values["metrics"]["enabled"]
     for workload in scenario.workloads():
-        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        annotations = pod_template(workload)["metadata"].get("annotations", {})
         if component(workload) == "redis":
             continue
         if not enabled:
@@ -304,3 +306,51 @@ def test_the_gateway_drains_within_its_grace_period(scenario: Rendered) -> None:
     assert pre_stop[0] == "sleep" and 0 < int(pre_stop[1]) <= 5
     drain = float(scenario.env(gateway)["SARATHI_GATEWAY_DRAIN_S"])
     assert drain == max(grace - int(pre_stop[1]) - 5, 0) and drain > 0
+
+
+def test_pipeline_stages_are_one_pod_each_and_every_rank_is_wired_once(
+    scenario: Rendered, monkeypatch
+) -> None:
+    """worker.pipelineParallelSize P > 1: each set's workers are a LeaderWorkerSet of
+    groups of P pods that restart together; pod w of a group (LWS_WORKER_INDEX) hosts
+    stage w with its tensorParallelSize GPUs as ranks. Parsed by the worker's own flag
+    and environment handling, the pods of a group hold each of the P x T ranks once,
+    with a device each, and all meet at the leader's declared group port."""
+    from sarathi_serve.worker.config import WorkerConfig
+
+    values = scenario.values["worker"]
+    stages, tp = values["pipelineParallelSize"], values["tensorParallelSize"]
+    for one in scheduler_sets_of(scenario.values):
+        worker = scenario.variant_workload("worker", one["name"])
+        if stages == 1:
+            assert worker["kind"] == "Deployment"
+            assert "args" not in container_of(worker)
+            continue
+        assert worker["kind"] == "LeaderWorkerSet"
+        group = worker["spec"]["leaderWorkerTemplate"]
+        assert (group["size"], group["restartPolicy"]) == (stages, "RecreateGroupOnPodRestart")
+        container = container_of(worker)
+        gpus = container["resources"]["limits"].get("nvidia.com/gpu", 0)
+        assert gpus == (tp if values["gpu"]["enabled"] else 0)
+        group_ports = [p["containerPort"] for p in container["ports"] if p["name"] == "group"]
+        for name, value in scenario.env(worker).items():
+            if isinstance(value, str):
+                monkeypatch.setenv(name, value)
+        leader = f"{worker['metadata']['name']}-0.{worker['metadata']['name']}.{NAMESPACE}"
+        ranks, addrs = [], set()
+        for index in range(stages):  # what LWS puts in each pod's environment
+            lws = {"LWS_WORKER_INDEX": str(index), "LWS_LEADER_ADDRESS": leader}
+            config = WorkerConfig.from_args([expand(a, lws) for a in container["args"]])
+            assert (config.pipeline_parallel_size, config.tensor_parallel_size) == (stages, tp)
+            assert config.pipeline_stage == index and config.device == ("cuda" if gpus else "cpu")
+            assert len(config.local_ranks) == tp and gpus in (0, tp), "a GPU per rank"
+            ranks += list(config.local_ranks)
+            addrs.add(config.group_addr)
+        assert sorted(ranks) == list(range(stages * tp)), "each rank in exactly one pod"
+        assert addrs == {f"{leader}:{values['pipelineGroupPort']}"}
+        assert group_ports == [values["pipelineGroupPort"]]
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion of a container argument."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)

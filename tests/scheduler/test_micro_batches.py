@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sarathi_serve.common.convert import plan_from_pb, result_to_pb
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.step import StepResult, WorkerGeometry
@@ -130,3 +132,16 @@ def test_a_step_result_carries_its_stage_times_over_the_contract():
 
     result = StepResult(3, {"a": 5}, 10.0, stage_busy_ms=(4.0, 6.0), stage_idle_ms=(0.0, 2.5))
     assert result_from_pb(result_to_pb(result)) == result
+
+
+def test_idle_time_before_any_request_ran_is_no_bubble():
+    """The stages' idle time before a micro-batch planned while no request was running
+    is time without work, not a pipeline bubble (the orca policy's micro-batches, one
+    at a time while requests run, are bubbles)."""
+    from sarathi_serve.scheduler.stats import StageTimes
+
+    times = StageTimes()
+    result = StepResult(0, stage_busy_ms=(5.0, 5.0), stage_idle_ms=(900.0, 905.0))
+    assert times.observe(result, served=False).stage_idle_ms == (0.0, 0.0)
+    times.observe(StepResult(1, stage_busy_ms=(5.0, 5.0), stage_idle_ms=(1.0, 5.0)), served=True)
+    assert times.bubble_fractions == pytest.approx([1 / 11, 5 / 15])

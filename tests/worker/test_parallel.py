@@ -2,9 +2,12 @@
 2 pipeline stages, and 2 stages of 2 tensor-parallel ranks each."""
 
 import queue
+import subprocess
+import sys
 
 import pytest
 
+from sarathi_serve.common.net import free_port
 from sarathi_serve.common.sampling import SamplingParams
 from sarathi_serve.common.step import NewRequest, ScheduledChunk, StepPlan
 from sarathi_serve.worker.config import WorkerConfig
@@ -143,3 +146,34 @@ def test_indivisible_heads_are_refused(tiny_llama):
 
     with pytest.raises(ValueError, match="num_attention_heads"):
         check_divisible(Config(), 2)
+
+
+@pytest.mark.timeout(300)
+def test_a_group_spread_over_processes_one_per_stage_equals_one_process(tiny_llama):
+    """One process per pipeline stage, as the pods of a LeaderWorkerSet: stage 1 is
+    `python -m sarathi_serve.worker --pipeline-stage 1 --group-addr HOST:PORT` (with its
+    second tensor-parallel rank as its child) and meets stage 0 at stage 0's address;
+    stage 0 alone drives the group. It stops when stage 0 stops the group."""
+    base = dict(model=str(tiny_llama), kv_cache_gb=0.01, block_size=BLOCK, num_threads=1)
+    single, _, stop_single = start_engine(WorkerConfig(**base, seed=3))
+    expected = generate(single)
+    stop_single()
+    addr = f"127.0.0.1:{free_port()}"
+    flags = ["--model", str(tiny_llama), "--kv-cache-gb", "0.01", "--block-size", str(BLOCK),
+             "--num-threads", "1", "--pipeline-parallel-size", "2",
+             "--tensor-parallel-size", "2", "--group-addr", addr]  # fmt: skip
+    stage_1_flags = [*flags, "--pipeline-stage", "1", "--port", str(free_port())]
+    stage_1 = subprocess.Popen([sys.executable, "-m", "sarathi_serve.worker", *stage_1_flags])
+    try:
+        group, runner, stop_group = start_engine(
+            WorkerConfig.from_args([*flags, "--pipeline-stage", "0"])
+        )
+        try:
+            assert runner.pp.first and runner.kv_cache.spec.num_kv_heads == 1
+            got = generate(group, in_flight=True)
+        finally:
+            stop_group()
+        assert stage_1.wait(timeout=60) == 0, "stage 1 did not stop with the group"
+    finally:
+        stage_1.kill()
+    assert got == expected
