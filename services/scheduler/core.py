@@ -138,7 +138,7 @@ class SchedulerCore:
     def attach_worker(self, geometry: WorkerGeometry) -> None:
         self.detach_worker()
         self.geometry = geometry
-        self.state.decode_ahead = geometry.pipeline_depth <= 1
+        self.state.pipeline_depth = geometry.pipeline_depth
         self.blocks = BlockManager(
             geometry.num_kv_blocks,
             geometry.block_size,
@@ -161,12 +161,11 @@ class SchedulerCore:
     # ---- iterations ------------------------------------------------------
 
     def plan(self, step_id: int, now: float) -> PlannedStep:
-        """Plans the next iteration. It may be planned before the result of the previous
-        one is applied (the worker computes while the next plan is made): a decode then
-        feeds the token the worker sampled itself in the step before, and a request that
-        turns out to have stopped in that step costs one wasted token, dropped by apply."""
+        """Plans the next iteration, maybe before earlier ones' results are applied: a
+        decode then feeds a token the worker samples, a stop costs a token apply drops."""
         blocks = self.blocks
         assert blocks is not None, "plan() needs an attached worker"
+        self.state.planning_step = step_id
         schedule = self.policy.schedule(self.state, blocks)
         # tokens per cached block; with the cache off no block ever fills
         block_size = blocks.block_size if blocks.caching else NEVER_FULL
@@ -205,6 +204,7 @@ class SchedulerCore:
                 request.num_blocks_sent = len(block_ids)
             chunks.append(ScheduledChunk(request.request_id, num_tokens, new_blocks))
             rows[request.request_id] = (request, request.num_preemptions)
+            request.last_planned_step = step_id
             request.num_computed_tokens += num_tokens
             if request.num_computed_tokens >= (request.num_cached_blocks + 1) * block_size:
                 blocks.cache_computed_blocks(request)  # a block is full: once in block_size

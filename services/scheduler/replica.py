@@ -9,7 +9,7 @@ The iterations overlap: each turn plans and sends step n+1, then finishes step n
 plan waiting and the control plane (planning, gRPC, applying, Redis) runs while it
 computes. With a pacer (`pacing.py`, the default) step n+1 is planned shortly before
 step n is due to end, so requests that arrive meanwhile join it. A worker of P
-pipeline stages gets up to P micro-batches in flight (`_pipelined_turn`).
+pipeline stages computes P micro-batches at once, and gets the next one ahead too.
 """
 
 from __future__ import annotations
@@ -177,9 +177,8 @@ class Replica:
             if worker is None or not (in_flight or self._has_work):
                 await self._idle()
                 continue
-            turn = self._pipelined_turn if worker.geometry.pipeline_depth > 1 else self._turn
             try:
-                await turn(worker, in_flight)
+                await self._turn(worker, in_flight)
             except WorkerLost as exc:
                 in_flight.clear()
                 if exc.failed_step is not None:  # bounded: see SchedulerCore.charge_failed_step
@@ -187,34 +186,28 @@ class Replica:
                 self._on_worker_lost(worker, str(exc))
 
     async def _turn(self, worker: WorkerLink, in_flight: deque[InFlight]) -> None:
-        """Plans and sends step n+1, then finishes step n: the next plan waits for it."""
-        computing = in_flight.popleft() if in_flight else None
-        if computing is not None and self.pacer is not None:
-            await self._until_due(self.pacer, computing)
-        step = self._send(worker, after_idle=computing is None)
-        if computing is not None:
-            await self._finish(computing)
-        if step.planned.plan.chunks:
-            in_flight.append(step)
-            return
-        await self._finish(step)  # frees, aborts, or nothing
-        if computing is None:  # nothing computed, nothing computing: wait for a change
-            await self._pause(_IDLE_POLL_S)
-
-    async def _pipelined_turn(self, worker: WorkerLink, in_flight: deque[InFlight]) -> None:
-        """A worker of P pipeline stages: keeps up to P micro-batches in flight, each
-        planned from the requests whose input tokens are known (the core plans no decode
-        whose token is still being sampled), a new one when the oldest has ended."""
-        if len(in_flight) >= worker.geometry.pipeline_depth:
-            await self._finish(in_flight.popleft())
+        """Plans and sends a step, then finishes the oldest once the worker has its depth
+        in flight: the next plan waits for it. (Depth P: P pipeline stages, P micro-batches
+        at once; a decode goes only into a step P after the one sampling its token.)"""
+        depth = worker.geometry.pipeline_depth
+        full = len(in_flight) >= depth
+        if full and depth == 1 and self.pacer is not None:
+            await self._until_due(self.pacer, in_flight[0])
         step = self._send(worker, after_idle=not in_flight)
         in_flight.append(step)  # results come in the order of the plans
-        while not step.planned.plan.chunks:  # nothing to plan until a micro-batch ends
-            if not in_flight:  # nothing computed, nothing computing
-                return await self._pause(_IDLE_POLL_S)
-            oldest = in_flight.popleft()
-            await self._finish(oldest)
-            step = oldest
+        computed = await self._finish_oldest(in_flight) if full else False
+        if step.planned.plan.chunks:
+            return
+        while in_flight and not computed:  # nothing to plan until a step that computes ends
+            computed = await self._finish_oldest(in_flight)
+        if not computed:  # nothing computed, nothing computing: wait for a change
+            await self._pause(_IDLE_POLL_S)
+
+    async def _finish_oldest(self, in_flight: deque[InFlight]) -> bool:
+        """Finishes the oldest step; whether it computed anything."""
+        oldest = in_flight.popleft()
+        await self._finish(oldest)
+        return bool(oldest.planned.plan.chunks)
 
     async def _until_due(self, pacer: PlanPacer, computing: InFlight) -> None:
         """Waits until the pacer's time to plan the next step, or until `computing` ends."""

@@ -42,6 +42,7 @@ class Request:
     hash_block_size: int = 0  # the block size block_hashes were computed for
     on_worker: bool = False  # the worker holds this request's tokens
     num_preemptions: int = 0
+    last_planned_step: int = -(1 << 62)  # the latest step that computes some of its tokens
     awaiting_resume: bool = False  # its gateway reconnected (or a new leader recovered it): held
     num_released: int = 0  # output tokens in Redis and free to send (a resume sends no more)
     stop_reason: StopReason | None = None

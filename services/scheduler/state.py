@@ -14,10 +14,12 @@ class SchedulerState:
     waiting: WaitingQueue = field(default_factory=WaitingQueue)  # priority, fair share, arrival
     running: list[Request] = field(default_factory=list)  # admission order
     num_preemptions: int = 0
-    # A decode may be planned while the step sampling its input token is in flight (a
-    # worker that runs one step at a time feeds it); False for a pipelined worker, whose
-    # micro-batches in flight compute at once: a decode then waits for its token.
-    decode_ahead: bool = True
+    # A decode may be planned while the step that samples its input token is in flight:
+    # the worker feeds it that token. With P pipeline stages (micro-batches computing at
+    # once) only in a step P after that one, whose first stage starts once the token is
+    # sampled; in the steps between, the request waits.
+    pipeline_depth: int = 1
+    planning_step: int = 0  # the id of the step being planned
 
     def admit(self, request: Request) -> None:
         """Moves the head of `waiting` to `running`."""
@@ -42,3 +44,10 @@ class SchedulerState:
             self.running.remove(request)
         elif request.status is RequestStatus.WAITING:
             self.waiting.remove(request)
+
+    def waits_for_token(self, request: Request) -> bool:
+        """A decoding request whose input token a step too recent is still sampling."""
+        return (
+            request.num_computed_tokens >= request.num_tokens  # its tokens are all in flight
+            and request.last_planned_step > self.planning_step - self.pipeline_depth
+        )

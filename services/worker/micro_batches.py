@@ -11,9 +11,10 @@ micro-batches in order, so one request's prefill chunks may be in several of the
 
 Stages but the last learn the sampled tokens from the commands: rank 0 attaches to
 each command the tokens of the outputs it received since the previous one. The
-scheduler plans no decode before the result that sampled its input token is back, and
-that result came through rank 0, so every token is there before the micro-batch that
-needs it.
+scheduler plans a decode only P steps after the step that samples its input token (P
+stages; step ids, some never sent), and rank 0 starts step k only once the outputs of
+steps up to k - P are back, sent straight from the last stage to rank 0 with their
+tokens: no round trip through the scheduler between two micro-batches of one request.
 
 Commands and outputs are Python objects on gloo groups of their own (CPU, beside NCCL
 on CUDA); hidden states go over the group's backend. Every stage measures, per
@@ -192,7 +193,15 @@ class PipelineLeader:
         self._outputs.start()
 
     def submit(self, plan: StepPlan, deliver: Deliver) -> None:
+        """Runs the plan through stage 0 once the outputs of every step `depth` or more
+        before it are back, with the tokens its decodes feed (the scheduler plans a
+        decode `depth` steps after the step that samples its input); so at most `depth`
+        micro-batches are in the stages. The next plan waits here meanwhile."""
+        oldest_allowed = plan.step_id - self.depth + 1
         with self._lock:
+            self._lock.wait_for(
+                lambda: self._broken or all(s >= oldest_allowed for s in self._outstanding)
+            )
             self._raise_if_broken()
             self._outstanding[plan.step_id] = deliver
             sampled, self._sampled = tuple(self._sampled), []

@@ -26,12 +26,16 @@ GEOMETRY = WorkerGeometry(128, 4, 256, EOS, pipeline_depth=2)
 
 class Pipeline:
     """Two stages as asyncio tasks, STAGE_S each a micro-batch: the first takes plans
-    from the link, the last delivers results; the first learns the tokens of results
-    delivered before each plan it takes (micro_batches.PipelineLeader)."""
+    from the link and starts step k once the outputs of the steps up to k - 2 are back,
+    with the tokens of every output back by then (micro_batches.PipelineLeader); the last
+    delivers results."""
 
     def __init__(self, link: WorkerLink):
         self.link, self.stages = link, TwoStages(GEOMETRY)
         self.handoff: asyncio.Queue = asyncio.Queue()
+        self.outputs: list[StepResult] = []  # the last stage's, in order
+        self.seen = 0  # of them, applied by the first stage
+        self.started: list[int] = []  # the steps the first stage took
         self.busy = [False, False]
         self.both_busy = 0  # times a stage started while the other computed
         self.plans = 0
@@ -40,8 +44,15 @@ class Pipeline:
         while (msg := await self.link.outbox.get()) is not None:
             plan = plan_from_pb(msg)
             self.plans += 1
-            self.stages.first.apply_tokens(self.stages.delivered)
-            self.stages.delivered = []
+            done = lambda: {r.step_id for r in self.outputs}
+            while any(s <= plan.step_id - 2 and s not in done() for s in self.started):
+                await asyncio.sleep(0.001)  # steps k - 2 and before must be back
+            self.started.append(plan.step_id)
+            back = self.outputs[self.seen :]
+            self.seen += len(back)
+            self.stages.first.apply_tokens(
+                [(r.step_id, rid, t) for r in back for rid, t in r.sampled.items()]
+            )
             self.stages.first.step(plan)
             await self._compute(0)
             await self.handoff.put(plan)
@@ -51,7 +62,7 @@ class Pipeline:
             plan = await self.handoff.get()
             await self._compute(1)
             result = self.stages.last.step(plan)
-            self.stages.deliver(result)
+            self.outputs.append(result)
             message = result_to_pb(result)
             message.execution_ms = 2 * STAGE_S * 1e3
             message.stage_busy_ms[:] = [STAGE_S * 1e3] * 2

@@ -55,28 +55,33 @@ class FirstStage:
 
 class TwoStages:
     """Two pipeline stages as `micro_batches.PipelineLeader` runs them, in one process:
-    the last stage samples; the first applies the tokens of the results delivered before
-    each plan it takes (the scheduler has applied them: it plans from them)."""
+    the last stage samples; the first starts step k once the output of step k - 2 is
+    back (at most 2 micro-batches at once) and applies the tokens of every output back
+    by then. A plan that decodes a request whose token it does not have yet fails the
+    first stage's check."""
 
     def __init__(self, geometry: WorkerGeometry):
         self.last = WorkerEngine(ContextModel(geometry), retry_alone=False)  # type: ignore[arg-type]
         self.first = WorkerEngine(FirstStage(geometry, self.last), retry_alone=False)  # type: ignore[arg-type]
-        self.delivered: list[tuple[int, str, int]] = []
+        self.outputs: deque[StepResult] = deque()  # sampled, not yet seen by the first stage
 
     def step(self, plan):
-        self.first.apply_tokens(self.delivered)
-        self.delivered = []
-        self.first.step(plan)
-        return self.last.step(plan)
-
-    def deliver(self, result: StepResult) -> None:
-        self.delivered += [(result.step_id, rid, t) for rid, t in result.sampled.items()]
+        back = []  # the outputs of steps <= k - 2 (the real leader waits for them)
+        while self.outputs and self.outputs[0].step_id <= plan.step_id - 2:
+            result = self.outputs.popleft()
+            back += [(result.step_id, rid, t) for rid, t in result.sampled.items()]
+        self.first.apply_tokens(back)
+        first = self.first.step(plan)
+        result = self.last.step(plan)
+        assert first.failures.keys() == result.failures.keys(), "the stages disagree"
+        self.outputs.append(result)
+        return result
 
 
 def run(policy: str, mode: str, num_blocks: int, abort_at: dict[int, str]):
     """`mode`: "sequential" (plan, compute, apply), "ahead" (step n+1 planned before step
-    n's result is applied) or "stages" (a worker of 2 pipeline stages, 2 micro-batches in
-    flight)."""
+    n's result is applied) or "stages" (a worker of 2 pipeline stages: 2 micro-batches
+    computing, a third planned ahead)."""
     core = SchedulerCore(make_policy(policy, token_budget=16, max_num_seqs=8), watermark=0.0)
     depth = 2 if mode == "stages" else 1
     geometry = WorkerGeometry(num_blocks, 4, 48, EOS, pipeline_depth=depth)
@@ -91,20 +96,16 @@ def run(policy: str, mode: str, num_blocks: int, abort_at: dict[int, str]):
     in_flight: deque = deque()
 
     def apply_oldest(now: float) -> None:
-        result = in_flight.popleft()
-        if stages is not None:
-            stages.deliver(result)
-        for update in core.apply(result, now):
+        for update in core.apply(in_flight.popleft(), now):
             outputs.setdefault(update.request.request_id, []).extend(update.token_ids)
 
     for step in range(400):
         if step in abort_at:
             core.abort(abort_at[step], float(step))
-        if mode == "stages" and len(in_flight) >= depth:
-            apply_oldest(float(step))
-        planned = core.plan(step, float(step))
-        in_flight.append(engine.step(planned.plan))  # the worker runs plans in order
-        if mode != "stages" and len(in_flight) > (1 if mode == "ahead" else 0):
+        plan = core.plan(step, float(step)).plan
+        sent = plan.chunks or plan.freed_request_ids  # the replica sends no empty plan
+        in_flight.append(engine.step(plan) if sent else StepResult(step))  # in order
+        if len(in_flight) > {"sequential": 0, "ahead": 1, "stages": depth}[mode]:
             apply_oldest(float(step))
         if not core.has_work and not in_flight:
             break
@@ -185,18 +186,21 @@ def test_a_result_that_arrives_after_its_worker_detached_is_dropped():
     assert update.token_ids == (8,) and update.first_index == 0
 
 
-def test_with_pipeline_stages_a_decode_waits_for_its_token_but_prefill_chunks_go_on():
-    """Micro-batches in flight at once: a request whose input token is being sampled is
-    left out of the next plan; the next chunk of an unfinished prompt is not (each stage
-    runs the micro-batches in order)."""
+def test_with_pipeline_stages_a_decode_goes_a_depth_after_its_token_and_prefills_go_on():
+    """Two stages, micro-batches at once: a request whose input token step k samples is
+    left out of step k + 1 and decodes again in step k + 2 (planned before step k's
+    result is back: the worker starts step k + 2 once k's output is sampled); the next
+    chunk of an unfinished prompt goes in the very next step (each stage runs the
+    micro-batches in order)."""
     core = SchedulerCore(make_policy("sarathi", token_budget=8, max_num_seqs=8))
     core.attach_worker(WorkerGeometry(64, 4, 64, EOS, pipeline_depth=2))
     core.add(Request("short", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=9), "s", 0.0))
     core.add(Request("long", list(range(3, 23)), SamplingParams(max_tokens=9), "s", 0.0))
     first = core.plan(0, 0.0)  # short's prompt (its first token), long's first 5 tokens
     second = core.plan(1, 0.0)  # planned before the first's result is back
+    third = core.plan(2, 0.0)  # still before it
     assert [(c.request_id, c.num_tokens) for c in first.plan.chunks] == [("short", 3), ("long", 5)]
     assert [(c.request_id, c.num_tokens) for c in second.plan.chunks] == [("long", 8)]
-    core.apply(StepResult(0, {"short": 9}), 0.0)
-    third = core.plan(2, 0.0)  # short's token is back: it decodes again
     assert [(c.request_id, c.num_tokens) for c in third.plan.chunks] == [("short", 1), ("long", 7)]
+    assert core.plan(3, 0.0).plan.chunks == ()  # both decode in step 2: none in step 3
+    assert [c.request_id for c in core.plan(4, 0.0).plan.chunks] == ["short", "long"]

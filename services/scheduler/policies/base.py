@@ -92,8 +92,8 @@ def schedule_decodes(
             continue
         if request.has_last_token_in_flight:
             continue  # it reaches max_tokens with a step in flight: it ends there
-        if not state.decode_ahead and request.num_computed_tokens == request.num_tokens:
-            continue  # its input token is being sampled in a micro-batch in flight
+        if state.waits_for_token(request):
+            continue  # a micro-batch in flight samples its input token (pipeline stages)
         # The hot loop (every running request, every iteration): a decode needs a new
         # block only when its last block is full, once in block_size steps.
         if request.num_computed_tokens >= len(request.block_ids) * block_size:
