@@ -72,8 +72,10 @@ def _release_pods_talk_only_as_wired(scenario: Rendered, ports: dict[str, list[i
     def talks_to(src: dict, dst: dict) -> bool:
         variant = "sarathi-serve.io/variant"
         pair = (component(src), component(dst))
+        same_set = labels_of(src).get(variant) == labels_of(dst).get(variant)
+        stages = scenario.values["worker"]["pipelineParallelSize"] > 1  # a group's pods
         return pair in {("gateway", "scheduler"), ("scheduler", "redis")} or (
-            pair == ("worker", "scheduler") and labels_of(src)[variant] == labels_of(dst)[variant]
+            same_set and (pair == ("worker", "scheduler") or (pair == ("worker",) * 2 and stages))
         )
 
     for src in scenario.workloads():
