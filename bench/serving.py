@@ -32,6 +32,7 @@ import numpy as np
 from sarathi_serve.bench.workload import RequestSpec, WorkloadSpec, make_requests
 from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
+from sarathi_serve.scheduler.stats import StageTimes
 
 PERCENTILES = (50, 90, 99)
 
@@ -321,27 +322,25 @@ def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[st
         delta("sarathi_scheduler_queue_seconds_bucket"), 0.5
     )
     out["preemptions"] = total("sarathi_scheduler_preemptions_total")
-    bubbles = pipeline_bubbles(delta("sarathi_scheduler_pipeline_stage"))
-    if any(bubbles) or total("sarathi_scheduler_pipeline_stage_busy_seconds_total"):
-        out["pipeline_bubble_fraction"] = bubbles
+    if total("sarathi_scheduler_pipeline_stage_busy_seconds_total"):  # a pipelined worker ran
+        out["pipeline_bubble_fraction"] = pipeline_bubbles(
+            delta("sarathi_scheduler_pipeline_stage")
+        )
     return out
 
 
 def pipeline_bubbles(series: dict[str, float]) -> list[float]:
     """Per pipeline stage: idle / (busy + idle) seconds over the run, from the
     `sarathi_scheduler_pipeline_stage_{busy,idle}_seconds_total` counters."""
-    busy: dict[int, float] = {}
-    idle: dict[int, float] = {}
+    seconds: dict[tuple[bool, int], float] = {}  # (busy, stage) -> summed over policies
     for name, value in series.items():
-        if not name.endswith("}") or "_total{" not in name:
-            continue
-        stage = int(name.split('stage="', 1)[1].split('"', 1)[0])
-        into = busy if name.startswith("sarathi_scheduler_pipeline_stage_busy") else idle
-        into[stage] = into.get(stage, 0.0) + value
-    return [
-        idle.get(s, 0.0) / (busy[s] + idle.get(s, 0.0)) if busy[s] + idle.get(s, 0.0) else 0.0
-        for s in sorted(busy)
-    ]
+        if name.endswith("}") and "_total{" in name:
+            stage = int(name.split('stage="', 1)[1].split('"', 1)[0])
+            key = (name.startswith("sarathi_scheduler_pipeline_stage_busy"), stage)
+            seconds[key] = seconds.get(key, 0.0) + value
+    stages = range(1 + max(stage for _, stage in seconds)) if seconds else range(0)
+    busy, idle = ([seconds.get((b, s), 0.0) for s in stages] for b in (True, False))
+    return StageTimes(busy, idle).bubble_fractions
 
 
 def _histogram_quantile(buckets: dict[str, float], q: float) -> float:

@@ -176,6 +176,6 @@ def _stats(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata: Meta
 
 
 def _bubbles(busy_s: Sequence[float], idle_s: Sequence[float]) -> str:
-    """Each stage's idle fraction while micro-batches were in flight."""
+    """Each stage's idle fraction while requests were running."""
     stages = StageTimes(list(busy_s), list(idle_s)).bubble_fractions
     return ", ".join(f"stage {i} {fraction:.1%} idle" for i, fraction in enumerate(stages))

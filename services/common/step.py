@@ -17,8 +17,8 @@ class WorkerGeometry:
     max_model_len: int
     eos_token_id: int
     vocab_size: int = 0  # rows of the embedding (0: not told, token ids are not checked)
-    # micro-batches computed at once (pipeline stages): > 1, a plan never decodes a
-    # request whose input token a plan still in flight samples
+    # micro-batches computed at once (pipeline stages): a decode goes into a plan this
+    # many steps after the one that samples its input token
     pipeline_depth: int = 1
 
 
@@ -74,6 +74,6 @@ class StepResult:
     # while the rest of the step goes on.
     failures: dict[str, ServiceError] = field(default_factory=dict)
     # a pipelined worker: per stage, its compute for this micro-batch and its idle time
-    # before it while other micro-batches were in flight (the bubble)
+    # before it (a bubble when requests were running: the scheduler decides)
     stage_busy_ms: tuple[float, ...] = ()
     stage_idle_ms: tuple[float, ...] = ()

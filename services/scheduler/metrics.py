@@ -62,7 +62,7 @@ class SchedulerMetrics:
         )  # fmt: skip
         self.stage_idle = Counter(
             "sarathi_scheduler_pipeline_stage_idle_seconds",
-            "A pipelined worker's idle time per stage while it had micro-batches in flight "
+            "A pipelined worker's idle time per stage while requests were running "
             "(pipeline bubbles)", ["policy", "stage"], registry=r,
         )  # fmt: skip
         self.bubble = Histogram(

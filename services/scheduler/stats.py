@@ -25,7 +25,7 @@ class IterationStats:
     start_time: float  # unix seconds
     replica: int = 0  # the replica it ran on
     stage_busy_ms: tuple[float, ...] = ()  # a pipelined worker: per stage
-    stage_idle_ms: tuple[float, ...] = ()  # idle before it while others were in flight
+    stage_idle_ms: tuple[float, ...] = ()  # idle before it while requests were running
 
 
 class StatsRing:
@@ -44,7 +44,7 @@ class StatsRing:
 @dataclass(slots=True)
 class StageTimes:
     """A pipelined replica's time per stage over its micro-batches: computing, and idle
-    while the group had micro-batches in flight (the pipeline's bubbles)."""
+    while requests were running (the pipeline's bubbles)."""
 
     busy_s: list[float] = field(default_factory=list)
     idle_s: list[float] = field(default_factory=list)

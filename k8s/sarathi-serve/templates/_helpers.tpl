@@ -303,3 +303,9 @@ save ""
 {{- define "sarathi.gatewayPreStopS" -}}
 {{- min 5 (div (int .Values.gateway.terminationGracePeriodSeconds) 3) }}
 {{- end }}
+
+{{/* "true" when worker groups have several pipeline stages (one pod each: a
+LeaderWorkerSet), else empty. */}}
+{{- define "sarathi.workerPipelined" -}}
+{{- if gt (int .Values.worker.pipelineParallelSize) 1 }}true{{ end }}
+{{- end }}

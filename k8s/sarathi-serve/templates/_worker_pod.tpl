@@ -10,7 +10,7 @@ LeaderWorkerSet group, one per pipeline stage.
 {{- $resources := .resources }}
 {{- $vol := $r.Values.model.volume }}
 {{- $cacheOnVolume := .cacheOnVolume }}
-{{- $pipeline := gt (int $r.Values.worker.pipelineParallelSize) 1 }}
+{{- $pipeline := include "sarathi.workerPipelined" $r }}
 metadata:
   labels:
     {{- include "sarathi.componentLabels" (list $r "worker" $v.name) | nindent 4 }}
