@@ -26,7 +26,7 @@ class WorkerConfig:
     gpu_memory_utilization: float = 0.9
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
     num_threads: int = 0  # 0: torch's default
-    small_step_tokens: int = 32  # CPU: smaller steps run on one thread fewer (step_threads.py)
+    small_step_tokens: int = 32  # CPU: smaller steps on the faster thread count (step_threads.py)
     device: str = "cpu"
     attention_backend: str = "auto"
     linear_backend: str = "auto"
@@ -114,9 +114,9 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "kv_cache_gb": "memory for the paged KV cache; 0: 1 GiB on CPU, measured on CUDA",
     "gpu_memory_utilization": "CUDA: fraction of the GPU for weights, activations and KV cache",
     "num_threads": "torch threads; 0: torch's default",
-    "small_step_tokens": "CPU: steps of fewer tokens than this (a few decodes) run on one "
-    "torch thread fewer, leaving a core to the scheduler and gateway beside the worker; "
-    "0: every step on all threads",
+    "small_step_tokens": "CPU: steps of fewer tokens than this (a few decodes) run on all "
+    "torch threads or on one fewer (a core left to the scheduler and gateway beside the "
+    "worker), whichever paired steps measure faster; 0: every step on all threads",
     "metrics_port": "port of the Prometheus /metrics endpoint; 0: off",
     "hang_s": "a step that runs longer than this makes the worker's health NOT_SERVING "
     "(a liveness probe, or `up`, then restarts it); 0: never",

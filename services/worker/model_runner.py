@@ -8,6 +8,7 @@ the requests apart. Logits are computed only for the rows that sample.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,8 +214,16 @@ class ModelRunner:
     def execute(self, batch: list[BatchEntry]) -> StepOutput:
         """Runs one step; samples a token for each request that finished its
         pending tokens (last prompt chunk or a decode)."""
+        num_tokens = sum(entry.num_tokens for entry in batch)
         if self.step_threads is not None:
-            self.step_threads.fit(sum(entry.num_tokens for entry in batch))
+            self.step_threads.fit(num_tokens)
+        start = time.perf_counter()
+        output = self._execute(batch)
+        if self.step_threads is not None:
+            self.step_threads.observe(num_tokens, (time.perf_counter() - start) * 1e3)
+        return output
+
+    def _execute(self, batch: list[BatchEntry]) -> StepOutput:
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         constrained = [i for i, (_, seq) in enumerate(sample_rows) if seq.matcher is not None]
         matchers = [sample_rows[i][1].matcher for i in constrained]

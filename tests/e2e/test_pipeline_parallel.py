@@ -14,8 +14,10 @@ from tests.e2e.system import run_cli as cli
 
 
 def stage_pids(worker_pid: int) -> list[int]:
-    """The worker's pipeline-stage processes (multiprocessing children it spawned)."""
-    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    """The worker's pipeline-stage processes (multiprocessing children it spawned, from
+    whichever of its threads)."""
+    tasks = Path(f"/proc/{worker_pid}/task").iterdir()
+    children = [pid for task in tasks for pid in (task / "children").read_text().split()]
     return [
         int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]

@@ -1,24 +1,92 @@
-"""Small CPU steps run on one torch thread fewer; the rest on all the worker has."""
+"""Small CPU steps run on the thread count paired comparisons find faster; the rest on all
+the worker has."""
 
+import asyncio
+import random
+import threading
+
+import pytest
 import torch
 
+from sarathi_serve.worker.__main__ import ModelThread
 from sarathi_serve.worker.config import WorkerConfig
 from sarathi_serve.worker.step_threads import StepThreads
 
 
-def test_small_steps_leave_one_thread_and_large_steps_take_them_all():
+@pytest.fixture
+def three_threads():
     before = torch.get_num_threads()
-    try:
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_steps(threads: StepThreads, steps: int, ms_on, tokens=lambda i: 4) -> list[int]:
+    """Runs `steps` steps of `tokens(i)` tokens, each taking `ms_on(threads)`; returns the
+    thread count of each."""
+    seen = []
+    for i in range(steps):
+        n = tokens(i)
+        count = threads.fit(n)
+        assert torch.get_num_threads() == count
+        threads.observe(n, ms_on(count, n))
+        seen.append(count)
+    return seen
+
+
+def test_large_steps_take_every_thread_small_ones_start_on_all(three_threads):
+    threads = StepThreads(small_step_tokens=32)
+    assert threads.fit(3) == 3, "small steps start on every thread"
+    assert threads.fit(32) == 3 and threads.fit(512) == 3
+    torch.set_num_threads(1)
+    assert StepThreads(small_step_tokens=32).fit(1) == 1, "a worker of one thread keeps it"
+
+
+def test_small_steps_move_to_one_thread_fewer_when_it_is_faster(three_threads):
+    threads = StepThreads(small_step_tokens=32, probe_every=4, pairs=5)
+    rng = random.Random(0)
+
+    def ms_on(count: int, n: int) -> float:  # two threads 20 % faster, +-5 % noise
+        return (80.0 if count == 2 else 100.0) * rng.uniform(0.95, 1.05) + n
+
+    seen = run_steps(threads, 200, ms_on)
+    assert threads.small == 2, "paired steps showed 2 threads faster"
+    tail = seen[-60:]
+    assert tail.count(2) >= 0.75 * len(tail), "after the switch, small steps mostly run on 2"
+    assert tail.count(3) > 0, "and the other count is still probed"
+    assert threads.fit(64) == 3, "prefill steps keep every thread"
+
+
+def test_no_switch_when_all_threads_are_as_fast_or_faster(three_threads):
+    rng = random.Random(1)
+    for fewer_ms in (100.0, 110.0):  # a tie, then fewer threads slower
         torch.set_num_threads(3)
-        threads = StepThreads(small_step_tokens=32)
-        assert threads.fit(3) == 2 and torch.get_num_threads() == 2  # 3 decodes
-        assert threads.fit(32) == 3 and torch.get_num_threads() == 3  # a prefill chunk
-        assert threads.fit(31) == 2
-        torch.set_num_threads(1)
-        single = StepThreads(small_step_tokens=32)
-        assert single.fit(1) == 1, "a worker of one thread keeps it"
-    finally:
-        torch.set_num_threads(before)
+        threads = StepThreads(small_step_tokens=32, probe_every=4, pairs=5)
+
+        def ms_on(count: int, n: int, fewer_ms: float = fewer_ms) -> float:
+            return (fewer_ms if count == 2 else 100.0) * rng.uniform(0.97, 1.03)
+
+        run_steps(threads, 300, ms_on)
+        assert threads.small == 3
+        assert len(threads.ratios) == 5
+
+
+def test_it_follows_a_change_back(three_threads):
+    threads = StepThreads(small_step_tokens=32, probe_every=4, pairs=5)
+    run_steps(threads, 150, lambda c, n: 80.0 if c == 2 else 100.0)
+    assert threads.small == 2
+    run_steps(threads, 150, lambda c, n: 120.0 if c == 2 else 100.0)  # the neighbours left
+    assert threads.small == 3
+
+
+def test_only_pairs_of_equal_steps_count(three_threads):
+    """A pair broken by a prefill step, or whose two steps differ in tokens, is no sample:
+    here every pair is, so fewer threads, though 'faster', never take over."""
+    threads = StepThreads(small_step_tokens=32, probe_every=2, pairs=3)
+    run_steps(threads, 200, lambda c, n: 50.0 if c == 2 else 100.0, tokens=lambda i: 1 + i % 7)
+    assert threads.small == 3 and not threads.ratios
+    run_steps(threads, 200, lambda c, n: 50.0 if c == 2 else 100.0, tokens=lambda i: (1, 64)[i % 2])
+    assert threads.small == 3 and not threads.ratios
 
 
 def test_the_worker_default_and_its_bounds():
@@ -30,3 +98,16 @@ def test_the_worker_default_and_its_bounds():
         assert "small_step_tokens" in str(exc)
     else:
         raise AssertionError("a negative small_step_tokens was accepted")
+
+
+def test_the_worker_loads_and_steps_its_model_on_one_thread():
+    """libgomp slows every parallel region when two threads of a process start them (more
+    pool threads than cores: it throttles its spin-waits), so the worker's main thread
+    never touches the model: loading and every step run on the one model thread."""
+
+    async def threads_used() -> set[int]:
+        model_thread = ModelThread()
+        return {await model_thread.run(threading.get_ident) for _ in range(3)}
+
+    used = asyncio.run(threads_used())
+    assert len(used) == 1 and threading.get_ident() not in used
