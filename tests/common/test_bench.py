@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -146,6 +147,17 @@ def test_structured_bench_times_both_sets(tmp_path):
     assert [len(ts) for ts in result["steps_ms"].values()] == [2, 2]
     assert result["constrained_requests"] == 4 and result["ratio"] > 0
     assert (tmp_path / "mask.json").exists() and (tmp_path / "mask.png").exists()
+
+
+def test_threads_bench_times_every_case(tmp_path, capsys):
+    from sarathi_serve.bench import threads
+
+    out = tmp_path / "threads.json"
+    assert threads.main(["--rounds", "1", "--threads", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == list(threads.CASES)
+    assert all(ms > 0 for row in results.values() for ms in row.values())
+    assert "loaded and stepped on one other thread (the worker)" in capsys.readouterr().out
 
 
 def test_classes_and_tenants_are_drawn_by_weight_leaving_lengths_and_arrivals():
