@@ -2,12 +2,16 @@
 the worker has."""
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 import threading
 
 import pytest
 import torch
 
+from sarathi_serve.worker import OMP_SPINCOUNT
 from sarathi_serve.worker.__main__ import ModelThread
 from sarathi_serve.worker.config import WorkerConfig
 from sarathi_serve.worker.step_threads import StepThreads
@@ -111,3 +115,20 @@ def test_the_worker_loads_and_steps_its_model_on_one_thread():
 
     used = asyncio.run(threads_used())
     assert len(used) == 1 and threading.get_ident() not in used
+
+
+@pytest.mark.parametrize("preset", [None, "300000"])
+def test_the_worker_package_sets_a_short_openmp_spin_before_torch_loads(preset):
+    """Imported before torch (`python -m sarathi_serve.worker`), the package sets libgomp's
+    spin-wait short unless the environment chose one (the hardening test's huge prompt
+    made one spinning 2-thread step take 0.6 s)."""
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if preset is not None:
+        env["GOMP_SPINCOUNT"] = preset
+    code = (
+        "import sys, sarathi_serve.worker, os; "
+        "assert 'torch' not in sys.modules; print(os.environ['GOMP_SPINCOUNT'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (preset or OMP_SPINCOUNT)
