@@ -8,7 +8,6 @@ the requests apart. Logits are computed only for the rows that sample.
 from __future__ import annotations
 
 import logging
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +158,8 @@ class ModelRunner:
         self.forward = StageForward(self.model, self.pp) if self.pp.enabled else self.model
         self.model.eval()
         self.device = torch.device(device)
-        cpu = self.device.type == "cpu" and small_step_tokens > 0
-        self.step_threads = StepThreads(small_step_tokens) if cpu else None
+        cpu = self.device.type == "cpu"
+        self.step_threads = StepThreads(small_step_tokens if cpu else 0)
         self.fused_layers = _fuse_layers(self.model, fuse_layers, self.device, dtype)
         self.linear_backend = "torch"
         if use_onednn(linear_backend, self.device, dtype):
@@ -214,14 +213,8 @@ class ModelRunner:
     def execute(self, batch: list[BatchEntry]) -> StepOutput:
         """Runs one step; samples a token for each request that finished its
         pending tokens (last prompt chunk or a decode)."""
-        num_tokens = sum(entry.num_tokens for entry in batch)
-        if self.step_threads is not None:
-            self.step_threads.fit(num_tokens)
-        start = time.perf_counter()
-        output = self._execute(batch)
-        if self.step_threads is not None:
-            self.step_threads.observe(num_tokens, (time.perf_counter() - start) * 1e3)
-        return output
+        with self.step_threads.step(sum(entry.num_tokens for entry in batch)):
+            return self._execute(batch)
 
     def _execute(self, batch: list[BatchEntry]) -> StepOutput:
         input_ids, positions, meta, sample_rows = self._prepare(batch)

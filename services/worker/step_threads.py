@@ -21,9 +21,12 @@ threads, always run on all of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
+import time
 from collections import deque
+from collections.abc import Iterator
 
 import torch
 
@@ -51,6 +54,18 @@ class StepThreads:
         self._pair: list[tuple[int, int, float]] = []  # (threads, tokens, ms) of a pair
         self._pair_order = 0  # which of the two counts runs first in the next pair
         self.ratios: deque[float] = deque(maxlen=pairs)  # other count's time / small's
+
+    @contextlib.contextmanager
+    def step(self, num_tokens: int) -> Iterator[int]:
+        """Runs the body (one step of `num_tokens` tokens) on the threads `fit` chooses,
+        and times it for the comparisons. A no-op with `small_step_tokens` 0."""
+        if not self.small_step_tokens:
+            yield torch.get_num_threads()
+            return
+        threads = self.fit(num_tokens)
+        start = time.perf_counter()
+        yield threads
+        self.observe(num_tokens, (time.perf_counter() - start) * 1e3)
 
     def fit(self, num_tokens: int) -> int:
         """Sets torch's threads for a step of `num_tokens` tokens; returns how many."""

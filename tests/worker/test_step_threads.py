@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -132,3 +133,15 @@ def test_the_worker_package_sets_a_short_openmp_spin_before_torch_loads(preset):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (preset or OMP_SPINCOUNT)
+
+
+def test_a_step_times_its_body_and_zero_tokens_turns_it_off(three_threads):
+    threads = StepThreads(small_step_tokens=32, probe_every=1, pairs=1)
+    for _ in range(3):
+        with threads.step(4) as count:
+            time.sleep(0.001 if count == 2 else 0.02)  # the body: 2 threads 20x faster
+    assert threads.small == 2
+    off = StepThreads(small_step_tokens=0)
+    with off.step(4) as count:
+        assert count == torch.get_num_threads() == 2  # left as it was
+    assert off.small == 0 and not off.ratios
