@@ -173,8 +173,7 @@ class SchedulerCore:
             self._forget_on_worker(victim)
         new_requests, chunks, admitted = [], [], []
         rows: dict[str, tuple[Request, int]] = {}
-        num_prefill = num_decode = 0
-        prefill_context = decode_context = 0.0
+        shape = StepShape.of(schedule.chunks, schedule.num_slo_decodes)
         for request, num_tokens in schedule.chunks:  # hot: every running request
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
@@ -190,13 +189,6 @@ class SchedulerCore:
                     )
                 )
                 request.on_worker = True
-            start = request.num_computed_tokens
-            if start < request.num_prefill_tokens:
-                num_prefill += num_tokens
-                prefill_context += StepShape.chunk_context(start, num_tokens)
-            else:
-                num_decode += num_tokens
-                decode_context += start
             block_ids = request.block_ids
             new_blocks: tuple[int, ...] = ()
             if request.num_blocks_sent != len(block_ids):
@@ -210,9 +202,6 @@ class SchedulerCore:
                 blocks.cache_computed_blocks(request)  # a block is full: once in block_size
         plan = StepPlan(step_id, tuple(new_requests), tuple(chunks), tuple(self._freed_ids))
         self._freed_ids.clear()
-        shape = StepShape(
-            num_prefill, num_decode, prefill_context, decode_context, schedule.num_slo_decodes
-        )
         policy = self.policy
         planned = PlannedStep(plan, shape, tuple(admitted), policy.name, policy.last_budget, rows)
         self._in_flight.append(planned)

@@ -307,3 +307,46 @@ def test_batch_decodes_wait_an_iteration_when_they_would_push_interactive_ones_p
     # batch alone: every decode, at the full budget
     state.running.remove(live)
     assert len(policy.schedule(state, blocks).chunks) == 30 + 1
+
+
+def test_each_chunk_is_fitted_at_its_own_context():
+    """The budget was once solved at the context of the prefill first in line only: a short
+    new prompt of a higher priority first (context 0), then a chunk late in a long prompt
+    filled the rest as if it started at 0 too, and the step ran ~100 ms past its target
+    (seen with a batch class past capacity). Each chunk is now fitted at its own context
+    beside what the step already holds: the planned step's predicted time stays within
+    the step target."""
+    policy = SarathiPolicy(token_budget=512, target_tbt_ms=400.0)
+    model = policy.step_model
+    for prefill in (32, 64, 128, 256):
+        for start in (0, 512, 1024):
+            for decodes in (0, 8):
+                shape = StepShape(prefill, decodes, StepShape.chunk_context(start, prefill))
+                ms = 20 + 1.0 * prefill + 2.0 * decodes + shape.prefill_context / 256
+                model.observe(shape, ms)
+    state, blocks = SchedulerState(), BlockManager(4000, 4)
+    for i in range(8):
+        decoding(f"d{i}", 4, state, blocks)
+    long = make_request("long", 2000)
+    long.priority = 1
+    state.waiting.append(long)
+    state.admit(long)
+    blocks.allocate(long, 1200)
+    long.num_computed_tokens = 1200  # late in its prompt
+    state.waiting.append(make_request("short", 40))  # priority 0: first in line
+    schedule = policy.schedule(state, blocks)
+    target = policy.guard.step_target_ms
+    (short, n_short), (late, n_late) = schedule.chunks[8:]
+    assert (short.request_id, n_short, late.request_id) == ("short", 40, "long")
+    assert model.predict_ms(StepShape.of(schedule.chunks)) <= target + 1.0
+    # solved at context 0, the long prompt's chunk would have been far longer
+    at_zero = model.max_prefill_tokens(StepShape.of(schedule.chunks[:9]), target, 0)
+    assert at_zero is not None and at_zero > 2 * n_late, (at_zero, n_late)
+
+
+def test_until_the_fit_is_ready_the_mean_cost_per_token_keeps_the_target():
+    model = StepTimeModel()
+    assert model.max_prefill_tokens(StepShape(num_decode=4), 100.0) is None  # nothing seen
+    model.observe(StepShape(100), 200.0)  # 2 ms a token, one step seen: not fitted yet
+    assert not model.ready
+    assert model.max_prefill_tokens(StepShape(num_decode=4), 100.0) == 100 // 2 - 4

@@ -119,12 +119,10 @@ class SarathiPolicy:
         left = schedule_decodes(state, blocks, out, self.token_budget)
         if self.batch_priority > 0:
             out.num_slo_decodes = sum(1 for r, _ in out.chunks if r.priority < self.batch_priority)
-        if self.target_tbt_ms > 0 and out.num_slo_decodes != 0:  # a target to keep
-            prefill = self._fitted_prefill(state, out)
-        else:
-            prefill = left
+        fitted = self.target_tbt_ms > 0 and out.num_slo_decodes != 0  # a target to keep
+        prefill = self._fitted_prefill(state, out) if fitted else left
         self.last_budget = len(out.chunks) + prefill
-        self._schedule_prefills(state, blocks, out, prefill)
+        self._schedule_prefills(state, blocks, out, prefill, fitted)
         return out
 
     def observe(
@@ -166,7 +164,7 @@ class SarathiPolicy:
         assert self.guard is not None
         target, model = self.guard.step_target_ms, self.step_model
         start = _first_prefill_start(state)
-        decodes = _decode_shape(out)
+        decodes = StepShape.of(out.chunks)
         fit = model.max_prefill_tokens(decodes, target, start)
         if fit is None:
             return max(self.token_budget - decodes.num_decode, 0)
@@ -174,21 +172,36 @@ class SarathiPolicy:
         batch = [i for i, (r, _) in enumerate(out.chunks) if r.priority >= bar] if bar else []
         while fit < MIN_PREFILL_TOKENS and batch:
             del out.chunks[batch.pop()]  # the newest batch decode waits an iteration
-            decodes = _decode_shape(out)
+            decodes = StepShape.of(out.chunks)
             fit = model.max_prefill_tokens(decodes, target, start) or 0
         cap = MAX_BUDGET_FACTOR * self.token_budget - decodes.num_decode
         return max(min(fit, cap), MIN_PREFILL_TOKENS)
 
-    def _chunk(self, request: Request, out: Schedule, budget: int) -> int:
+    def _chunk(self, request: Request, out: Schedule, budget: int, fitted: bool) -> int:
         num_tokens = min(request.num_pending_tokens, budget)
         if self.low_chunk_size:
             num_tokens = min(
                 num_tokens, self.chunk_cap(request.num_computed_tokens) - out.num_tokens
             )
+        if fitted:
+            num_tokens = min(num_tokens, self._fit_chunk(request, out))
         return num_tokens
 
+    def _fit_chunk(self, request: Request, out: Schedule) -> int:
+        """With a target: the tokens of `request`'s next chunk that fit in the step target
+        beside what `out` holds, at the chunk's own context (a chunk late in a long
+        prompt fits fewer than one at its start). The iteration's first chunk gets at
+        least `MIN_PREFILL_TOKENS`, so prefills progress."""
+        assert self.guard is not None
+        base = StepShape.of(out.chunks)
+        start = request.num_computed_tokens
+        fit = self.step_model.max_prefill_tokens(base, self.guard.step_target_ms, start)
+        if fit is None:  # the model does not know yet: the budget decides
+            return request.num_pending_tokens
+        return fit if base.num_prefill else max(fit, MIN_PREFILL_TOKENS)
+
     def _schedule_prefills(
-        self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int
+        self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int, fitted: bool
     ) -> None:
         """Fills the budget with prefill chunks of running and waiting requests, the
         first by `share_key` first (one tenant, one priority: running ones, then new ones
@@ -204,12 +217,12 @@ class SarathiPolicy:
                 request = running.popleft()
                 if request.status is not RequestStatus.RUNNING:  # preempted to admit
                     continue
-                num_tokens = self._chunk(request, out, budget)
+                num_tokens = self._chunk(request, out, budget, fitted)
                 if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens):
                     return
             else:
                 request = next_waiting(state, blocks)
-                num_tokens = self._chunk(request, out, budget)
+                num_tokens = self._chunk(request, out, budget, fitted)
                 if num_tokens <= 0 or not make_room_to_admit(
                     request, num_tokens, state, blocks, out, self.max_running
                 ):
@@ -220,14 +233,6 @@ class SarathiPolicy:
             blocks.allocate(request, num_tokens)
             out.chunks.append((request, num_tokens))
             budget -= num_tokens
-
-
-def _decode_shape(out: Schedule) -> StepShape:
-    """The decodes scheduled so far (every chunk of `out` is one, before prefills)."""
-    return StepShape(
-        num_decode=len(out.chunks),
-        decode_context=float(sum(r.num_computed_tokens for r, _ in out.chunks)),
-    )
 
 
 def _first_prefill_start(state: SchedulerState) -> int:

@@ -21,9 +21,14 @@ over-charges the fixed overhead and so errs on the safe side.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sarathi_serve.scheduler.request import Request
 
 MIN_OBSERVATIONS = 8
 CONTEXT_UNIT = 1024.0  # contexts are fitted per this many tokens (weights of one scale)
@@ -45,6 +50,24 @@ class StepShape:
     def chunk_context(start: int, num_tokens: int) -> float:
         """A chunk's query-key pairs, about: its tokens x their mean context."""
         return num_tokens * (start + num_tokens / 2)
+
+    @classmethod
+    def of(
+        cls, chunks: Iterable[tuple[Request, int]], num_slo_decodes: int | None = None
+    ) -> StepShape:
+        """The shape of an iteration's (request, tokens) chunks as scheduled, before
+        they are applied: each request's computed tokens are where its chunk starts."""
+        num_prefill = num_decode = 0
+        prefill_context = decode_context = 0.0
+        for request, num_tokens in chunks:  # hot: every running request
+            start = request.num_computed_tokens
+            if start < request.num_prefill_tokens:
+                num_prefill += num_tokens
+                prefill_context += cls.chunk_context(start, num_tokens)
+            else:
+                num_decode += num_tokens
+                decode_context += start
+        return cls(num_prefill, num_decode, prefill_context, decode_context, num_slo_decodes)
 
     def features(self) -> np.ndarray:
         return np.array(
@@ -92,18 +115,25 @@ class StepTimeModel:
         return float(self.weights @ shape.features())
 
     def max_prefill_tokens(
-        self, decodes: StepShape, target_ms: float, prefill_start: int = 0
+        self, base: StepShape, target_ms: float, prefill_start: int = 0
     ) -> int | None:
-        """Prefill tokens that fit within `target_ms` beside `decodes`, as one chunk
-        starting at context `prefill_start` (None: the model does not know yet, or
-        prefill looks free). A context weight fitted below 0 (noise) counts as 0."""
-        if not self.ready:
+        """Prefill tokens that fit within `target_ms` beside `base` (the decodes and any
+        chunks already in the iteration), as one more chunk starting at context
+        `prefill_start` (None: the model does not know yet, or prefill looks free). A
+        context weight fitted below 0 (noise) counts as 0. Until the fit is ready, the mean
+        cost per token of the iterations seen so far decides (the first steps too keep a
+        target: a static budget ran them ~10 % past it)."""
+        if self.num_observations == 0:
             return None
         w0, w_prefill, w_decode, w_pctx, w_dctx = self.weights
-        if w_prefill > 1e-6 and w_decode >= 0 and w0 >= 0:
+        if self.ready and w_prefill > 1e-6 and w_decode >= 0 and w0 >= 0:
             w_pctx, w_dctx = max(w_pctx, 0.0), max(w_dctx, 0.0)
             fixed = (
-                w0 + w_decode * decodes.num_decode + w_dctx * decodes.decode_context / CONTEXT_UNIT
+                w0
+                + w_prefill * base.num_prefill
+                + w_decode * base.num_decode
+                + w_pctx * base.prefill_context / CONTEXT_UNIT
+                + w_dctx * base.decode_context / CONTEXT_UNIT
             )
             # cost(n) = fixed + n (w_prefill + w_pctx s / U) + n^2 w_pctx / (2 U) <= target
             a = w_pctx / (2 * CONTEXT_UNIT)
@@ -116,4 +146,4 @@ class StepTimeModel:
         if self._sum_tokens <= 0 or self._sum_ms <= 0:
             return None
         per_token = self._sum_ms / self._sum_tokens
-        return max(int(target_ms / per_token) - decodes.num_decode, 0)
+        return max(int(target_ms / per_token) - base.num_decode - base.num_prefill, 0)
