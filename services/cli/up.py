@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p, WorkerConfig, "kv_cache_gb", "KV cache of each worker", default=KV_CACHE_GB
     )
     add_field_argument(p, WorkerConfig, "num_threads", "worker: " + WORKER_HELPS["num_threads"])
-    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+    for name in ("tensor_parallel_size", "pipeline_parallel_size", "pipeline_layers"):
         add_field_argument(p, WorkerConfig, name, WORKER_HELPS[name])
     _add_topology_arguments(p)
     p.add_argument("--run-dir", type=Path, default=default_run_dir())

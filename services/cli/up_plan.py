@@ -236,6 +236,7 @@ def _worker_children(
                 "num_threads": args.num_threads,
                 "tensor_parallel_size": args.tensor_parallel_size,
                 "pipeline_parallel_size": args.pipeline_parallel_size,
+                "pipeline_layers": args.pipeline_layers,
                 "metrics_port": metrics_port,
                 "null_model": args.null_model,
                 "null_step_ms": args.null_step_ms,

@@ -32,6 +32,7 @@ class WorkerConfig:
     linear_backend: str = "auto"
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    pipeline_layers: str = ""  # layers per stage, e.g. "16,14"; empty: an even split
     pipeline_stage: int = -1  # >= 0: this process hosts that stage only (one pod per stage)
     group_addr: str = ""  # host:port where a group spread over pods meets (stage 0's)
     null_model: bool = False  # benchmarks of the control plane: no model, hashed tokens
@@ -57,6 +58,11 @@ class WorkerConfig:
             raise ValueError(
                 f"pipeline_parallel_size must be >= 1, got {self.pipeline_parallel_size}"
             )
+        if self.pipeline_layers and len(self.layer_split) != self.pipeline_parallel_size:
+            raise ValueError(
+                f"pipeline_layers needs a count for each of {self.pipeline_parallel_size} "
+                f"stages, got {self.pipeline_layers!r}"
+            )
         if not -1 <= self.pipeline_stage < self.pipeline_parallel_size:
             raise ValueError(
                 f"pipeline_stage must be -1 or a stage of {self.pipeline_parallel_size}, "
@@ -80,6 +86,19 @@ class WorkerConfig:
     @property
     def scheduler_addrs(self) -> list[str]:
         return split_addrs(self.scheduler_addr)
+
+    @property
+    def layer_split(self) -> tuple[int, ...]:
+        """Decoder layers per pipeline stage; (): as even as they divide."""
+        try:
+            split = tuple(int(n) for n in self.pipeline_layers.split(",") if n.strip())
+        except ValueError:
+            raise ValueError(
+                f"pipeline_layers must be comma-separated counts, got {self.pipeline_layers!r}"
+            ) from None
+        if any(n < 1 for n in split):
+            raise ValueError(f"pipeline_layers must be counts >= 1, got {self.pipeline_layers!r}")
+        return split
 
     @property
     def local_ranks(self) -> range:
@@ -126,6 +145,10 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "pipeline_parallel_size": (
         "pipeline stages of this worker group, each a contiguous range of layers "
         "(x --tensor-parallel-size ranks each)"
+    ),
+    "pipeline_layers": (
+        "decoder layers of each pipeline stage, comma-separated (e.g. 16,14: the last "
+        "stage also runs the LM head); empty: as even as they divide"
     ),
     "pipeline_stage": (
         "a group spread over pods, one per stage: the stage this process hosts (its "

@@ -116,7 +116,7 @@ def _join_group(
     stages, also the links its micro-batches travel on."""
     tp_size, pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
     init_group(rank, tp_size * pp_size, init_method, config.device)
-    stage = PipelineStage.of_rank(rank, pp_size, tp_size)
+    stage = PipelineStage.of_rank(rank, pp_size, tp_size, config.layer_split)
     tp = TensorParallel(stage.tp_rank, tp_size, stage_groups(stage))
     links = StageLinks(stage) if stage.enabled else None
     seed = shared_seed(config.seed if rank == 0 else None)

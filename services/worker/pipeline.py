@@ -29,16 +29,26 @@ class PipelineStage:
     num_stages: int = 1
     tp_size: int = 1  # tensor-parallel ranks inside each stage
     tp_rank: int = 0
+    layer_split: tuple[int, ...] = ()  # layers per stage; (): as even as they divide
 
     def __post_init__(self) -> None:
         if not 0 <= self.stage < self.num_stages or not 0 <= self.tp_rank < self.tp_size:
             raise ValueError(
                 f"stage {self.stage} rank {self.tp_rank} outside {self.num_stages} x {self.tp_size}"
             )
+        if self.layer_split and (
+            len(self.layer_split) != self.num_stages or min(self.layer_split) < 1
+        ):
+            raise ValueError(
+                f"a layer split of {self.num_stages} stages needs {self.num_stages} counts "
+                f">= 1, got {self.layer_split}"
+            )
 
     @classmethod
-    def of_rank(cls, rank: int, num_stages: int, tp_size: int) -> PipelineStage:
-        return cls(rank // tp_size, num_stages, tp_size, rank % tp_size)
+    def of_rank(
+        cls, rank: int, num_stages: int, tp_size: int, layer_split: tuple[int, ...] = ()
+    ) -> PipelineStage:
+        return cls(rank // tp_size, num_stages, tp_size, rank % tp_size, layer_split)
 
     @property
     def enabled(self) -> bool:
@@ -62,10 +72,16 @@ class PipelineStage:
         return (self.num_stages - 1) * self.tp_size
 
     def layers(self, num_layers: int) -> range:
-        """This stage's layers: contiguous, the first stages one longer when P does not
-        divide the layers."""
+        """This stage's layers: contiguous; by `layer_split`, else the first stages one
+        longer when P does not divide the layers."""
         if num_layers < self.num_stages:
             raise ValueError(f"{self.num_stages} pipeline stages for {num_layers} layers")
+        split = self.layer_split
+        if split:
+            if sum(split) != num_layers:
+                raise ValueError(f"a layer split {split} for a model of {num_layers} layers")
+            start = sum(split[: self.stage])
+            return range(start, start + split[self.stage])
         base, extra = divmod(num_layers, self.num_stages)
         start = self.stage * base + min(self.stage, extra)
         return range(start, start + base + (self.stage < extra))

@@ -1,7 +1,7 @@
 """`up --pipeline-parallel-size 2` on the real model (SmolLM2-135M: 30 layers, 15 a
-stage, gloo on CPU): oracle outputs at token budgets 16 and 512 (swapped live), and a
-stage killed mid-stream is a worker-group failure whose requests are recomputed
-exactly."""
+stage, or 16 and 14 with `--pipeline-layers`; gloo on CPU): oracle outputs at token
+budgets 16 and 512 (swapped live), and a stage killed mid-stream is a worker-group
+failure whose requests are recomputed exactly."""
 
 from __future__ import annotations
 
@@ -61,18 +61,22 @@ def test_two_pipeline_stages_through_up_give_the_oracle_outputs(system_factory, 
 def test_preemption_with_micro_batches_in_flight_and_the_bubble_metric(
     system_factory, expected_outputs
 ):
-    """16 KV blocks (a stage holds half the layers: half the bytes a block) force
-    preemption by recompute while two micro-batches are in flight; the outputs stay the
-    oracle's. Both stages' times reach the scheduler: `admin stats` shows each stage's
-    bubble fraction, the iterations carry each stage's time, and Prometheus has them."""
+    """Stages of 16 and 14 layers (`--pipeline-layers`); 16 KV blocks on the longer
+    stage (the group has the fewest any stage has) force preemption by recompute while
+    two micro-batches are in flight; the outputs stay the oracle's. Both stages' times
+    reach the scheduler: `admin stats` shows each stage's bubble fraction, the
+    iterations carry each stage's time, and Prometheus has them."""
     import urllib.request
 
-    blocks_bytes = 16 * 16 * 46080 // 2 + 4096  # 16 blocks of 16 tokens of 15 layers
+    blocks_bytes = 16 * 16 * 1536 * 16 + 4096  # 16 blocks of 16 tokens of 16 layers
     system = system_factory(
-        "--pipeline-parallel-size", "2", "--num-threads", "1", "--token-budget", "64",
-        "--kv-cache-gb", repr(blocks_bytes / 2**30),
+        "--pipeline-parallel-size", "2", "--pipeline-layers", "16,14", "--num-threads", "1",
+        "--token-budget", "64", "--kv-cache-gb", repr(blocks_bytes / 2**30),
     )  # fmt: skip
     assert generate_concurrently(system.gateway_addr, stagger_s=0.05) == expected_outputs
+    log = (system.run_dir / "logs" / "worker.log").read_text()
+    for line in ("pipeline stage 0 of 2: layers 0-15", "pipeline stage 1 of 2: layers 16-29"):
+        assert line in log, log[-3000:]
     stats = system.stats(max_iterations=50)
     assert stats.num_total_kv_blocks == 16
     assert stats.num_preemptions > 0, "the test meant to force preemption"

@@ -343,6 +343,7 @@ def test_pipeline_stages_are_one_pod_each_and_every_rank_is_wired_once(
             config = WorkerConfig.from_args([expand(a, lws) for a in container["args"]])
             assert (config.pipeline_parallel_size, config.tensor_parallel_size) == (stages, tp)
             assert config.pipeline_stage == index and config.device == ("cuda" if gpus else "cpu")
+            assert config.pipeline_layers == values["pipelineLayers"]
             assert len(config.local_ranks) == tp and gpus in (0, tp), "a GPU per rank"
             ranks += list(config.local_ranks)
             addrs.add(config.group_addr)

@@ -138,6 +138,26 @@ def test_stages_hold_contiguous_layers_the_first_ones_longer(num_layers, stages,
     assert PipelineStage(1, 2, 4, 1).rank_of(0) == 1 and PipelineStage(1, 2, 4).output_rank == 4
 
 
+def test_a_layer_split_places_the_stages_layers():
+    """`--pipeline-layers 16,14`: the first stage one layer longer (the last runs the
+    LM head too); the counts must cover the model's layers, one per stage."""
+    from sarathi_serve.worker.pipeline import PipelineStage
+
+    split = (16, 14)
+    got = [PipelineStage(s, 2, layer_split=split).layers(30) for s in range(2)]
+    assert [(r.start, r.stop) for r in got] == [(0, 16), (16, 30)]
+    assert PipelineStage.of_rank(3, 2, 2, split) == PipelineStage(1, 2, 2, 1, split)
+    with pytest.raises(ValueError, match="split"):
+        PipelineStage(0, 2, layer_split=split).layers(32)
+    with pytest.raises(ValueError, match="needs 2 counts"):
+        PipelineStage(0, 2, layer_split=(30,))
+    assert WorkerConfig(pipeline_parallel_size=2, pipeline_layers="16, 14").layer_split == split
+    assert WorkerConfig().layer_split == ()
+    for bad in ("16", "16,14,1", "a,b", "31,-1"):
+        with pytest.raises(ValueError, match="pipeline_layers"):
+            WorkerConfig(pipeline_parallel_size=2, pipeline_layers=bad)
+
+
 def test_indivisible_heads_are_refused(tiny_llama):
     from sarathi_serve.worker.parallel import check_divisible
 
