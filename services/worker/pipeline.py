@@ -79,7 +79,10 @@ class PipelineStage:
         split = self.layer_split
         if split:
             if sum(split) != num_layers:
-                raise ValueError(f"a layer split {split} for a model of {num_layers} layers")
+                raise ValueError(
+                    f"--pipeline-layers {','.join(map(str, split))} places {sum(split)} "
+                    f"layers; the model has {num_layers}"
+                )
             start = sum(split[: self.stage])
             return range(start, start + split[self.stage])
         base, extra = divmod(num_layers, self.num_stages)
