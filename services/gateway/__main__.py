@@ -53,6 +53,7 @@ class _HttpServer(uvicorn.Server):
                 ssl_certfile=config.tls_cert_file or None,
                 ssl_keyfile=config.tls_key_file or None,
                 timeout_graceful_shutdown=2,
+                timeout_keep_alive=config.http_keep_alive_s,
             )
         )
         http.task = asyncio.create_task(http.serve())

@@ -29,11 +29,14 @@ class GatewayConfig:
     max_pending_requests: int = 1024
     drain_s: float = 25.0  # SIGTERM: requests in flight have this long to finish
     max_body_bytes: int = 4 << 20
+    http_keep_alive_s: int = 75  # longer than the idle timeouts of pools and proxies
     salt_cache_per_api_key: bool = False  # requests of two API keys share no cached prefix
 
     def __post_init__(self) -> None:
         if self.drain_s < 0:
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s}")
+        if self.http_keep_alive_s <= 0:
+            raise ValueError(f"http_keep_alive_s must be > 0, got {self.http_keep_alive_s}")
         if self.max_pending_requests < 1:
             raise ValueError(f"max_pending_requests must be >= 1, got {self.max_pending_requests}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -67,6 +70,9 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "drain_s": "on SIGTERM, new requests get 503 / UNAVAILABLE and those in flight have this "
     "long to finish; any left then end with an error event (and [DONE])",
     "max_body_bytes": "HTTP bodies over this size get 413",
+    "http_keep_alive_s": "an idle HTTP connection stays open this long; keep it above the "
+    "idle timeout of whatever pools connections in front (client pools: 5 s, load "
+    "balancers: 60 s), so that none reuses a connection the gateway is closing",
     "salt_cache_per_api_key": "salt the prefix cache per API key: requests of two keys "
     "never share cached prompt prefixes (so one cannot time the other's prompts)",
 }

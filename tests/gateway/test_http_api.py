@@ -144,6 +144,38 @@ def test_body_over_the_size_limit_is_refused(http):
     assert response.json()["error"]["param"] == "body"
 
 
+def test_an_idle_connection_outlives_a_client_pools_keep_alive(stack):
+    """A pooled connection idle for 6 s is still open (uvicorn's default closed it after
+    5 s, the same as httpx's pool expiry: a client reusing it at that moment got
+    "Server disconnected without sending a response")."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(stack.base_url)
+    if url.scheme != "http":
+        pytest.skip("the stack serves TLS")
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        assert connection.getresponse().read() and connection.sock is not None
+        local = connection.sock.getsockname()
+        time.sleep(6)
+        connection.request("GET", "/metrics")
+        assert connection.getresponse().status == 200
+        assert connection.sock.getsockname() == local, "the connection was reopened"
+    finally:
+        connection.close()
+
+
+def test_the_keep_alive_is_a_setting(monkeypatch):
+    from sarathi_serve.gateway.config import GatewayConfig
+
+    monkeypatch.setenv("SARATHI_GATEWAY_HTTP_KEEP_ALIVE_S", "120")
+    assert GatewayConfig.from_args([]).http_keep_alive_s == 120
+    with pytest.raises(ValueError, match="http_keep_alive_s"):
+        GatewayConfig(http_keep_alive_s=0)
+
+
 def _grpc_code(stub, request: gpb.GenerateRequest) -> tuple[grpc.StatusCode, str]:
     try:
         list(stub.Generate(request, timeout=30))
