@@ -350,3 +350,40 @@ def test_until_the_fit_is_ready_the_mean_cost_per_token_keeps_the_target():
     model.observe(StepShape(100), 200.0)  # 2 ms a token, one step seen: not fitted yet
     assert not model.ready
     assert model.max_prefill_tokens(StepShape(num_decode=4), 100.0) == 100 // 2 - 4
+
+
+def test_shapes_add_up_chunk_by_chunk():
+    """The policy fits each chunk beside the shape it adds up chunk by chunk; the sum
+    is the shape of the whole iteration, as the core computes it."""
+    state, blocks = SchedulerState(), BlockManager(1000, 4)
+    chunks = [(decoding(f"d{i}", 10 * (i + 1), state, blocks), 1) for i in range(3)]
+    prompt = make_request("p", 300)
+    prompt.num_computed_tokens = 100
+    chunks.append((prompt, 64))
+    whole = StepShape.of(chunks, num_slo_decodes=2)
+    summed = StepShape(num_slo_decodes=2)
+    for chunk in chunks:
+        summed += StepShape.of([chunk])
+    assert summed == whole
+    assert (whole.num_decode, whole.decode_context) == (3, 60)
+    assert whole.prefill_context == StepShape.chunk_context(100, 64)
+
+
+def test_an_admission_that_preempts_refits_beside_what_is_left():
+    policy = SarathiPolicy(token_budget=512, max_num_seqs=3, target_tbt_ms=400.0)
+    model = policy.step_model
+    for prefill in (32, 64, 128, 256):
+        for decodes in (1, 3):
+            model.observe(StepShape(prefill, decodes), 20 + 1.0 * prefill + 2.0 * decodes)
+    state, blocks = SchedulerState(), BlockManager(1000, 4)
+    live = [decoding(f"live{i}", 4, state, blocks) for i in range(2)]
+    batch = decoding("batch", 4, state, blocks)
+    batch.priority = 5
+    state.waiting.append(make_request("new", 1000))
+    state.waiting.append(make_request("next", 1000))
+    schedule = policy.schedule(state, blocks)
+    assert schedule.preempted == [batch]
+    assert ids(schedule)[:2] == [("live0", 1), ("live1", 1)] and batch not in state.running
+    assert ids(schedule)[2][0] == "new" and len(schedule.chunks) == 3
+    assert model.predict_ms(StepShape.of(schedule.chunks)) <= policy.guard.step_target_ms + 1
+    assert live[0].status is RequestStatus.RUNNING

@@ -119,10 +119,11 @@ class SarathiPolicy:
         left = schedule_decodes(state, blocks, out, self.token_budget)
         if self.batch_priority > 0:
             out.num_slo_decodes = sum(1 for r, _ in out.chunks if r.priority < self.batch_priority)
-        fitted = self.target_tbt_ms > 0 and out.num_slo_decodes != 0  # a target to keep
-        prefill = self._fitted_prefill(state, out) if fitted else left
-        self.last_budget = len(out.chunks) + prefill
-        self._schedule_prefills(state, blocks, out, prefill, fitted)
+        shape = None  # with a target to keep: what the iteration holds so far
+        if self.target_tbt_ms > 0 and out.num_slo_decodes != 0:
+            left, shape = self._fitted_prefill(state, out)
+        self.last_budget = len(out.chunks) + left
+        self._schedule_prefills(state, blocks, out, left, shape)
         return out
 
     def observe(
@@ -155,19 +156,20 @@ class SarathiPolicy:
             self.target_tbt_ms = self.target_tbt_factor * median
             self.guard = TailGuard(self.target_tbt_ms)
 
-    def _fitted_prefill(self, state: SchedulerState, out: Schedule) -> int:
+    def _fitted_prefill(self, state: SchedulerState, out: Schedule) -> tuple[int, StepShape]:
         """The prefill tokens that fit beside the scheduled decodes in the step target,
         as a chunk at the context of the first prefill in line (`token_budget` less
-        the decodes until the model is fitted). With a batch class, batch decodes are
-        left out of this iteration (the newest first) while the decodes alone leave
-        less than `MIN_PREFILL_TOKENS`: interactive ones keep their target."""
+        the decodes until the model is fitted), and the decodes' shape. With a batch
+        class, batch decodes are left out of this iteration (the newest first) while
+        the decodes alone leave less than `MIN_PREFILL_TOKENS`: interactive ones keep
+        their target."""
         assert self.guard is not None
         target, model = self.guard.step_target_ms, self.step_model
         start = _first_prefill_start(state)
         decodes = StepShape.of(out.chunks)
         fit = model.max_prefill_tokens(decodes, target, start)
         if fit is None:
-            return max(self.token_budget - decodes.num_decode, 0)
+            return max(self.token_budget - decodes.num_decode, 0), decodes
         bar = self.batch_priority
         batch = [i for i, (r, _) in enumerate(out.chunks) if r.priority >= bar] if bar else []
         while fit < MIN_PREFILL_TOKENS and batch:
@@ -175,25 +177,24 @@ class SarathiPolicy:
             decodes = StepShape.of(out.chunks)
             fit = model.max_prefill_tokens(decodes, target, start) or 0
         cap = MAX_BUDGET_FACTOR * self.token_budget - decodes.num_decode
-        return max(min(fit, cap), MIN_PREFILL_TOKENS)
+        return max(min(fit, cap), MIN_PREFILL_TOKENS), decodes
 
-    def _chunk(self, request: Request, out: Schedule, budget: int, fitted: bool) -> int:
+    def _chunk(self, request: Request, out: Schedule, budget: int, shape: StepShape | None) -> int:
         num_tokens = min(request.num_pending_tokens, budget)
         if self.low_chunk_size:
             num_tokens = min(
                 num_tokens, self.chunk_cap(request.num_computed_tokens) - out.num_tokens
             )
-        if fitted:
-            num_tokens = min(num_tokens, self._fit_chunk(request, out))
+        if shape is not None:
+            num_tokens = min(num_tokens, self._fit_chunk(request, shape))
         return num_tokens
 
-    def _fit_chunk(self, request: Request, out: Schedule) -> int:
+    def _fit_chunk(self, request: Request, base: StepShape) -> int:
         """With a target: the tokens of `request`'s next chunk that fit in the step target
-        beside what `out` holds, at the chunk's own context (a chunk late in a long
-        prompt fits fewer than one at its start). The iteration's first chunk gets at
-        least `MIN_PREFILL_TOKENS`, so prefills progress."""
+        beside `base` (what the iteration holds), at the chunk's own context (a chunk
+        late in a long prompt fits fewer than one at its start). The iteration's first
+        chunk gets at least `MIN_PREFILL_TOKENS`, so prefills progress."""
         assert self.guard is not None
-        base = StepShape.of(out.chunks)
         start = request.num_computed_tokens
         fit = self.step_model.max_prefill_tokens(base, self.guard.step_target_ms, start)
         if fit is None:  # the model does not know yet: the budget decides
@@ -201,12 +202,18 @@ class SarathiPolicy:
         return fit if base.num_prefill else max(fit, MIN_PREFILL_TOKENS)
 
     def _schedule_prefills(
-        self, state: SchedulerState, blocks: BlockManager, out: Schedule, budget: int, fitted: bool
+        self,
+        state: SchedulerState,
+        blocks: BlockManager,
+        out: Schedule,
+        budget: int,
+        shape: StepShape | None,
     ) -> None:
         """Fills the budget with prefill chunks of running and waiting requests, the
         first by `share_key` first (one tenant, one priority: running ones, then new ones
         first come, first served). A running chunk that does not fit in KV ends the
-        iteration's prefills; a waiting one that cannot start ends admissions."""
+        iteration's prefills; a waiting one that cannot start ends admissions. With a
+        target, each chunk is fitted beside `shape`, what the iteration holds so far."""
         share = state.waiting.share_key
         running = deque(sorted((r for r in state.running if r.is_prefilling), key=share))
         admitting = True
@@ -217,19 +224,24 @@ class SarathiPolicy:
                 request = running.popleft()
                 if request.status is not RequestStatus.RUNNING:  # preempted to admit
                     continue
-                num_tokens = self._chunk(request, out, budget, fitted)
+                num_tokens = self._chunk(request, out, budget, shape)
                 if num_tokens <= 0 or not blocks.can_allocate(request, num_tokens):
                     return
             else:
                 request = next_waiting(state, blocks)
-                num_tokens = self._chunk(request, out, budget, fitted)
+                num_tokens = self._chunk(request, out, budget, shape)
+                num_preempted = len(out.preempted)
                 if num_tokens <= 0 or not make_room_to_admit(
                     request, num_tokens, state, blocks, out, self.max_running
                 ):
                     blocks.forget_reuse(request)
                     admitting = False
                     continue
+                if shape is not None and len(out.preempted) != num_preempted:
+                    shape = StepShape.of(out.chunks)  # preempted requests left the iteration
                 state.admit(request)
+            if shape is not None:
+                shape += StepShape.of([(request, num_tokens)])
             blocks.allocate(request, num_tokens)
             out.chunks.append((request, num_tokens))
             budget -= num_tokens

@@ -69,6 +69,16 @@ class StepShape:
                 decode_context += start
         return cls(num_prefill, num_decode, prefill_context, decode_context, num_slo_decodes)
 
+    def __add__(self, other: StepShape) -> StepShape:
+        """Both iterations' work as one (`self`'s `num_slo_decodes` is kept)."""
+        return StepShape(
+            self.num_prefill + other.num_prefill,
+            self.num_decode + other.num_decode,
+            self.prefill_context + other.prefill_context,
+            self.decode_context + other.decode_context,
+            self.num_slo_decodes,
+        )
+
     def features(self) -> np.ndarray:
         return np.array(
             [
