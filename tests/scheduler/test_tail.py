@@ -99,3 +99,63 @@ def test_target_factor_is_only_for_sarathi_and_not_negative():
         make_policy("vllm", token_budget=64, max_num_seqs=8, target_tbt_factor=5.0)
     with pytest.raises(ValueError, match="target_tbt_factor"):
         SarathiPolicy(target_tbt_factor=-1.0)
+
+
+def test_shaped_steps_may_spend_the_misses_that_decode_only_steps_leave():
+    guard = TailGuard(100.0)
+    assert guard.shaped_quantile() == 0.99  # nothing seen
+    for _ in range(100):  # a light load: 3 of 4 intervals come from decodes alone
+        for _ in range(3):
+            guard.observe(50.0, 45.0, 0, 4)
+        guard.observe(90.0, 80.0, 32, 4)
+    assert guard.shaped_quantile() == pytest.approx(0.96)  # 1 % of all is 4 % of these
+    for _ in range(2):  # decodes alone over the target spend the allowance first
+        guard.observe(150.0, 140.0, 0, 4)
+    assert guard.shaped_quantile() == pytest.approx(1 - (0.01 * 1608 - 8) / 400)
+    for _ in range(10):
+        guard.observe(150.0, 140.0, 0, 4)
+    assert guard.shaped_quantile() == 0.99  # never stricter than asked
+    busy = TailGuard(100.0)
+    for _ in range(100):  # past capacity: every step shaped
+        busy.observe(90.0, 80.0, 32, 4)
+    assert busy.shaped_quantile() == 0.99
+    sparse = TailGuard(100.0)
+    for _ in range(100):  # shaped steps rare: never below MIN_QUANTILE
+        for _ in range(30):
+            sparse.observe(50.0, 45.0, 0, 4)
+        sparse.observe(90.0, 80.0, 32, 4)
+    assert sparse.shaped_quantile() == 0.9
+
+
+def test_on_a_light_load_the_p99_of_all_intervals_stays_at_the_target_with_more_prefill(
+    monkeypatch,
+):
+    """Decode-only steps (far under the target) between shaped ones: the shaped steps'
+    margin is set for the P99 of all intervals, not of theirs alone."""
+
+    def light(policy: SarathiPolicy, rng: random.Random) -> tuple[list[float], list[int]]:
+        intervals, prefills = [], []
+        for i in range(4000):
+            if i % 4:  # decodes alone
+                execution = (60 + 3 * DECODES) * rng.uniform(0.8, 1.2)
+                interval = execution + 40 * rng.uniform(0.5, 1.5)
+                policy.observe(StepShape(0, DECODES), execution, interval)
+                intervals.append(interval)
+                continue
+            intervals.extend(run(policy, rng, 1, outside_ms=40.0))
+            fit = policy.step_model.max_prefill_tokens(
+                StepShape(num_decode=DECODES), policy.guard.step_target_ms
+            )
+            prefills.append(fit or 0)
+        return intervals[1000:], prefills[250:]
+
+    spent, spent_prefill = light(
+        SarathiPolicy(token_budget=256, target_tbt_ms=TARGET_MS), random.Random(3)
+    )
+    assert p99(spent) <= 1.05 * TARGET_MS
+    monkeypatch.setattr("sarathi_serve.scheduler.policies.tail.MIN_QUANTILE", 0.99)
+    strict, strict_prefill = light(
+        SarathiPolicy(token_budget=256, target_tbt_ms=TARGET_MS), random.Random(3)
+    )
+    assert p99(strict) < p99(spent)
+    assert np.mean(spent_prefill) > 1.03 * np.mean(strict_prefill)
