@@ -56,6 +56,7 @@ class Config:
     policy: str = ""  # ours
     token_budget: int = 0
     target_tbt_ms: float = 0.0
+    target_tbt_factor: float = 0.0  # sarathi:BUDGET:xF
     url: str = ""  # a peer
 
     @classmethod
@@ -66,12 +67,17 @@ class Config:
         policy, _, rest = text.partition(":")
         budget, _, target = rest.partition(":")
         if policy not in POLICIES:
-            raise argparse.ArgumentTypeError(f"{text!r}: POLICY:BUDGET[:TBT_MS] or NAME=URL")
-        config = cls(
-            name=text, policy=policy, token_budget=int(budget or DEFAULT_TOKEN_BUDGET),
-            target_tbt_ms=float(target or 0),
-        )  # fmt: skip
-        return config
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: POLICY:BUDGET[:TBT_MS | :xFACTOR] or NAME=URL"
+            )
+        factor = target.startswith("x")
+        return cls(
+            name=text,
+            policy=policy,
+            token_budget=int(budget or DEFAULT_TOKEN_BUDGET),
+            target_tbt_ms=0.0 if factor else float(target or 0),
+            target_tbt_factor=float(target[1:]) if factor else 0.0,
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,7 +122,9 @@ def _trial(
     url = config.url or (system.base_url if system else "")
     metrics_url = ""
     if config.policy and system is not None:
-        system.set_policy(config.policy, config.token_budget, config.target_tbt_ms)
+        system.set_policy(
+            config.policy, config.token_budget, config.target_tbt_ms, config.target_tbt_factor
+        )
         metrics_url = system.scheduler_metrics
     print(f"{config.name} @ {rate:g} req/s: {spec.describe()}", file=sys.stderr)
     before = scrape(metrics_url) if metrics_url else {}

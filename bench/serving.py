@@ -297,7 +297,8 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """Deltas over a run: iterations, mean execution and overhead, median scheduling delay."""
+    """Deltas over a run: iterations, mean execution and overhead, median scheduling delay;
+    the TBT target a sarathi policy kept at the end."""
 
     def delta(prefix: str) -> dict[str, float]:
         return {k: after[k] - before.get(k, 0.0) for k in after if k.startswith(prefix)}
@@ -322,6 +323,9 @@ def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[st
         delta("sarathi_scheduler_queue_seconds_bucket"), 0.5
     )
     out["preemptions"] = total("sarathi_scheduler_preemptions_total")
+    targets = [v for k, v in after.items() if k.startswith("sarathi_scheduler_tbt_target_seconds")]
+    if targets:  # the TBT target at the end of the run (measured, with a factor)
+        out["tbt_target_ms"] = 1000 * max(targets)
     if total("sarathi_scheduler_pipeline_stage_busy_seconds_total"):  # a pipelined worker ran
         out["pipeline_bubble_fraction"] = pipeline_bubbles(
             delta("sarathi_scheduler_pipeline_stage")

@@ -43,13 +43,23 @@ class LocalSystem:
         self.scheduler_metrics = scheduler.metrics
         self.token = InternalToken.from_env(self.run_dir)
 
-    def set_policy(self, policy: str, token_budget: int, target_tbt_ms: float = 0.0) -> None:
+    def set_policy(
+        self,
+        policy: str,
+        token_budget: int,
+        target_tbt_ms: float = 0.0,
+        target_tbt_factor: float = 0.0,
+    ) -> None:
+        """Swaps the policy between trials: exactly these settings (no target: the static
+        budget), whatever `up` started with."""
         self.drain()
+        request = pb.SetPolicyRequest(policy=policy, token_budget=token_budget)
+        if policy == "sarathi":
+            request.target_tbt_ms = target_tbt_ms
+            request.target_tbt_factor = target_tbt_factor
         with grpc.insecure_channel(self.scheduler_addr) as channel:
             pb_grpc.SchedulerStub(channel).SetPolicy(
-                pb.SetPolicyRequest(
-                    policy=policy, token_budget=token_budget, target_tbt_ms=target_tbt_ms
-                ),
+                request,
                 timeout=10,
                 metadata=self.token.metadata,
             )

@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     swap.add_argument(
         "--target-tbt-ms", type=float, default=None, help="sarathi: SLO-driven budget (0: off)"
     )
+    swap.add_argument(
+        "--target-tbt-factor",
+        type=float,
+        default=None,
+        help="sarathi: the target is this x the measured decode step, measured again (0: off)",
+    )
     swap.add_argument("--max-num-seqs", type=int, default=None)
     stats = actions.add_parser("stats", help="occupancy and the last iterations")
     stats.add_argument("--last", type=int, default=10, help="iterations to show (0: all retained)")
@@ -125,6 +131,8 @@ def _set_policy(stub: pb_grpc.SchedulerStub, args: argparse.Namespace, metadata:
         request.token_budget = args.token_budget
     if args.target_tbt_ms is not None:
         request.target_tbt_ms = args.target_tbt_ms
+    if args.target_tbt_factor is not None:
+        request.target_tbt_factor = args.target_tbt_factor
     if args.max_num_seqs is not None:
         request.max_num_seqs = args.max_num_seqs
     reply = stub.SetPolicy(request, timeout=10, metadata=metadata)

@@ -371,16 +371,18 @@ class ReplicaStats(_message.Message):
     def __init__(self, index: _Optional[int] = ..., worker_id: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., num_total_kv_blocks: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., num_cached_kv_blocks: _Optional[int] = ..., stage_busy_seconds: _Optional[_Iterable[float]] = ..., stage_idle_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
-    __slots__ = ("policy", "token_budget", "max_num_seqs", "target_tbt_ms")
+    __slots__ = ("policy", "token_budget", "max_num_seqs", "target_tbt_ms", "target_tbt_factor")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     TARGET_TBT_MS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TBT_FACTOR_FIELD_NUMBER: _ClassVar[int]
     policy: str
     token_budget: int
     max_num_seqs: int
     target_tbt_ms: float
-    def __init__(self, policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., target_tbt_ms: _Optional[float] = ...) -> None: ...
+    target_tbt_factor: float
+    def __init__(self, policy: _Optional[str] = ..., token_budget: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., target_tbt_ms: _Optional[float] = ..., target_tbt_factor: _Optional[float] = ...) -> None: ...
 
 class SetPolicyResponse(_message.Message):
     __slots__ = ("policy", "token_budget", "max_num_seqs", "first_step_id")

@@ -57,13 +57,15 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def make_policy(self) -> Policy:
-        """The policy this scheduler starts with (one per model replica)."""
+        """The policy this scheduler starts with (one per model replica). A target
+        factor is the sarathi policy's: the others start with none, as under `up`."""
+        sarathi = self.policy == "sarathi"
         return make_policy(
             self.policy,
             token_budget=self.token_budget,
             max_num_seqs=self.max_num_seqs,
             target_tbt_ms=self.target_tbt_ms,
-            target_tbt_factor=self.target_tbt_factor,
+            target_tbt_factor=self.target_tbt_factor if sarathi else 0.0,
             batch_priority=self.batch_priority,
             low_chunk_size=self.low_chunk_size,
             chunk_schedule_max_tokens=self.chunk_schedule_max_tokens,
@@ -88,8 +90,8 @@ HELPS = {  # --help of the flags (`sarathi-serve up` reuses them)
     "target_tbt_ms": "sarathi: pick each iteration's budget to keep the P99 of time between "
     "tokens under this (0: off)",
     "target_tbt_factor": "sarathi, with no --target-tbt-ms: the target is this times the "
-    "measured decode step, as the paper set its SLOs (0: off; the target is set from the "
-    "first small decode-only steps)",
+    "measured decode step, as the paper set its strict SLO with 5 (the median of the first "
+    "16 small decode-only steps; the static budget until then); 0: off",
     "batch_priority": "sarathi, with a TBT target: requests at this priority or a higher "
     "value are the batch class: the target is kept for the others only, and iterations "
     "with no decode of theirs run at the full token budget (0: no batch class)",

@@ -153,14 +153,18 @@ class SchedulerFront:
         token_budget: int | None = None,
         max_num_seqs: int | None = None,
         target_tbt_ms: float | None = None,
+        target_tbt_factor: float | None = None,
     ) -> tuple[Policy, int]:
         """Swaps to policy `name`; what is not given stays as the current policy has it
-        (a sarathi policy keeps its options). Returns the new policy and its first step;
-        raises ValueError (before anything changes) for a bad policy or parameter."""
+        (a sarathi policy keeps its options, a target it measured too). A factor given
+        with no target measures the target again. Returns the new policy and its first
+        step; raises ValueError (before anything changes) for a bad policy or parameter."""
         current = self.policy
-        options = (
-            current.options() if isinstance(current, SarathiPolicy) and name == "sarathi" else {}
-        )
+        keep = isinstance(current, SarathiPolicy) and name == "sarathi"
+        options = current.options() if keep else {}
+        if target_tbt_factor is not None:
+            options["target_tbt_factor"] = target_tbt_factor
+            options["target_tbt_ms"] = 0.0  # measured again, unless given below
         if target_tbt_ms is not None:
             options["target_tbt_ms"] = target_tbt_ms
         budget = current.token_budget if token_budget is None else token_budget

@@ -141,6 +141,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 token_budget=_optional(request, "token_budget"),
                 max_num_seqs=_optional(request, "max_num_seqs"),
                 target_tbt_ms=_optional(request, "target_tbt_ms"),
+                target_tbt_factor=_optional(request, "target_tbt_factor"),
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

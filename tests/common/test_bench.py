@@ -217,3 +217,27 @@ def test_the_pipeline_bubble_figures_come_from_the_scheduler_counters():
     fractions = server_figures(before, after)["pipeline_bubble_fraction"]
     assert fractions == pytest.approx([40 / 100, 30 / 70])
     assert "pipeline_bubble_fraction" not in server_figures(after, after)
+
+
+def test_the_tbt_target_a_run_ended_with_is_reported():
+    from sarathi_serve.bench.serving import parse_metrics, server_figures
+
+    after = parse_metrics('sarathi_scheduler_tbt_target_seconds{policy="sarathi"} 0.315\n')
+    assert server_figures({}, after)["tbt_target_ms"] == pytest.approx(315.0)
+    assert "tbt_target_ms" not in server_figures({}, {})  # a static budget: no target
+
+
+def test_a_config_names_a_static_budget_a_target_or_a_factor():
+    import argparse
+
+    from sarathi_serve.bench.compare import Config
+
+    static, target, factor = (
+        Config.parse(t) for t in ("sarathi:512", "sarathi:512:300", "sarathi:256:x5")
+    )
+    assert (static.token_budget, static.target_tbt_ms, static.target_tbt_factor) == (512, 0, 0)
+    assert (target.target_tbt_ms, target.target_tbt_factor) == (300, 0)
+    assert (factor.token_budget, factor.target_tbt_ms, factor.target_tbt_factor) == (256, 0, 5)
+    assert Config.parse("peer=http://h:1").url == "http://h:1"
+    with pytest.raises(argparse.ArgumentTypeError, match="xFACTOR"):
+        Config.parse("fast:512")

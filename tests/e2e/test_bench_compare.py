@@ -16,7 +16,8 @@ def test_bench_compare_runs_every_config_and_writes_its_report(tmp_path, default
     try:
         run = subprocess.run(
             [sys.executable, "-m", "sarathi_serve.cli.main", "bench", "compare",
-             "--config", "sarathi:64", "--config", "vllm:64",
+             "--config", "sarathi:64", "--config", "sarathi:64:300", "--config", "sarathi:64:x5",
+             "--config", "vllm:64",
              "--config", f"peer={peer.base_url}",
              "--rates", "inf", "--num-requests", "3", "--lengths", "fixed:24:4",
              "--classes", "live=0:1,batch=5:1", "--tenants", "a:1",
@@ -28,11 +29,14 @@ def test_bench_compare_runs_every_config_and_writes_its_report(tmp_path, default
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     runs = {r["config"]: r for r in report["runs"]}
-    assert set(runs) == {"sarathi:64", "vllm:64", "peer"}
+    assert set(runs) == {"sarathi:64", "sarathi:64:300", "sarathi:64:x5", "vllm:64", "peer"}
     for name, r in runs.items():
         assert (r["completed"], r["failed"]) == (3, 0), name
         assert r["output_throughput"] > 0 and r["median_ttft_ms"] > 0, name
     assert runs["sarathi:64"]["server"] and runs["vllm:64"]["server"], "our scheduler's figures"
+    # each config exactly as named, whatever the policy before it had
+    assert runs["sarathi:64:300"]["server"]["tbt_target_ms"] == 300
+    assert "tbt_target_ms" not in runs["sarathi:64"]["server"]  # the static budget
     table = out.with_suffix(".txt").read_text()
     assert table.splitlines()[0].split()[:3] == ["config", "rate", "done"]
     assert all(name in table for name in runs)

@@ -6,7 +6,7 @@ import sys
 from tests.e2e.oracle import PROMPTS, generate_concurrently
 
 
-def set_policy(scheduler_addr: str, policy: str, run_dir) -> str:
+def set_policy(scheduler_addr: str, policy: str, run_dir, *flags: str) -> str:
     """`admin --addr` with the run folder for its internal token."""
     out = subprocess.run(
         [
@@ -20,6 +20,7 @@ def set_policy(scheduler_addr: str, policy: str, run_dir) -> str:
             str(run_dir),
             "set-policy",
             policy,
+            *flags,
         ],
         capture_output=True,
         text=True,
@@ -32,13 +33,15 @@ def set_policy(scheduler_addr: str, policy: str, run_dir) -> str:
 def test_swap_sarathi_vllm_sarathi_under_load(system_factory, tokenizer, expected_outputs):
     budget = 32
     system = system_factory("--token-budget", str(budget))
-    swaps = {3: "vllm", 7: "sarathi"}  # before prompt i is released
+    swaps = {3: ["vllm"], 7: ["sarathi", "--target-tbt-factor", "0"]}  # before prompt i
     assert len(tokenizer.encode(PROMPTS[6])) > budget  # a long prompt arrives under vllm
     replies = []
 
     def on_start(i: int) -> None:
         if i in swaps:
-            replies.append(set_policy(system.scheduler_addr, swaps[i], system.run_dir))
+            replies.append(
+                set_policy(system.scheduler_addr, swaps[i][0], system.run_dir, *swaps[i][1:])
+            )
 
     outputs = generate_concurrently(system.gateway_addr, stagger_s=0.5, on_start=on_start)
     assert outputs == expected_outputs, "a request was lost, restarted or duplicated"
@@ -52,10 +55,12 @@ def test_swap_sarathi_vllm_sarathi_under_load(system_factory, tokenizer, expecte
     under_vllm = iterations[first_vllm : last_vllm + 1]
     # vllm runs whole prompts in prefill-only iterations, beyond sarathi's budget
     assert any(it.num_decode_tokens == 0 and it.num_prefill_tokens > budget for it in under_vllm)
-    # sarathi never exceeds its budget
+    # sarathi never exceeds its budget (the static one, or the one a target fitted) ...
     assert all(
-        it.num_prefill_tokens + it.num_decode_tokens <= budget
+        it.num_prefill_tokens + it.num_decode_tokens <= it.token_budget
         for it in iterations
         if it.policy == "sarathi"
     )
+    # ... and swapped back with `--target-tbt-factor 0`, it keeps the static one
+    assert {it.token_budget for it in iterations[last_vllm + 1 :]} == {budget}
     assert system.stats().num_running == 0

@@ -152,3 +152,17 @@ def test_the_oldest_waiting_request_is_an_autoscaling_signal():
         assert 'sarathi_scheduler_oldest_waiting_seconds{policy="sarathi"} 0.0' in text
 
     asyncio.run(scenario())
+
+
+def test_a_swap_keeps_a_measured_target_and_a_factor_alone_measures_it_again():
+    front = _front()
+    policy, _ = front.swap_policy("sarathi", target_tbt_factor=5.0)
+    assert (policy.target_tbt_factor, policy.target_tbt_ms) == (5.0, 0.0)
+    front.policy.target_tbt_ms = 300.0  # what the policy measured (5 x a 60 ms step)
+    policy, _ = front.swap_policy("sarathi", token_budget=256)
+    assert (policy.target_tbt_factor, policy.target_tbt_ms, policy.token_budget) == (5, 300, 256)
+    policy, _ = front.swap_policy("sarathi", target_tbt_factor=4.0)
+    assert (policy.target_tbt_factor, policy.target_tbt_ms) == (4.0, 0.0)  # measured again
+    policy, _ = front.swap_policy("sarathi", target_tbt_ms=0.0, target_tbt_factor=0.0)
+    assert (policy.target_tbt_factor, policy.target_tbt_ms, policy.guard) == (0, 0, None)
+    assert front.swap_policy("vllm")[0].name == "vllm"
