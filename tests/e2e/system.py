@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from sarathi_serve.common import probes
@@ -136,3 +139,13 @@ def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None)
         timeout=timeout,
         env=None if env is None else {**os.environ, **env},
     )
+
+
+def scheduler_metrics(system) -> dict[str, float]:
+    """The scheduler's Prometheus series of the sarathi policy, by name."""
+    status = run_cli("status", "--json", "--run-dir", str(system.run_dir))
+    url = next(r["metrics"] for r in json.loads(status.stdout) if r["role"] == "scheduler")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(r'^(\w+)\{policy="sarathi"\} (\S+)$', text, re.M)
+    return {name: float(value) for name, value in found}

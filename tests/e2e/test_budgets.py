@@ -5,12 +5,8 @@ iteration's budget. `SARATHI_SCHEDULER_LOW_CHUNK_SIZE`: the paper's dynamic chun
 schedule, chunks shrinking as a prompt's prefill progresses.
 """
 
-import json
-import re
-import urllib.request
-
 from tests.e2e.oracle import PROMPTS, generate_concurrently, generate_tokens
-from tests.e2e.system import run_cli
+from tests.e2e.system import scheduler_metrics
 
 BUDGET = 64
 LONG = 6  # the longest prompt
@@ -40,16 +36,6 @@ def test_target_tbt_budget_grows_from_measured_iterations(
     assert metrics["sarathi_scheduler_tbt_target_excess_seconds_total"] == 0
     assert metrics["sarathi_scheduler_tbt_target_seconds"] == 5.0
     assert 0 < metrics["sarathi_scheduler_step_target_seconds"] <= 5.0
-
-
-def scheduler_metrics(system) -> dict[str, float]:
-    """The scheduler's Prometheus series of the sarathi policy, by name."""
-    status = run_cli("status", "--json", "--run-dir", str(system.run_dir))
-    url = next(r["metrics"] for r in json.loads(status.stdout) if r["role"] == "scheduler")
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    found = re.findall(r'^(\w+)\{policy="sarathi"\} (\S+)$', text, re.M)
-    return {name: float(value) for name, value in found}
 
 
 def test_a_target_factor_sets_the_target_from_measured_decode_steps(

@@ -26,6 +26,7 @@ from sarathi_serve.protocol import generate_pb2 as gpb
 from sarathi_serve.protocol import generate_pb2_grpc as gpb_grpc
 from tests.e2e.oracle import PROMPTS, generate_concurrently, generate_tokens, wait_until
 from tests.e2e.system import run_cli as cli
+from tests.e2e.system import scheduler_metrics
 from tests.redis_server import RedisServer
 
 FILE_KEY, ENV_KEY = "key-from-file", "key-from-env"
@@ -184,6 +185,20 @@ def test_admin_set_policy_with_a_token_budget_and_stats(system):
     table = cli("admin", "--run-dir", str(system.run_dir), "stats", "--last", "3")
     assert table.returncode == 0 and "sarathi" in table.stdout
     assert "prefix cache:" in table.stdout and "routing: lowest" in table.stdout
+
+
+def test_admin_set_policy_with_a_target_and_back_to_the_static_budget(system):
+    run_dir = str(system.run_dir)
+    swapped = cli("admin", "--run-dir", run_dir, "set-policy", "sarathi", "--target-tbt-ms", "5000")
+    assert swapped.returncode == 0, swapped.stderr
+    assert scheduler_metrics(system)["sarathi_scheduler_tbt_target_seconds"] == 5.0
+    assert system.stats().token_budget == 32  # what the swap did not name stays
+    swapped = cli("admin", "--run-dir", run_dir, "set-policy", "sarathi", "--target-tbt-ms", "0",
+                  "--target-tbt-factor", "0")  # fmt: skip
+    assert swapped.returncode == 0, swapped.stderr
+    assert "sarathi_scheduler_tbt_target_seconds" not in scheduler_metrics(system)
+    tokens = generate_tokens(system.gateway_addr, PROMPTS[6], 4, api_key=FILE_KEY)
+    assert len(tokens) == 4
 
 
 def test_bench_serve_against_the_running_system(system, tmp_path):
