@@ -57,15 +57,13 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def make_policy(self) -> Policy:
-        """The policy this scheduler starts with (one per model replica). A target
-        factor is the sarathi policy's: the others start with none, as under `up`."""
-        sarathi = self.policy == "sarathi"
+        """The policy this scheduler starts with (one per model replica)."""
         return make_policy(
             self.policy,
             token_budget=self.token_budget,
             max_num_seqs=self.max_num_seqs,
             target_tbt_ms=self.target_tbt_ms,
-            target_tbt_factor=self.target_tbt_factor if sarathi else 0.0,
+            target_tbt_factor=self.target_tbt_factor,
             batch_priority=self.batch_priority,
             low_chunk_size=self.low_chunk_size,
             chunk_schedule_max_tokens=self.chunk_schedule_max_tokens,

@@ -102,17 +102,17 @@ def test_target_factor_is_only_for_sarathi_and_not_negative():
 
 
 def test_a_schedulers_target_factor_is_for_sarathi_alone():
-    """The scheduler started with a factor and a baseline policy runs the baseline with
-    no target (as `up` plans it), not an error; sarathi measures its target; the default
-    is the static budget (docs/benchmarks.md (e): why)."""
+    """The scheduler's default is the static budget (docs/benchmarks.md (e): why); a
+    factor measures sarathi's target, and a baseline given one is refused by name, as it
+    is given a target (`up` passes a factor to sarathi variants only)."""
     from sarathi_serve.scheduler.config import SchedulerConfig
 
-    policy = SchedulerConfig(target_tbt_factor=5).make_policy()
-    assert isinstance(policy, SarathiPolicy) and policy.target_tbt_factor == 5
-    for name in ("vllm", "orca", "faster_transformer"):
-        assert SchedulerConfig(policy=name, target_tbt_factor=5).make_policy().name == name
     static = SchedulerConfig().make_policy()
     assert isinstance(static, SarathiPolicy) and static.target_tbt_factor == 0
+    policy = SchedulerConfig(target_tbt_factor=5).make_policy()
+    assert isinstance(policy, SarathiPolicy) and policy.target_tbt_factor == 5
+    with pytest.raises(ValueError, match="target_tbt_factor: only the sarathi policy"):
+        SchedulerConfig(policy="vllm", target_tbt_factor=5).make_policy()
 
 
 def test_shaped_steps_may_spend_the_misses_that_decode_only_steps_leave():
